@@ -1,0 +1,41 @@
+"""Shared helpers for the benchmark scripts: machine description and markdown tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+
+def machine_description() -> str:
+    """One line naming the machine the numbers were taken on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    parts = [f"CPU: {cpu}, {os.cpu_count()} cores", f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"]
+    if torch.cuda.is_available():
+        parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    return "; ".join(parts)
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Render dict rows as a markdown table (floats with 4 significant digits)."""
+    if not rows:
+        return "(no rows)\n"
+    columns = columns or list(rows[0].keys())
+
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

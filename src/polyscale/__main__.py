@@ -1,0 +1,5 @@
+import sys
+
+from polyscale.cli.main import main
+
+sys.exit(main())

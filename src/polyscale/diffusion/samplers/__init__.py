@@ -1,0 +1,36 @@
+"""Stateless samplers ``sample_<name>(denoiser, x, sigmas, *, generator=None, callback=None, ...) -> x``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from polyscale.diffusion.samplers.adaptive import sample_ode_adaptive
+from polyscale.diffusion.samplers.deterministic import (
+    sample_dpmpp_2m,
+    sample_euler,
+    sample_heun,
+    sample_ode_rk4,
+)
+from polyscale.diffusion.samplers.stochastic import sample_ddim, sample_ddpm, sample_pc
+
+SAMPLERS: dict[str, Callable] = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "dpmpp2m": sample_dpmpp_2m,
+    "pc": sample_pc,
+    "ode": sample_ode_rk4,
+    "ode_adaptive": sample_ode_adaptive,
+}
+
+
+def get_sampler(name: str) -> Callable:
+    """The sampler function registered under ``name``."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+__all__ = ["SAMPLERS", "get_sampler", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_euler",
+           "sample_heun", "sample_ode_adaptive", "sample_ode_rk4", "sample_pc"]

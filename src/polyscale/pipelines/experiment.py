@@ -1,0 +1,80 @@
+"""An experiment = model + data + diffusion + training configuration, loaded from a YAML preset.
+
+Presets live in ``polyscale/presets/<name>.yaml``; :func:`load_experiment` validates them (and any
+``section.key=value`` overrides) against the dataclasses below, so a typo is an error naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from polyscale.config import load_config
+from polyscale.nn.unet import UNetConfig
+from polyscale.training import TrainConfig
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to build and how (see :func:`polyscale.pipelines.datasets.build_dataset`)."""
+
+    kind: Literal["digits", "mnist1d", "porous", "image_folder", "array"] = "digits"
+    size: int = 16  # digits: resize target; porous: edge length of each sample; image_folder: resize target
+    dims: int = 3  # porous media only: 2 or 3 spatial dimensions
+    num_samples: int | None = None  # mnist1d / porous: how many samples to generate (None = dataset default)
+    porosity: float = 0.3  # porous media: target pore fraction
+    correlation_length: float = 4.0  # porous media: Gaussian-filter width of the random field, in voxels
+    path: str | None = None  # image_folder / array: the user's files
+    channels: int = 1  # image_folder: 1 (grey) or 3 (RGB)
+    crop_size: int | None = None  # train on random crops of this edge length (train small, sample large)
+    seed: int = 0  # procedural datasets and train/test split
+
+
+@dataclass
+class DiffusionConfig:
+    """EDM preconditioning, training noise distribution and default sampling schedule."""
+
+    sigma_data: float = 0.5  # std of the data; EDM's c_skip/c_out/c_in depend on it
+    P_mean: float = -1.2  # log-normal training noise: mean of log(sigma)
+    P_std: float = 1.2  # log-normal training noise: std of log(sigma)
+    sigma_min: float = 0.002  # smallest non-zero sampling noise level
+    sigma_max: float = 80.0  # starting noise level of samplers
+    rho: float = 7.0  # Karras schedule curvature
+    sampler: str = "heun"  # default sampler name for this model (see polyscale.diffusion.SAMPLERS)
+    steps: int = 32  # default number of sampling steps
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything needed to train one model from nothing."""
+
+    model: UNetConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with the package."""
+    folder = resources.files("polyscale") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """Resolve a preset name (``digits2d``) or a YAML path to a file path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise FileNotFoundError(f"preset file {str(candidate)!r} does not exist")
+        return candidate
+    names = preset_names()
+    if str(name_or_path) not in names:
+        raise ValueError(f"unknown preset {str(name_or_path)!r}; expected one of {names} or a path to a .yaml file")
+    return Path(str(resources.files("polyscale") / "presets" / f"{name_or_path}.yaml"))
+
+
+def load_experiment(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load and validate a preset, applying ``section.key=value`` overrides."""
+    return load_config(ExperimentConfig, preset_path(name_or_path), overrides=overrides)

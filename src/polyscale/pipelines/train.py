@@ -1,0 +1,57 @@
+"""Train an experiment end to end: dataset -> EDM-preconditioned U-Net -> training loop -> model directory."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from polyscale.config import to_dict
+from polyscale.diffusion import EDMLoss, EDMPrecond
+from polyscale.io import atomic_write_text, save_pretrained
+from polyscale.nn.unet import UNet
+from polyscale.pipelines.datasets import build_dataset
+from polyscale.pipelines.experiment import ExperimentConfig
+from polyscale.training import TrainResult, train
+
+
+def make_denoiser(cfg: ExperimentConfig) -> EDMPrecond:
+    """The trainable denoiser of an experiment: ``EDMPrecond(UNet(**cfg.model))``."""
+    return EDMPrecond(UNet.from_config(cfg.model), sigma_data=cfg.diffusion.sigma_data)
+
+
+def check_data_matches_model(cfg: ExperimentConfig, sample_shape: tuple[int, ...]) -> None:
+    """Fail early, naming both sides, when the data cannot feed the configured network."""
+    channels, spatial = sample_shape[0], sample_shape[1:]
+    if channels != cfg.model.in_channels:
+        raise ValueError(
+            f"data has {channels} channel(s) but model.in_channels={cfg.model.in_channels}; "
+            f"set model.in_channels={channels}"
+        )
+    if len(spatial) != cfg.model.dims:
+        raise ValueError(
+            f"data has {len(spatial)} spatial dimension(s) {tuple(spatial)} but model.dims={cfg.model.dims}"
+        )
+
+
+def train_experiment(
+    cfg: ExperimentConfig, output_dir: str | Path, *, resume: bool = True, callbacks=()
+) -> TrainResult:
+    """Train ``cfg`` into ``output_dir``; the final model directory is ``output_dir/model``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dataset = build_dataset(cfg.data, split="train")
+    sample_shape = tuple(dataset[0]["x"].shape)
+    check_data_matches_model(cfg, sample_shape)
+
+    denoiser = make_denoiser(cfg)
+    loss_fn = EDMLoss(P_mean=cfg.diffusion.P_mean, P_std=cfg.diffusion.P_std, sigma_data=cfg.diffusion.sigma_data)
+    atomic_write_text(output_dir / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    metadata = {"experiment": to_dict(cfg), "sample_shape": list(sample_shape)}
+
+    def export(directory: Path, model: EDMPrecond, ema: EDMPrecond) -> None:
+        save_pretrained(model.net, directory, ema=ema.net, metadata=metadata)
+
+    train_cfg = replace(cfg.train, output_dir=str(output_dir))
+    return train(denoiser, loss_fn, dataset, train_cfg, export_fn=export, resume=resume, callbacks=callbacks)
