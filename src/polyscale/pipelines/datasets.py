@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from polyscale import data as datasets
 from polyscale.pipelines.experiment import DataConfig
@@ -40,6 +41,25 @@ def build_dataset(cfg: DataConfig, *, split: str | None = "train"):
     if cfg.crop_size is not None:
         ds = datasets.RandomCrops(ds, cfg.crop_size, seed=cfg.seed)
     return ds
+
+
+class WithoutLabels(Dataset):
+    """View of a dict dataset without its ``class_labels`` (to train an unconditional model on labelled data)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        item = dict(self.dataset[index])
+        item.pop("class_labels", None)
+        return item
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
 
 def to_display(x: Tensor, kind: str) -> Tensor:

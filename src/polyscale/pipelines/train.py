@@ -5,20 +5,25 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 import yaml
 
 from polyscale.config import to_dict
 from polyscale.diffusion import EDMLoss, EDMPrecond
 from polyscale.io import atomic_write_text, save_pretrained
 from polyscale.nn.unet import UNet
-from polyscale.pipelines.datasets import build_dataset
+from polyscale.pipelines.datasets import WithoutLabels, build_dataset
 from polyscale.pipelines.experiment import ExperimentConfig
 from polyscale.training import TrainResult, train
 
 
 def make_denoiser(cfg: ExperimentConfig) -> EDMPrecond:
-    """The trainable denoiser of an experiment: ``EDMPrecond(UNet(**cfg.model))``."""
-    return EDMPrecond(UNet.from_config(cfg.model), sigma_data=cfg.diffusion.sigma_data)
+    """The trainable denoiser of an experiment: ``EDMPrecond(UNet(**cfg.model))``, initialised from
+    ``cfg.train.seed`` without touching the caller's global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        net = UNet.from_config(cfg.model)
+    return EDMPrecond(net, sigma_data=cfg.diffusion.sigma_data)
 
 
 def check_data_matches_model(cfg: ExperimentConfig, sample_shape: tuple[int, ...]) -> None:
@@ -44,6 +49,8 @@ def train_experiment(
     dataset = build_dataset(cfg.data, split="train")
     sample_shape = tuple(dataset[0]["x"].shape)
     check_data_matches_model(cfg, sample_shape)
+    if cfg.model.num_classes is None:
+        dataset = WithoutLabels(dataset)
 
     denoiser = make_denoiser(cfg)
     loss_fn = EDMLoss(P_mean=cfg.diffusion.P_mean, P_std=cfg.diffusion.P_std, sigma_data=cfg.diffusion.sigma_data)
