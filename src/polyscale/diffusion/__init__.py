@@ -26,6 +26,7 @@ from polyscale.diffusion.schedules import (
     betas_linear,
     betas_scaled_linear,
     sigma_to_t,
+    sigmas_at_timesteps,
     sigmas_exponential,
     sigmas_from_alphas_cumprod,
     sigmas_karras,

@@ -135,4 +135,14 @@ def sigmas_vp(
 ) -> Tensor:
     """Sigmas at the timesteps of :func:`timesteps_vp`, then 0. ``(n + 1,)`` float32."""
     ts = timesteps_vp(n, alphas_cumprod.shape[0], spacing=spacing, steps_offset=steps_offset)
+    return sigmas_at_timesteps(ts, alphas_cumprod)
+
+
+def sigmas_at_timesteps(timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Sigmas at given integer timesteps (any scheduler's choice, e.g. ``scheduler.timesteps``), then 0."""
+    ts = torch.as_tensor(timesteps).long()
+    if ts.ndim != 1 or (ts[1:] >= ts[:-1]).any():
+        raise ValueError(f"timesteps must be a strictly decreasing 1-D sequence, got {ts.tolist()}")
+    if ts.min() < 0 or ts.max() >= alphas_cumprod.shape[0]:
+        raise ValueError(f"timesteps must lie in [0, {alphas_cumprod.shape[0] - 1}], got {ts.tolist()}")
     return _append_zero(sigmas_from_alphas_cumprod(alphas_cumprod)[ts]).float()

@@ -79,21 +79,34 @@ def neighborhood_attention(
     _check(q, k, v, kernel, dil)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
 
-    # Gather each query's window axis by axis. After processing axis a, that axis is split into (L_a, k_a):
-    # (B, h, S1, ..., Sd, c) -> (B, h, S1, k1, S2, k2, ..., Sd, kd, c).
-    keys, values = k, v
-    for a, (length, ks, r) in enumerate(zip(spatial, kernel, dil, strict=True)):
-        dim = 2 + 2 * a
-        idx = _window_index(length, ks, r, q.device).flatten()  # (L * k,)
-        keys = keys.index_select(dim, idx).unflatten(dim, (length, ks))
-        values = values.index_select(dim, idx).unflatten(dim, (length, ks))
+    index = _neighbor_index(tuple(spatial), kernel, dil, q.device)  # (N, K) flat key positions per query
+    n, kk = index.shape
+    qf = q.flatten(2, 1 + nd)  # (B, h, N, c)
+    # One gather per tensor, landing directly in (B, h, N, K, c) layout (no permute copies).
+    keys = k.flatten(2, 1 + nd).index_select(2, index.flatten()).unflatten(2, (n, kk))
+    values = v.flatten(2, 1 + nd).index_select(2, index.flatten()).unflatten(2, (n, kk))
+    logits = torch.einsum("zynx,zynkx->zynk", qf * scale, keys)  # (B, h, N, K)
+    out = torch.einsum("zynk,zynkx->zynx", logits.softmax(dim=-1), values)  # (B, h, N, c)
+    return out.unflatten(2, tuple(spatial))
 
-    s = "abc"[:nd]  # query position letters
-    w = "def"[:nd]  # window offset letters
-    kv_sub = "".join(si + wi for si, wi in zip(s, w, strict=True))
-    logits = torch.einsum(f"zy{s}x,zy{kv_sub}x->zy{s}{w}", q * scale, keys)  # (B, h, *S, *K)
-    attn = logits.flatten(2 + nd).softmax(dim=-1).view_as(logits)  # softmax over the k1*...*kd window
-    return torch.einsum(f"zy{s}{w},zy{kv_sub}x->zy{s}x", attn, values)  # (B, h, *S, c)
+
+def _neighbor_index(
+    spatial: tuple[int, ...], kernel: tuple[int, ...], dilation: tuple[int, ...], device
+) -> Tensor:
+    """Flat (row-major) key positions of every query's window, ``(N, K)`` with ``K = prod(kernel)``.
+
+    Built from the per-axis tables ``(L_a, k_a)``: position = sum_a index_a * stride_a, broadcast over the
+    query grid ``(*S)`` and the window grid ``(*K)``.
+    """
+    nd = len(spatial)
+    strides = [int(torch.tensor(spatial[a + 1 :]).prod()) for a in range(nd)]
+    flat = torch.zeros((1,) * (2 * nd), dtype=torch.long, device=device)
+    for a, (length, ks, r) in enumerate(zip(spatial, kernel, dilation, strict=True)):
+        shape = [1] * (2 * nd)
+        shape[a], shape[nd + a] = length, ks
+        flat = flat + _window_index(length, ks, r, device).view(shape) * strides[a]  # broadcast to (*S, *K)
+    n, kk = int(torch.tensor(spatial).prod()), int(torch.tensor(kernel).prod())
+    return flat.expand(*spatial, *kernel).reshape(n, kk)  # (*S, *K) -> (N, K)
 
 
 def neighborhood_mask(
