@@ -10,9 +10,9 @@ import argparse
 import time
 
 import torch
-from polyscale.nn.unet import UNet
 
 from polyscale.diffusion import EDMPrecond, get_sampler, sigmas_karras
+from polyscale.nn.unet import UNet
 
 try:
     from benchmarks.common import machine_description, markdown_table
@@ -47,8 +47,14 @@ SAMPLERS = ["ddpm", "ddim", "euler", "heun", "dpmpp2m", "pc", "ode", "ode_adapti
 def run(quick: bool = False) -> list[dict]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    net = UNet(dims=2, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), attention_levels=(1,),
-               attention_kernel_sizes=(5,))
+    net = UNet(
+        dims=2,
+        in_channels=1,
+        base_channels=32,
+        channel_mults=(1, 2, 2),
+        attention_levels=(1,),
+        attention_kernel_sizes=(5,),
+    )
     denoiser = EDMPrecond(net).to(device).eval()
     batch, size, steps = (8, 16, 10) if quick else (16, 32, 24)
     sigmas = sigmas_karras(steps, 0.002, 80.0, device=device)
@@ -65,14 +71,16 @@ def run(quick: bool = False) -> list[dict]:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             total = time.perf_counter() - t0
-        rows.append({
-            "sampler": name,
-            "device": device.type,
-            "NFE": timed.calls,
-            "total_s": total,
-            "denoiser_s": timed.seconds,
-            "overhead_share": 1.0 - timed.seconds / total,
-        })
+        rows.append(
+            {
+                "sampler": name,
+                "device": device.type,
+                "NFE": timed.calls,
+                "total_s": total,
+                "denoiser_s": timed.seconds,
+                "overhead_share": 1.0 - timed.seconds / total,
+            }
+        )
     return rows
 
 

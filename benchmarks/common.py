@@ -19,7 +19,11 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    parts = [f"CPU: {cpu}, {os.cpu_count()} cores", f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"]
+    parts = [
+        f"CPU: {cpu}, {os.cpu_count()} cores",
+        f"torch {torch.__version__}",
+        f"{torch.get_num_threads()} threads",
+    ]
     if torch.cuda.is_available():
         parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
     return "; ".join(parts)

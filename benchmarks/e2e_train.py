@@ -54,7 +54,9 @@ def stacked(ds) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", required=True)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--set", action="append", default=[])
@@ -71,9 +73,17 @@ def main() -> None:
     loss_png = plot_loss(out / "metrics.csv", out / "loss.png")
 
     t0 = time.perf_counter()
-    res = sample_checkpoint(out / "model", num_samples=args.num_samples, output_file=out / "samples.png",
-                            sampler=args.sampler, steps=args.steps, seed=1, batch_size=128, progress=False,
-                            save_raw=True)
+    res = sample_checkpoint(
+        out / "model",
+        num_samples=args.num_samples,
+        output_file=out / "samples.png",
+        sampler=args.sampler,
+        steps=args.steps,
+        seed=1,
+        batch_size=128,
+        progress=False,
+        save_raw=True,
+    )
     sample_s = time.perf_counter() - t0
     lines = [
         f"# {args.preset}: end to end on CPU",
@@ -101,7 +111,10 @@ def main() -> None:
         ]
     elif cfg.data.kind == "porous":
         x_real, _ = stacked(build_dataset(cfg.data, split="test"))
-        lines += ["", f"- porosity: data {float(porosity(x_real)):.4f}, samples {float(porosity(res.samples)):.4f}"]
+        lines += [
+            "",
+            f"- porosity: data {float(porosity(x_real)):.4f}, samples {float(porosity(res.samples)):.4f}",
+        ]
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     print(text)

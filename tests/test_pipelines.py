@@ -59,8 +59,9 @@ def test_train_then_sample(tmp_path: Path, preset: str, extra: list[str]):
 
     denoiser, loaded_cfg, shape = load_denoiser(model_dir)
     assert loaded_cfg == cfg or loaded_cfg.model == cfg.model
-    out = sample_checkpoint(model_dir, num_samples=2, output_file=tmp_path / "s.png", steps=3, device="cpu",
-                            progress=False)
+    out = sample_checkpoint(
+        model_dir, num_samples=2, output_file=tmp_path / "s.png", steps=3, device="cpu", progress=False
+    )
     assert out.samples.shape == (2, *shape)
     assert torch.isfinite(out.samples).all()
     assert all(p.is_file() for p in out.files)
@@ -69,11 +70,17 @@ def test_train_then_sample(tmp_path: Path, preset: str, extra: list[str]):
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys):
-    assert main(["sample", "--checkpoint", str(tmp_path / "missing"), "--output-file", str(tmp_path / "x.png")]) == 2
+    assert (
+        main(["sample", "--checkpoint", str(tmp_path / "missing"), "--output-file", str(tmp_path / "x.png")])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing" in err[0]
     assert main(["train", "--preset", "nope", "--output-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "unknown preset" in err and "digits2d" in err
-    assert main(["train", "--preset", "digits2d", "--output-dir", str(tmp_path / "r"), "--set", "train.nope=1"]) == 2
+    assert (
+        main(["train", "--preset", "digits2d", "--output-dir", str(tmp_path / "r"), "--set", "train.nope=1"])
+        == 2
+    )
     assert "train.nope" in capsys.readouterr().err

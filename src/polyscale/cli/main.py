@@ -53,9 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_presets)
 
     p = sub.add_parser("train", help="train a preset (or a YAML experiment file)")
-    p.add_argument("--preset", required=True, help="preset name (see `polyscale presets`) or path to a .yaml file")
+    p.add_argument(
+        "--preset", required=True, help="preset name (see `polyscale presets`) or path to a .yaml file"
+    )
     p.add_argument("--output-dir", required=True, help="run directory (checkpoints, logs, final model/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3"
+    )
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --output-dir")
     p.set_defaults(func=_cmd_train)
 
@@ -65,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-file", default="samples.png", help="PNG to write (3D also writes a .npy)")
     p.add_argument("--sampler", default=None, help="ddpm, ddim, euler, heun, dpmpp2m, pc, ode, ode_adaptive")
     p.add_argument("--timesteps", type=int, default=None, help="number of denoising steps")
-    p.add_argument("--resolution", type=int, default=None, help="spatial size per axis (default: training size)")
+    p.add_argument(
+        "--resolution", type=int, default=None, help="spatial size per axis (default: training size)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

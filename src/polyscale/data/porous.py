@@ -11,31 +11,57 @@ from polyscale.data.base import GridDataset
 
 
 def gaussian_random_field(
-    num_samples: int, shape: tuple[int, ...], *, correlation_length: float, generator: torch.Generator | None = None
+    num_samples: int,
+    shape: tuple[int, ...],
+    *,
+    correlation_length: float,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """White noise smoothed by a periodic Gaussian filter of std ``correlation_length`` voxels, ``(N, *shape)``.
+    """White noise smoothed by a periodic Gaussian filter of std ``l = correlation_length`` voxels.
 
-    The filter is applied in Fourier space: ``F[k] *= exp(-2 pi^2 l^2 |k|^2)`` with ``k`` in cycles per voxel.
+    The filter is applied in Fourier space, ``F[k] *= exp(-2 pi^2 l^2 |k|^2)`` with ``k`` in cycles per voxel
+    (the Fourier transform of ``exp(-|r|^2 / (2 l^2))``), so the field is periodic and any size works. Each
+    sample is rescaled to mean 0 and std 1; its covariance is ``exp(-|r|^2 / (4 l^2))`` (a Gaussian of std
+    ``sqrt(2) l``).
+
+    Returns:
+        ``(num_samples, *shape)`` float64.
     """
-    if correlation_length <= 0:
+    if not correlation_length > 0:
         raise ValueError(f"correlation_length must be positive, got {correlation_length}")
     noise = torch.randn((num_samples, *shape), generator=generator, dtype=torch.float64)
     freqs = torch.meshgrid(*(torch.fft.fftfreq(n, dtype=torch.float64) for n in shape), indexing="ij")
-    k2 = sum(f**2 for f in freqs)  # (*shape) squared frequency
-    transfer = torch.exp(-2 * math.pi**2 * correlation_length**2 * k2)
+    k2 = torch.stack(freqs).pow(2).sum(dim=0)  # (*shape) squared frequency |k|^2
+    transfer = torch.exp(-2 * math.pi**2 * correlation_length**2 * k2)  # (*shape)
     axes = tuple(range(1, len(shape) + 1))
     field = torch.fft.ifftn(torch.fft.fftn(noise, dim=axes) * transfer, dim=axes).real
+    field = field - field.mean(dim=axes, keepdim=True)
     return field / field.std(dim=axes, keepdim=True)
 
 
 def porous_media(
-    num_samples: int, *, size: int | tuple[int, ...] = 32, dims: int = 3, porosity: float = 0.3,
-    correlation_length: float = 4.0, generator: torch.Generator | None = None
+    num_samples: int,
+    *,
+    size: int | tuple[int, ...] = 32,
+    dims: int = 3,
+    porosity: float = 0.3,
+    correlation_length: float = 4.0,
+    generator: torch.Generator | None = None,
 ) -> GridDataset:
     """Binary porous media ``(N, 1, *shape)`` with values -1 (solid) and +1 (pore).
 
-    Each sample's field is thresholded at its own ``1 - porosity`` quantile, so every sample has the requested
-    pore fraction (up to one voxel). ``denormalize`` maps to {0, 1} (pore = 1).
+    Each sample is a :func:`gaussian_random_field` thresholded at its own ``1 - porosity`` quantile: the
+    ``round(porosity * V)`` largest of its ``V`` voxels are pore, so every sample has the requested pore
+    fraction up to half a voxel (``|error| <= 0.5 / V``). ``denormalize`` maps to {0, 1} (pore = 1); the grain
+    size grows with ``correlation_length`` (see :func:`polyscale.metrics.porous.two_point_correlation`).
+
+    Args:
+        num_samples: ``N``.
+        size: edge length, or the full spatial shape as a tuple of ``dims`` lengths.
+        dims: 1, 2 or 3 spatial axes.
+        porosity: pore fraction in (0, 1).
+        correlation_length: std of the Gaussian smoothing filter in voxels (> 0).
+        generator: source of the white noise (None: torch's default generator).
     """
     if dims not in (1, 2, 3):
         raise ValueError(f"dims must be 1, 2 or 3, got {dims}")
@@ -44,12 +70,23 @@ def porous_media(
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     shape = (size,) * dims if isinstance(size, int) else tuple(size)
-    if len(shape) != dims:
-        raise ValueError(f"size {size!r} has {len(shape)} axes but dims={dims}")
-    field = gaussian_random_field(num_samples, shape, correlation_length=correlation_length, generator=generator)
-    flat = field.reshape(num_samples, -1)  # (N, prod(shape))
-    n_pore = int(round(porosity * flat.shape[1]))
-    threshold = flat.sort(dim=1, descending=True).values[:, n_pore - 1 : n_pore]  # (N, 1) n_pore-th largest
-    pores = (flat >= threshold).reshape(field.shape)
-    data = (pores.float() * 2 - 1)[:, None]  # (N, 1, *shape) in {-1, +1}
+    if len(shape) != dims or any(int(s) != s or s < 1 for s in shape):
+        raise ValueError(
+            f"size must be a positive int or a tuple of {dims} positive ints (dims={dims}), got {size!r}"
+        )
+    volume = math.prod(shape)
+    n_pore = int(round(porosity * volume))
+    if not 0 < n_pore < volume:
+        raise ValueError(
+            f"a grid of {volume} voxels cannot have porosity {porosity} with both pores and solid "
+            f"(it rounds to {n_pore} pore voxels); use a larger size"
+        )
+    field = gaussian_random_field(
+        num_samples, shape, correlation_length=correlation_length, generator=generator
+    )
+    flat = field.reshape(num_samples, volume)  # (N, V)
+    # the n_pore-th largest value of each sample = its (V - n_pore + 1)-th smallest, (N, 1)
+    threshold = flat.kthvalue(volume - n_pore + 1, dim=1, keepdim=True).values
+    pores = (flat >= threshold).reshape(field.shape)  # (N, *shape) bool
+    data = (pores.to(torch.float32) * 2 - 1)[:, None]  # (N, 1, *shape) in {-1, +1}
     return GridDataset(data, scale=0.5, shift=0.5)

@@ -71,10 +71,14 @@ def preset_path(name_or_path: str | Path) -> Path:
         return candidate
     names = preset_names()
     if str(name_or_path) not in names:
-        raise ValueError(f"unknown preset {str(name_or_path)!r}; expected one of {names} or a path to a .yaml file")
+        raise ValueError(
+            f"unknown preset {str(name_or_path)!r}; expected one of {names} or a path to a .yaml file"
+        )
     return Path(str(resources.files("polyscale") / "presets" / f"{name_or_path}.yaml"))
 
 
-def load_experiment(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+def load_experiment(
+    name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> ExperimentConfig:
     """Load and validate a preset, applying ``section.key=value`` overrides."""
     return load_config(ExperimentConfig, preset_path(name_or_path), overrides=overrides)

@@ -66,7 +66,9 @@ def load_denoiser(
     net = load_pretrained(directory, MODEL_CLASSES, ema=use_ema, map_location="cpu")
     meta = info.metadata
     if "experiment" not in meta or "sample_shape" not in meta:
-        raise ValueError(f"{directory}/config.json has no polyscale experiment metadata; was it saved by polyscale?")
+        raise ValueError(
+            f"{directory}/config.json has no polyscale experiment metadata; was it saved by polyscale?"
+        )
     cfg = from_dict(ExperimentConfig, meta["experiment"])
     denoiser = EDMPrecond(net, sigma_data=cfg.diffusion.sigma_data).to(device).eval()
     return denoiser, cfg, tuple(meta["sample_shape"])
@@ -97,7 +99,9 @@ def generate(
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         x = torch.randn((b, *shape[1:]), generator=generator, device=device) * sigmas[0]
-        out.append(sample_fn(denoiser, x, sigmas, generator=generator, callback=callback, disable=not progress))
+        out.append(
+            sample_fn(denoiser, x, sigmas, generator=generator, callback=callback, disable=not progress)
+        )
     return torch.cat(out)
 
 
@@ -107,7 +111,9 @@ class SampleResult:
     files: list[Path]  # what was written
 
 
-def save_samples(samples: Tensor, output_file: str | Path, *, data_kind: str, save_raw: bool = False) -> list[Path]:
+def save_samples(
+    samples: Tensor, output_file: str | Path, *, data_kind: str, save_raw: bool = False
+) -> list[Path]:
     """Write a picture suited to the samples' rank (+ raw ``.npy`` for 3D or when asked)."""
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,9 @@ def train_experiment(
         dataset = WithoutLabels(dataset)
 
     denoiser = make_denoiser(cfg)
-    loss_fn = EDMLoss(P_mean=cfg.diffusion.P_mean, P_std=cfg.diffusion.P_std, sigma_data=cfg.diffusion.sigma_data)
+    loss_fn = EDMLoss(
+        P_mean=cfg.diffusion.P_mean, P_std=cfg.diffusion.P_std, sigma_data=cfg.diffusion.sigma_data
+    )
     atomic_write_text(output_dir / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     metadata = {"experiment": to_dict(cfg), "sample_shape": list(sample_shape)}
 

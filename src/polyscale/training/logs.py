@@ -1,4 +1,4 @@
-"""Metrics to CSV and TensorBoard (main process only)."""
+"""Metrics to ``metrics.csv`` and TensorBoard (main process only)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ COLUMNS = ["step", "loss", "lr", "grad_norm", "samples_per_s"]
 
 
 class MetricsLogger:
-    """Appends rows to ``output_dir/metrics.csv`` and scalars to ``output_dir/tb``.
+    """Appends rows to ``output_dir/metrics.csv`` and scalars ``train/<name>`` to ``output_dir/tb``.
 
-    On resume from step ``k`` rows with ``step > k`` (written after that checkpoint by an interrupted run) are
-    dropped, so the CSV tells the history of the weights actually kept.
+    On resume from step ``k`` the rows with ``step > k`` (written after that checkpoint by an interrupted run)
+    are dropped and TensorBoard purges them too, so the logs tell the history of the weights actually kept.
+    A logger with ``enabled=False`` (non-main processes) does nothing.
     """
 
     def __init__(self, output_dir: Path, *, enabled: bool, resume_step: int = 0) -> None:
@@ -27,14 +28,16 @@ class MetricsLogger:
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
         with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-        from torch.utils.tensorboard import SummaryWriter
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        from torch.utils.tensorboard import SummaryWriter  # imported here: only the main process needs it
 
-        self.writer = SummaryWriter(str(output_dir / "tb"), purge_step=resume_step or None)
+        # purge_step hides events at steps >= resume_step left by an earlier (crashed or replaced) run
+        self.writer = SummaryWriter(str(output_dir / "tb"), purge_step=resume_step)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        """One CSV row (columns :data:`COLUMNS`, blanks for missing ones) and one scalar per metric."""
         if not self.enabled:
             return
         row = {"step": step, **{k: f"{metrics[k]:.6g}" for k in COLUMNS[1:] if k in metrics}}
@@ -46,3 +49,4 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.writer = None

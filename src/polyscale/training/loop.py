@@ -1,33 +1,47 @@
 """The training loop: one readable function on ``accelerate`` (devices, mixed precision, DDP), with EMA,
 warmup + cosine LR, gradient clipping and accumulation, atomic checkpoints and exact resume.
 
-Exactness of resume rests on two choices: the data order and the diffusion noise are pure functions of
-``(seed, step, micro-step, rank)`` (see :func:`batch_indices`, :func:`mix_seed`), and everything stateful
-(model, optimizer, LR schedule, EMA, step, RNG states for dropout) is saved with ``accelerator.save_state``.
+Exactness of resume rests on two choices. (1) Everything random that matters is a pure function of
+position: the data order of ``(seed, step, chunk)`` (:mod:`polyscale.training.data`), the generator handed
+to ``loss_fn`` (diffusion noise) and label dropout of ``(seed, step, chunk)``. (2) Everything stateful
+(model, optimizer, LR schedule, EMA, step, and the global RNG that drives dropout layers) is saved in each
+checkpoint (:mod:`polyscale.training.checkpoint`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import shutil
+import functools
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from torch import nn
-from torch.utils.data import Dataset, default_collate
+from accelerate.state import AcceleratorState
+from torch import Tensor, nn
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from polyscale.training.checkpoint import (
+    TrainerState,
+    clear_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from polyscale.training.config import TrainConfig
+from polyscale.training.data import check_dataset, chunk_index, make_loader, mix_seed
+from polyscale.training.ema import ema_decay_at, ema_update
 from polyscale.training.logs import MetricsLogger
-from polyscale.training.schedule import batch_indices, ema_decay_at, ema_update, mix_seed, warmup_cosine
+from polyscale.training.lr import warmup_cosine
 
-CHECKPOINT_PREFIX = "step_"
+LossFn = Callable[..., Tensor]  # loss_fn(model, x0, *, generator, **cond) -> per-sample loss (B,)
+ExportFn = Callable[[Path, nn.Module, nn.Module], None]  # export_fn(directory, model, ema_model)
+Callback = Callable[[int, nn.Module, dict], None]  # cb(step, unwrapped_model, metrics) after each step
 
 
 @dataclass
@@ -35,59 +49,40 @@ class TrainResult:
     """What a finished (or resumed-and-finished) run reports."""
 
     step: int  # optimizer steps done in total
-    final_loss: float  # exponentially smoothed training loss at the end (this process)
-    losses: list[float] = field(default_factory=list)  # per-step mean loss of this run segment (this process)
+    final_loss: float  # exponentially smoothed loss at the end (this process; nan if no step ever ran)
+    losses: list[float] = field(default_factory=list)  # per-step mean loss of the steps run in this call
     output_dir: Path | None = None
-    last_checkpoint: Path | None = None
+    last_checkpoint: Path | None = None  # the newest checkpoint directory
+    model_dir: Path | None = None  # where export_fn wrote the model (None without export_fn)
     wall_time: float = 0.0  # seconds spent in this call
 
 
-class _StepCounter:
-    """The global step as a checkpointable object (``accelerator.register_for_checkpointing``)."""
+def _make_accelerator(mixed_precision: str) -> Accelerator:
+    """An ``Accelerator`` with this precision, also when an earlier call in this process used another one.
 
-    def __init__(self) -> None:
-        self.step = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The most recent complete checkpoint under ``output_dir/checkpoints`` (temporary dirs are ignored)."""
-    folder = Path(output_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    done = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
-    return done[-1] if done else None
+    accelerate keeps one process-wide state and refuses to change its precision; the distributed part
+    (``PartialState``, the process group) is kept, only the precision-carrying part is rebuilt.
+    """
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed_precision)
 
 
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> Path:
-    """``save_state`` into a temporary directory, then rename: a crash never leaves a partial checkpoint."""
-    folder = output_dir / "checkpoints"
-    final = folder / f"{CHECKPOINT_PREFIX}{step:08d}"
-    tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{step:08d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        old = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
-        for stale in old[:-keep]:
-            shutil.rmtree(stale, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the global RNG (used by dropout) from ``seed`` inside this block only; the caller's state returns
+    afterwards. On resume the checkpoint's RNG state replaces the seeded one."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        yield
 
 
-def _drop_labels(cond: dict, cfg: TrainConfig, generator: torch.Generator) -> dict:
-    """Classifier-free guidance training: replace labels by ``null_class`` with probability ``label_dropout``."""
+def _drop_labels(cond: dict[str, Tensor], cfg: TrainConfig, generator: torch.Generator) -> dict[str, Tensor]:
+    """Classifier-free guidance training: labels become ``null_class`` with probability ``label_dropout``."""
     labels = cond.get("class_labels")
     if labels is None or cfg.label_dropout == 0:
         return cond
@@ -95,104 +90,202 @@ def _drop_labels(cond: dict, cfg: TrainConfig, generator: torch.Generator) -> di
     return {**cond, "class_labels": torch.where(drop, torch.full_like(labels, cfg.null_class), labels)}
 
 
+def _micro_step_loss(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Mapping[str, Tensor],
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> Tensor:
+    """Mean per-sample loss of one micro-batch ``{"x": (b, C, *spatial), ...}``, scaled for accumulation."""
+    x0 = batch["x"]
+    cond = _drop_labels({k: v for k, v in batch.items() if k != "x"}, cfg, generator)
+    per_sample = loss_fn(model, x0, generator=generator, **cond)
+    if per_sample.shape != (x0.shape[0],):
+        raise ValueError(
+            f"loss_fn must return a per-sample loss of shape ({x0.shape[0]},), got {tuple(per_sample.shape)}"
+        )
+    return per_sample.float().mean() / cfg.grad_accum_steps
+
+
+def _optimizer_step(
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: LossFn,
+    batches: Iterator[dict[str, Tensor]],
+    cfg: TrainConfig,
+    *,
+    step: int,
+    grad_clip: float,
+) -> tuple[Tensor, float, float]:
+    """One optimizer step over ``grad_accum_steps`` micro-batches -> (this process's loss, lr, grad norm)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    step_loss = torch.zeros((), device=accelerator.device)
+    for micro in range(cfg.grad_accum_steps):
+        batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
+        # noise and label dropout depend on the micro-batch's place in the global batch, not on the layout
+        chunk = chunk_index(micro, rank=rank, num_processes=world)
+        gen = torch.Generator(accelerator.device).manual_seed(mix_seed(cfg.seed, step, chunk))
+        # DDP all-reduces gradients only on the last micro-batch of the step
+        sync = contextlib.nullcontext() if micro == cfg.grad_accum_steps - 1 else accelerator.no_sync(model)
+        with sync, accelerator.autocast():
+            loss = _micro_step_loss(model, loss_fn, batch, cfg, gen)
+        accelerator.backward(loss)
+        step_loss += loss.detach()
+    lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, lr, float(grad_norm)
+
+
 def train(
     model: nn.Module,
-    loss_fn: Callable[..., torch.Tensor],
+    loss_fn: LossFn,
     dataset: Dataset,
     config: TrainConfig,
     *,
-    export_fn: Callable[[Path, nn.Module, nn.Module], None] | None = None,
+    export_fn: ExportFn | None = None,
     resume: bool = True,
-    callbacks: Sequence[Callable[[int, nn.Module, dict], None]] = (),
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
-    """Train ``model`` with ``loss_fn(model, x0, *, generator, **cond) -> (B,)`` on dict batches of ``dataset``.
+    """Train ``model`` in place with AdamW on dict batches of ``dataset``.
 
-    Writes ``checkpoints/step_*`` (full state), ``metrics.csv``, ``tb/`` under ``config.output_dir`` and, when
-    ``export_fn`` is given, calls ``export_fn(output_dir / "model", model, ema_model)`` at the end.
-    With ``resume`` the latest checkpoint in ``output_dir`` is loaded and training continues to ``max_steps``.
+    Args:
+        model: any module; ``loss_fn`` calls it. Trained in place (the same object holds the final weights).
+        loss_fn: ``loss_fn(model, x0, *, generator, **cond) -> (B,)`` per-sample loss; ``x0`` is
+            ``batch["x"]`` ``(B, C, *spatial)``, ``cond`` the other keys (e.g. ``class_labels`` ``(B,)``).
+            Draw noise from ``generator`` (seeded per step and micro-batch) for exact resume. The loop takes
+            the mean.
+        dataset: map-style, items ``{"x": (C, *spatial), ...}``; an optional ``set_epoch(epoch)`` is honoured.
+        config: the knobs (see :class:`TrainConfig`); ``output_dir`` receives ``checkpoints/step_*``,
+            ``metrics.csv``, ``tb/`` and, with ``export_fn``, ``model/``.
+        export_fn: called as ``export_fn(output_dir / "model", model, ema_model)`` on the main process after
+            each checkpoint (the last step always makes one).
+        resume: continue from the latest checkpoint in ``output_dir`` (to ``max_steps``) when there is one.
+            ``resume=False`` starts over: the checkpoints and logs already in ``output_dir`` are replaced.
+        callbacks: ``cb(step, model, metrics)`` on the main process after each optimizer step; ``metrics`` has
+            ``loss``, ``lr``, ``grad_norm`` (and ``samples_per_s`` on logging steps).
     """
     cfg = config
+    cfg.validate()  # before accelerate sees the precision string
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("train.mixed_precision='fp16' needs a GPU; use 'bf16' or 'no' on CPU")
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        raise ValueError("train.mixed_precision='fp16' needs a CUDA GPU, got a CPU-only machine; use 'bf16'")
+    check_dataset(dataset)
+    accelerator = _make_accelerator(cfg.mixed_precision)
     cfg.validate(accelerator.num_processes)
-    if len(dataset) == 0:
-        raise ValueError("the training dataset is empty")
+    t_start = time.perf_counter()
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     output_dir = Path(cfg.output_dir)
-    micro_batch = cfg.batch_size // (cfg.grad_accum_steps * accelerator.num_processes)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    model_dir = output_dir / "model" if export_fn is not None else None
+    grad_clip = cfg.grad_clip or math.inf  # inf: no clipping, but the norm is still computed for the logs
 
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(
-        s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
+    )
+    lr_lambda = functools.partial(
+        warmup_cosine, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    # The scheduler is not prepared (a prepared one steps once per process under DDP); we checkpoint it.
     model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)  # the caller's module (inside DDP, if any)
     ema.to(accelerator.device)
-    counter = _StepCounter()
-    # The scheduler is registered, not prepared: a prepared one steps once per process under DDP.
-    for obj in (scheduler, ema, counter):
-        accelerator.register_for_checkpointing(obj)
 
-    ckpt = latest_checkpoint(output_dir) if resume else None
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-    start_step = counter.step
-    logger = MetricsLogger(output_dir, enabled=accelerator.is_main_process, resume_step=start_step)
-    bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and accelerator.is_main_process),
-               desc="training", dynamic_ncols=True)
-    losses: list[float] = []
-    smoothed = float("nan")
-    last_ckpt = ckpt
-    t_start = t_log = time.perf_counter()
-    model.train()
-    for step in range(start_step, cfg.max_steps):
-        step_loss = torch.zeros((), device=accelerator.device)
-        for micro in range(cfg.grad_accum_steps):
-            idx, epoch = batch_indices(step, micro=micro, rank=rank, num_processes=world, micro_batch=micro_batch,
-                                       grad_accum_steps=cfg.grad_accum_steps, dataset_len=len(dataset), seed=cfg.seed)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            batch = default_collate([dataset[int(i)] for i in idx])
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            x0 = batch.pop("x")
-            gen = torch.Generator(accelerator.device).manual_seed(mix_seed(cfg.seed, step, micro, rank))
-            cond = _drop_labels(batch, cfg, gen)
-            last = micro == cfg.grad_accum_steps - 1
-            sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
-            with sync, accelerator.autocast():
-                loss = loss_fn(model, x0, generator=gen, **cond).float().mean() / cfg.grad_accum_steps
-            accelerator.backward(loss)
-            step_loss += loss.detach()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema_update(ema, accelerator.unwrap_model(model), decay=ema_decay_at(step, cfg.ema_decay))
-        counter.step = step + 1
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_seeded_global_rng(mix_seed(cfg.seed, rank, 0xD0), accelerator.device))
+        state, last_ckpt = TrainerState(), None
+        if not resume and main:
+            clear_checkpoints(output_dir)
+        accelerator.wait_for_everyone()
+        if resume and (last_ckpt := latest_checkpoint(output_dir)) is not None:
+            state = load_checkpoint(accelerator, last_ckpt, ema=ema, scheduler=scheduler)
+        start_step = state.step
+        batches = iter(
+            make_loader(
+                dataset,
+                start_step=start_step,
+                max_steps=cfg.max_steps,
+                micro_batch=cfg.batch_size // (cfg.grad_accum_steps * world),
+                grad_accum_steps=cfg.grad_accum_steps,
+                rank=rank,
+                num_processes=world,
+                seed=cfg.seed,
+                num_workers=cfg.num_workers,
+                pin_memory=accelerator.device.type == "cuda",
+            )
+        )
+        logger = MetricsLogger(output_dir, enabled=main, resume_step=start_step)
+        stack.callback(logger.close)
+        bar = tqdm(
+            total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and main), desc="training"
+        )
+        stack.callback(bar.close)
+        # hand the caller's module back without accelerate's autocast wrapper around forward
+        stack.callback(accelerator.unwrap_model, model, keep_fp32_wrapper=False)
+        losses: list[float] = []
+        t_log, steps_since_log = time.perf_counter(), 0
+        model.train()
+        for step in range(start_step, cfg.max_steps):
+            step_loss, lr, grad_norm = _optimizer_step(
+                accelerator,
+                model,
+                optimizer,
+                scheduler,
+                loss_fn,
+                batches,
+                cfg,
+                step=step,
+                grad_clip=grad_clip,
+            )
+            decay = ema_decay_at(step, cfg.ema_decay, warmup=cfg.ema_warmup)
+            ema_update(ema, unwrapped, decay=decay)
+            state.step = step + 1
 
-        loss_value = float(step_loss)
-        losses.append(loss_value)
-        smoothed = loss_value if smoothed != smoothed else 0.98 * smoothed + 0.02 * loss_value
-        metrics = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
-        if counter.step % cfg.log_every == 0 or counter.step == cfg.max_steps:
-            mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
-            now = time.perf_counter()
-            done = counter.step - max(start_step, (counter.step - 1) // cfg.log_every * cfg.log_every)
-            logger.log(counter.step, {**metrics, "loss": mean_loss,
-                                      "samples_per_s": done * cfg.batch_size / max(now - t_log, 1e-9)})
-            t_log = now
-        if accelerator.is_main_process:
-            for cb in callbacks:
-                cb(counter.step, accelerator.unwrap_model(model), metrics)
-        bar.update(1)
-        bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{metrics['lr']:.2e}")
-        if counter.step % cfg.checkpoint_every == 0 or counter.step == cfg.max_steps:
-            last_ckpt = _save_checkpoint(accelerator, output_dir, counter.step, cfg.keep_checkpoints)
-    bar.close()
-    logger.close()
-    if export_fn is not None and accelerator.is_main_process:
-        export_fn(output_dir / "model", accelerator.unwrap_model(model), ema)
-    accelerator.wait_for_everyone()
-    return TrainResult(step=counter.step, final_loss=smoothed, losses=losses, output_dir=output_dir,
-                       last_checkpoint=last_ckpt, wall_time=time.perf_counter() - t_start)
-
+            # bookkeeping: smoothed loss, logs, callbacks, progress bar, checkpoint
+            loss_value = float(step_loss)
+            losses.append(loss_value)
+            s = state.smoothed_loss
+            state.smoothed_loss = loss_value if s is None else 0.98 * s + 0.02 * loss_value
+            metrics = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+            steps_since_log += 1
+            final = state.step == cfg.max_steps
+            if state.step % cfg.log_every == 0 or final:
+                now = time.perf_counter()
+                metrics["loss"] = float(accelerator.reduce(step_loss, reduction="mean"))  # global batch
+                metrics["samples_per_s"] = steps_since_log * cfg.batch_size / max(now - t_log, 1e-9)
+                logger.log(state.step, metrics)
+                t_log, steps_since_log = now, 0
+            if main:
+                for cb in callbacks:
+                    cb(state.step, unwrapped, metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{state.smoothed_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            if state.step % cfg.checkpoint_every == 0 or final:
+                last_ckpt = save_checkpoint(
+                    accelerator,
+                    output_dir,
+                    state=state,
+                    ema=ema,
+                    scheduler=scheduler,
+                    keep=cfg.keep_checkpoints,
+                )
+                if export_fn is not None and main:
+                    export_fn(model_dir, unwrapped, ema)
+        if export_fn is not None and main and start_step >= cfg.max_steps:
+            export_fn(model_dir, unwrapped, ema)  # nothing left to train: export anyway
+        accelerator.wait_for_everyone()
+    final_loss = state.smoothed_loss if state.smoothed_loss is not None else math.nan
+    return TrainResult(
+        step=state.step,
+        final_loss=final_loss,
+        losses=losses,
+        output_dir=output_dir,
+        last_checkpoint=last_ckpt,
+        model_dir=model_dir,
+        wall_time=time.perf_counter() - t_start,
+    )

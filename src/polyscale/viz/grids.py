@@ -97,7 +97,10 @@ def save_volume_slices(volumes: Tensor, path: str | Path, *, upscale: int = 2) -
     rows = []
     for vol in v:
         panels = [vol[d // 2], vol[:, h // 2], vol[:, :, w // 2]]  # (H, W), (D, W), (D, H)
-        padded = [torch.nn.functional.pad(p, (0, size - p.shape[1], 0, size - p.shape[0]), value=1.0) for p in panels]
+        padded = [
+            torch.nn.functional.pad(p, (0, size - p.shape[1], 0, size - p.shape[0]), value=1.0)
+            for p in panels
+        ]
         rows.append(torch.stack(padded)[:, None])  # (3, 1, size, size)
     tiles = torch.cat(rows)  # (3B, 1, size, size)
     return save_image_grid(tiles, path, nrow=3, upscale=upscale)

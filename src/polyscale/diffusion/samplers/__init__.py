@@ -1,4 +1,11 @@
-"""Stateless samplers ``sample_<name>(denoiser, x, sigmas, *, generator=None, callback=None, ...) -> x``."""
+"""Stateless samplers ``sample_<name>(denoiser, x, sigmas, *, generator=None, callback=None, disable=None,
+cond=None, ...) -> x``.
+
+``x`` ``(B, ...)`` starts at ``randn * sigmas[0]`` (the caller draws it); ``sigmas`` is a strictly decreasing
+schedule ending in 0; ``cond`` is a dict of keyword arguments passed to every denoiser call; randomness comes
+only from ``generator``; ``callback`` receives ``{"i", "sigma", "sigma_next", "x", "denoised"}`` once per step
+(``x`` and ``denoised`` before the update). A tqdm bar shows unless ``disable=True``.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +33,21 @@ SAMPLERS: dict[str, Callable] = {
 
 
 def get_sampler(name: str) -> Callable:
-    """The sampler function registered under ``name``."""
+    """The sampler function registered under ``name`` in :data:`SAMPLERS`."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
     return SAMPLERS[name]
 
 
-__all__ = ["SAMPLERS", "get_sampler", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_euler",
-           "sample_heun", "sample_ode_adaptive", "sample_ode_rk4", "sample_pc"]
+__all__ = [
+    "SAMPLERS",
+    "get_sampler",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpmpp_2m",
+    "sample_euler",
+    "sample_heun",
+    "sample_ode_adaptive",
+    "sample_ode_rk4",
+    "sample_pc",
+]

@@ -1,0 +1,90 @@
+"""Building blocks of the N-D U-Net: residual block, attention block, down- and upsampling.
+
+Every block takes ``(h, emb)`` so the U-Net can run (and checkpoint) them uniformly: ``h`` is a
+channel-first grid ``(B, C, *spatial)`` with 1-3 spatial axes and ``emb`` the ``(B, E)`` conditioning
+embedding (ignored by blocks that do not use it). Convolutions come from ``getattr(nn, f"Conv{dims}d")``:
+one implementation for 1D/2D/3D.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from polyscale.nn.attention import NeighborhoodAttention
+
+
+def conv_nd(dims: int, cin: int, cout: int, kernel: int = 3, *, stride: int = 1) -> nn.Module:
+    """``Conv{dims}d`` with "same" padding for odd kernels (halved size when ``stride=2`` on even sizes)."""
+    return getattr(nn, f"Conv{dims}d")(cin, cout, kernel, stride=stride, padding=kernel // 2)
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero all parameters of ``module`` in place (residual branches then start as the identity)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, embedding as per-channel scale and shift, GroupNorm-SiLU-dropout-conv, plus skip.
+
+    ``forward(h (B, C_in, *S), emb (B, E)) -> (B, C_out, *S)``. The second conv is zero-initialised, so a new
+    block is the identity (or its 1x1 skip projection when the channel count changes).
+    """
+
+    def __init__(self, dims: int, cin: int, cout: int, emb: int, *, dropout: float, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin)
+        self.conv1 = conv_nd(dims, cin, cout)
+        self.emb = nn.Linear(emb, 2 * cout)
+        self.norm2 = nn.GroupNorm(groups, cout)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_(conv_nd(dims, cout, cout))
+        self.skip = conv_nd(dims, cin, cout, kernel=1) if cin != cout else nn.Identity()
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        x = self.conv1(F.silu(self.norm1(h)))  # (B, C_out, *S)
+        scale, shift = self.emb(emb).unflatten(1, (2, -1)).unbind(1)  # (B, 2 C_out) -> 2 x (B, C_out)
+        per_channel = (*scale.shape, *([1] * (h.ndim - 2)))  # (B, C_out, 1, ..., 1): broadcast over space
+        x = self.norm2(x) * (1 + scale.view(per_channel)) + shift.view(per_channel)
+        x = self.conv2(self.dropout(F.silu(x)))
+        return self.skip(h) + x
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm residual neighbourhood attention: ``h + attn(GroupNorm(h))``, ``(B, C, *S) -> (B, C, *S)``.
+
+    The output projection is zero-initialised, so a new block is the identity.
+    """
+
+    def __init__(self, dims: int, channels: int, *, kernel_size: int, num_heads: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.attn = NeighborhoodAttention(channels, dims=dims, kernel_size=kernel_size, num_heads=num_heads)
+        zero_(self.attn.proj)
+
+    def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
+        return h + self.attn(self.norm(h))
+
+
+class Downsample(nn.Module):
+    """Strided 3x..x3 convolution: ``(B, C, *S) -> (B, C, *S/2)`` (even sizes)."""
+
+    def __init__(self, dims: int, channels: int) -> None:
+        super().__init__()
+        self.conv = conv_nd(dims, channels, channels, stride=2)
+
+    def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
+        return self.conv(h)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour upsampling by 2 then a 3x..x3 convolution: ``(B, C, *S) -> (B, C, *2S)``."""
+
+    def __init__(self, dims: int, channels: int) -> None:
+        super().__init__()
+        self.conv = conv_nd(dims, channels, channels)
+
+    def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
+        return self.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
