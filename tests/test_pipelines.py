@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +85,35 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys):
         == 2
     )
     assert "train.nope" in capsys.readouterr().err
+
+
+def test_export_ema_writes_the_ema_weights_alone(tmp_path: Path):
+    from polyscale.io import load_weights
+    from polyscale.pipelines.export import export_ema
+
+    cfg = load_experiment("digits2d", overrides=TINY)
+    train_experiment(cfg, tmp_path / "run")
+    src = tmp_path / "run" / "model"
+    dest = export_ema(src, tmp_path / "shipped")
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors"]
+    ema, raw, shipped = (
+        load_weights(p)
+        for p in (src / "ema.safetensors", src / "model.safetensors", dest / "model.safetensors")
+    )
+    assert all(torch.equal(shipped[k], ema[k]) for k in ema)
+    assert any(not torch.equal(raw[k], ema[k]) for k in ema)  # so the check above could fail
+    _, loaded_cfg, shape = load_denoiser(dest)
+    assert loaded_cfg == cfg and shape == (1, 16, 16)
+
+
+def test_shipped_model_samples_from_the_cli(tmp_path: Path, capsys):
+    from polyscale.pipelines.sample import shipped_models
+
+    assert "digits2d" in shipped_models()
+    out = tmp_path / "d.png"
+    argv = ["sample", "--checkpoint", "digits2d", "--num-samples", "2", "--timesteps", "3"]
+    assert main([*argv, "--output-file", str(out), "--device", "cpu", "--save-raw"]) == 0
+    assert out.is_file() and out.with_suffix(".npy").is_file()
+    samples = np.load(out.with_suffix(".npy"))
+    assert samples.shape == (2, 1, 16, 16) and np.isfinite(samples).all()
+    assert "wrote" in capsys.readouterr().out
