@@ -54,10 +54,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small cases only (a smoke run)")
     parser.add_argument("--only", action="append", choices=sorted(SECTIONS), help="run only these sections")
     parser.add_argument("--report", action="append", default=[], help="e2e report.md files to append")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep --out as it is and add to it (runs only the --only sections)",
+    )
     args = parser.parse_args()
 
-    names = args.only or list(SECTIONS)
-    parts = [
+    names = args.only or ([] if args.append else list(SECTIONS))
+    header = [
         "# polyscale benchmarks",
         "",
         f"Written by `python benchmarks/run_all.py` on {datetime.date.today().isoformat()}"
@@ -66,6 +71,7 @@ def main() -> None:
         f"Machine: {machine_description()}",
         "",
     ]
+    parts = [Path(args.out).read_text().rstrip("\n"), ""] if args.append else header
     for name in names:
         title, intro, run = SECTIONS[name]
         print(f"[run_all] {name} ...", file=sys.stderr, flush=True)

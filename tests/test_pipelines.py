@@ -48,7 +48,7 @@ def test_unknown_override_key_names_key_and_allowed():
     [
         ("digits2d", []),
         ("mnist1d", ["data.num_samples=64"]),
-        ("porous3d", ["data.num_samples=4", "data.size=8"]),
+        ("porous3d", ["data.num_samples=4", "data.size=8", "data.crop_size=4"]),
     ],
 )
 def test_train_then_sample(tmp_path: Path, preset: str, extra: list[str]):
