@@ -106,14 +106,18 @@ def test_export_ema_writes_the_ema_weights_alone(tmp_path: Path):
     assert loaded_cfg == cfg and shape == (1, 16, 16)
 
 
-def test_shipped_model_samples_from_the_cli(tmp_path: Path, capsys):
+@pytest.mark.parametrize(
+    "name, shape", [("digits2d", (1, 16, 16)), ("mnist1d", (1, 40)), ("porous3d", (1, 16, 16, 16))]
+)
+def test_shipped_model_samples_from_the_cli(tmp_path: Path, capsys, name: str, shape: tuple[int, ...]):
     from polyscale.pipelines.sample import shipped_models
 
-    assert "digits2d" in shipped_models()
-    out = tmp_path / "d.png"
-    argv = ["sample", "--checkpoint", "digits2d", "--num-samples", "2", "--timesteps", "3"]
+    assert name in shipped_models()
+    out = tmp_path / "s.png"
+    argv = ["sample", "--checkpoint", name, "--num-samples", "2", "--timesteps", "3"]
     assert main([*argv, "--output-file", str(out), "--device", "cpu", "--save-raw"]) == 0
     assert out.is_file() and out.with_suffix(".npy").is_file()
     samples = np.load(out.with_suffix(".npy"))
-    assert samples.shape == (2, 1, 16, 16) and np.isfinite(samples).all()
+    assert samples.shape == (2, *shape) and np.isfinite(samples).all()
+    assert samples.std() > 0.1  # a trained model, not an all-zero output
     assert "wrote" in capsys.readouterr().out
