@@ -28,6 +28,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from polyscale.pipelines.sample import sample_checkpoint
 
+    dims = args.dim if args.dim is not None or args.checkpoint is not None else 2
     result = sample_checkpoint(
         args.checkpoint,
         num_samples=args.num_samples,
@@ -39,6 +40,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         save_raw=args.save_raw,
+        dims=dims,
+        channels=args.channels,
+        base_channels=args.base_channels,
+        create_animation=args.create_animation,
+        animation_interval=args.animation_interval,
     )
     for path in result.files:
         print(f"wrote {path}")
@@ -64,7 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sample", help="generate samples from a model directory or a shipped model")
-    p.add_argument("--checkpoint", required=True, help="model directory, or a shipped model name")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="model directory or shipped model name (default: the shipped model for --dim: "
+        "1 mnist1d, 2 digits2d, 3 porous3d)",
+    )
+    p.add_argument("--dim", type=int, choices=[1, 2, 3], default=None, help="spatial dimensions (default 2)")
+    p.add_argument(
+        "--channels", type=int, default=None, help="data channels (checked against the checkpoint)"
+    )
+    p.add_argument(
+        "--base-channels", type=int, default=None, help="model width (checked against the checkpoint)"
+    )
+    p.add_argument(
+        "--create-animation", action="store_true", help="also write a GIF of x and the denoised estimate"
+    )
+    p.add_argument("--animation-interval", type=int, default=1, help="keep every K-th step in the animation")
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--output-file", default="samples.png", help="PNG to write (3D also writes a .npy)")
     p.add_argument("--sampler", default=None, help="ddpm, ddim, euler, heun, dpmpp2m, pc, ode, ode_adaptive")

@@ -16,9 +16,15 @@ from polyscale.io import atomic_write_bytes, load_pretrained, read_model_dir
 from polyscale.nn.unet import UNet
 from polyscale.pipelines.datasets import to_display
 from polyscale.pipelines.experiment import ExperimentConfig
+from polyscale.viz.animation import DenoisingRecorder, save_denoising_gif
 from polyscale.viz.grids import save_image_grid, save_line_plots, save_volume_slices
 
 MODEL_CLASSES = {"UNet": UNet}  # the explicit map from config.json "class" to a constructor
+SHIPPED_BY_DIM = {
+    1: "mnist1d",
+    2: "digits2d",
+    3: "porous3d",
+}  # what `sample --dim D` uses without a checkpoint
 
 
 def shipped_models() -> list[str]:
@@ -135,8 +141,20 @@ def save_samples(
     return files
 
 
+def check_architecture(cfg: ExperimentConfig, checkpoint: str | Path, **requested: int | None) -> None:
+    """Raise ValueError when an architecture flag (``dims``, ``in_channels``, ``base_channels``) given by the
+    user contradicts the checkpoint; ``None`` means "not given"."""
+    for name, value in requested.items():
+        have = getattr(cfg.model, name)
+        if value is not None and value != have:
+            raise ValueError(
+                f"checkpoint {str(checkpoint)!r} has {name}={have}, but {name}={value} was requested; drop the "
+                "flag or pick a checkpoint with that architecture"
+            )
+
+
 def sample_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     *,
     num_samples: int = 16,
     output_file: str | Path | None = None,
@@ -148,10 +166,31 @@ def sample_checkpoint(
     device: str = "auto",
     save_raw: bool = False,
     progress: bool = True,
+    dims: int | None = None,
+    channels: int | None = None,
+    base_channels: int | None = None,
+    create_animation: bool = False,
+    animation_interval: int = 1,
 ) -> SampleResult:
-    """Load ``checkpoint``, draw ``num_samples`` samples (at ``resolution`` per spatial axis when given)."""
+    """Load ``checkpoint``, draw ``num_samples`` samples (at ``resolution`` per spatial axis when given).
+
+    ``checkpoint=None`` takes the shipped model for ``dims`` (:data:`SHIPPED_BY_DIM`). ``dims``, ``channels``
+    and ``base_channels`` are checks: a value that contradicts the checkpoint is an error. With
+    ``create_animation`` the first batch is recorded every ``animation_interval`` steps and written next to
+    ``output_file`` as a GIF (x beside the denoised estimate).
+    """
+    if checkpoint is None:
+        if dims not in SHIPPED_BY_DIM:
+            raise ValueError(
+                f"without a checkpoint, dims must be one of {sorted(SHIPPED_BY_DIM)}, got {dims!r}"
+            )
+        checkpoint = SHIPPED_BY_DIM[dims]
+    if create_animation and output_file is None:
+        raise ValueError("create_animation needs an output_file (the GIF is written next to it)")
+    recorder = DenoisingRecorder(interval=animation_interval) if create_animation else None
     dev = resolve_device(device)
     denoiser, cfg, sample_shape = load_denoiser(checkpoint, device=dev)
+    check_architecture(cfg, checkpoint, dims=dims, in_channels=channels, base_channels=base_channels)
     spatial = sample_shape[1:] if resolution is None else (resolution,) * (len(sample_shape) - 1)
     generator = torch.Generator(dev).manual_seed(seed)
     samples = generate(
@@ -163,6 +202,7 @@ def sample_checkpoint(
         sigma_max=cfg.diffusion.sigma_max,
         rho=cfg.diffusion.rho,
         generator=generator,
+        callback=recorder,
         batch_size=batch_size,
         device=dev,
         progress=progress,
@@ -170,4 +210,9 @@ def sample_checkpoint(
     files = []
     if output_file is not None:
         files = save_samples(samples, output_file, data_kind=cfg.data.kind, save_raw=save_raw)
+    if recorder is not None:
+        first = samples[: recorder.max_samples]
+        frames = [*recorder.ordered(), (len(recorder.frames), 0.0, first, first)]  # end on the final samples
+        shown = [(i, s, to_display(x, cfg.data.kind), to_display(d, cfg.data.kind)) for i, s, x, d in frames]
+        files.append(save_denoising_gif(shown, Path(output_file).with_suffix(".gif")))
     return SampleResult(samples=samples, files=files)

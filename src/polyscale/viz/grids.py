@@ -64,10 +64,10 @@ def _figure_to_png(fig, path: str | Path) -> Path:
     return atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def save_line_plots(signals: Tensor, path: str | Path, *, ncols: int | None = None) -> Path:
-    """Save 1D signals ``(B, C, L)`` as a grid of small line plots (one panel per sample, a line per channel)."""
+def line_plots_figure(signals: Tensor, *, ncols: int | None = None):
+    """A matplotlib figure of 1D signals ``(B, C, L)``: one panel per sample, a line per channel."""
     if signals.ndim != 3:
-        raise ValueError(f"save_line_plots expects (B, C, L), got shape {tuple(signals.shape)}")
+        raise ValueError(f"expected 1D signals (B, C, L), got shape {tuple(signals.shape)}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,14 +83,19 @@ def save_line_plots(signals: Tensor, path: str | Path, *, ncols: int | None = No
         if k < b:
             for ch in data[k]:
                 ax.plot(ch, linewidth=1.0)
-    return _figure_to_png(fig, path)
+    return fig
 
 
-def save_volume_slices(volumes: Tensor, path: str | Path, *, upscale: int = 2) -> Path:
-    """Save volumes ``(B, C, D, H, W)`` in [0, 1] as a montage: one row per sample, the three central orthogonal
-    slices (D-, H-, W-normal) side by side (first channel only)."""
+def save_line_plots(signals: Tensor, path: str | Path, *, ncols: int | None = None) -> Path:
+    """Save 1D signals ``(B, C, L)`` as a grid of small line plots (one panel per sample, a line per channel)."""
+    return _figure_to_png(line_plots_figure(signals, ncols=ncols), path)
+
+
+def volume_slice_tiles(volumes: Tensor) -> Tensor:
+    """The three central orthogonal slices (D-, H-, W-normal) of each volume ``(B, C, D, H, W)`` (first channel),
+    padded to a common square: ``(3B, 1, S, S)``, three tiles per sample in a row."""
     if volumes.ndim != 5:
-        raise ValueError(f"save_volume_slices expects (B, C, D, H, W), got shape {tuple(volumes.shape)}")
+        raise ValueError(f"expected volumes (B, C, D, H, W), got shape {tuple(volumes.shape)}")
     v = volumes[:, 0]  # (B, D, H, W)
     _, d, h, w = v.shape
     size = max(d, h, w)
@@ -102,5 +107,10 @@ def save_volume_slices(volumes: Tensor, path: str | Path, *, upscale: int = 2) -
             for p in panels
         ]
         rows.append(torch.stack(padded)[:, None])  # (3, 1, size, size)
-    tiles = torch.cat(rows)  # (3B, 1, size, size)
-    return save_image_grid(tiles, path, nrow=3, upscale=upscale)
+    return torch.cat(rows)  # (3B, 1, size, size)
+
+
+def save_volume_slices(volumes: Tensor, path: str | Path, *, upscale: int = 2) -> Path:
+    """Save volumes ``(B, C, D, H, W)`` in [0, 1] as a montage: one row per sample, the three central orthogonal
+    slices side by side (first channel only)."""
+    return save_image_grid(volume_slice_tiles(volumes), path, nrow=3, upscale=upscale)
