@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from polyscale.nn.attention import neighborhood_attention
 
 try:
-    from benchmarks.common import machine_description, markdown_table
+    from benchmarks.common import machine_description, markdown_table, publish
 except ImportError:  # run as a script from the benchmarks folder
-    from common import machine_description, markdown_table
+    from common import machine_description, markdown_table, publish
 
 HEADS, HEAD_DIM, KERNEL = 4, 32, 7
 # (spatial shape, batch): 2D at batch 2, 3D at batch 1; ``quick`` keeps the first of each.
@@ -180,10 +180,7 @@ def main() -> None:
         f"heads {HEADS}, head_dim {HEAD_DIM}, float32.\n\nMachine: {machine_description()}"
         f"{f' (benchmark set {args.threads} threads)' if args.threads else ''}\n\n{markdown_table(rows)}"
     )
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

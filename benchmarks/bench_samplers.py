@@ -15,9 +15,9 @@ from polyscale.diffusion import EDMPrecond, get_sampler, sigmas_karras
 from polyscale.nn.unet import UNet
 
 try:
-    from benchmarks.common import machine_description, markdown_table
+    from benchmarks.common import machine_description, markdown_table, publish
 except ImportError:  # run as a script from the benchmarks folder
-    from common import machine_description, markdown_table
+    from common import machine_description, markdown_table, publish
 
 
 class TimedDenoiser(torch.nn.Module):
@@ -91,10 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     table = markdown_table(run(args.quick))
     text = f"Machine: {machine_description()}\n\n{table}"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,9 @@ from torch import nn
 from polyscale.nn.unet import UNet
 
 try:
-    from benchmarks.common import machine_description, markdown_table
+    from benchmarks.common import machine_description, markdown_table, publish
 except ImportError:  # run as a script from the repository root or the benchmarks folder
-    from common import machine_description, markdown_table
+    from common import machine_description, markdown_table, publish
 
 SIZE, CHANNELS = 32, 3
 
@@ -215,10 +215,7 @@ def main() -> None:
         "## U-Net training step: polyscale UNet vs diffusers UNet2DModel (2D, 32x32x3)\n\n"
         f"Machine: {machine_description()}\n\n{markdown_table(run(args.quick))}"
     )
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

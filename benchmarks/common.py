@@ -43,3 +43,11 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def publish(text: str, out: str | None) -> None:
+    """Print a benchmark's markdown and, when ``out`` is given, also write it to that file."""
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
