@@ -45,6 +45,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         base_channels=args.base_channels,
         create_animation=args.create_animation,
         animation_interval=args.animation_interval,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
     )
     for path in result.files:
         print(f"wrote {path}")
@@ -87,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--create-animation", action="store_true", help="also write a GIF of x and the denoised estimate"
     )
     p.add_argument("--animation-interval", type=int, default=1, help="keep every K-th step in the animation")
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="denoise overlapping windows of this edge (bounded memory)",
+    )
+    p.add_argument("--tile-overlap", type=int, default=None, help="positions windows share (default tile/4)")
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--output-file", default="samples.png", help="PNG to write (3D also writes a .npy)")
     p.add_argument("--sampler", default=None, help="ddpm, ddim, euler, heun, dpmpp2m, pc, ode, ode_adaptive")

@@ -36,10 +36,12 @@ from polyscale.diffusion.schedules import (
     t_to_sigma,
     timesteps_vp,
 )
+from polyscale.diffusion.tiled import TiledDenoiser, tile_starts
 from polyscale.diffusion.utils import append_dims, expand_sigma
 
 __all__ = [
     "SAMPLERS",
+    "TiledDenoiser",
     "DiscreteEpsDenoiser",
     "DiscreteVDenoiser",
     "EDMLoss",
@@ -70,6 +72,7 @@ __all__ = [
     "sigmas_linear",
     "sigmas_vp",
     "t_to_sigma",
+    "tile_starts",
     "timesteps_vp",
     "to_d",
 ]

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from polyscale.config import from_dict
-from polyscale.diffusion import EDMPrecond, get_sampler, sigmas_karras
+from polyscale.diffusion import EDMPrecond, TiledDenoiser, get_sampler, sigmas_karras
 from polyscale.io import atomic_write_bytes, load_pretrained, read_model_dir
 from polyscale.nn.unet import UNet
 from polyscale.pipelines.datasets import to_display
@@ -171,13 +171,17 @@ def sample_checkpoint(
     base_channels: int | None = None,
     create_animation: bool = False,
     animation_interval: int = 1,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
 ) -> SampleResult:
     """Load ``checkpoint``, draw ``num_samples`` samples (at ``resolution`` per spatial axis when given).
 
     ``checkpoint=None`` takes the shipped model for ``dims`` (:data:`SHIPPED_BY_DIM`). ``dims``, ``channels``
     and ``base_channels`` are checks: a value that contradicts the checkpoint is an error. With
     ``create_animation`` the first batch is recorded every ``animation_interval`` steps and written next to
-    ``output_file`` as a GIF (x beside the denoised estimate).
+    ``output_file`` as a GIF (x beside the denoised estimate). ``tile_size`` denoises overlapping windows of
+    that edge (``tile_overlap`` shared positions, default a quarter) and averages them: memory of one window
+    for outputs of any size (:class:`polyscale.diffusion.TiledDenoiser`).
     """
     if checkpoint is None:
         if dims not in SHIPPED_BY_DIM:
@@ -191,6 +195,11 @@ def sample_checkpoint(
     dev = resolve_device(device)
     denoiser, cfg, sample_shape = load_denoiser(checkpoint, device=dev)
     check_architecture(cfg, checkpoint, dims=dims, in_channels=channels, base_channels=base_channels)
+    if tile_size is not None:
+        overlap = tile_size // 4 if tile_overlap is None else tile_overlap
+        denoiser = TiledDenoiser(
+            denoiser, tile_size=tile_size, overlap=overlap, size_multiple=denoiser.net.size_multiple
+        )
     spatial = sample_shape[1:] if resolution is None else (resolution,) * (len(sample_shape) - 1)
     generator = torch.Generator(dev).manual_seed(seed)
     samples = generate(
