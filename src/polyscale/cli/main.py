@@ -53,6 +53,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from polyscale.pipelines.evaluate import evaluate_checkpoint, format_table
+
+    rows = evaluate_checkpoint(
+        args.checkpoint,
+        num_samples=args.num_samples,
+        steps=args.timesteps,
+        sampler=args.sampler,
+        seed=args.seed,
+        resolution=args.resolution,
+        device=args.device,
+    )
+    print(format_table(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polyscale", description="Scale-agnostic diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--save-raw", action="store_true", help="also write the raw samples as .npy")
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser(
+        "evaluate", help="score a model against held-out real data, beside the real-vs-real floor"
+    )
+    p.add_argument("--checkpoint", required=True, help="model directory, or a shipped model name")
+    p.add_argument("--num-samples", type=int, default=256)
+    p.add_argument("--timesteps", type=int, default=None, help="number of denoising steps")
+    p.add_argument("--sampler", default=None)
+    p.add_argument(
+        "--resolution", type=int, default=None, help="spatial size per axis (default: training size)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
