@@ -17,11 +17,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from polyscale.data import correlation_length, porosity, two_point_correlation
 from polyscale.metrics.classifier import ReferenceClassifier
 from polyscale.pipelines.datasets import build_dataset
+from polyscale.pipelines.evaluate import stack_dataset
 from polyscale.pipelines.experiment import load_experiment
 from polyscale.pipelines.sample import sample_checkpoint
 from polyscale.pipelines.train import train_experiment
@@ -46,13 +45,6 @@ def plot_loss(metrics_csv: Path, out_png: Path) -> Path:
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
-
-
-def stacked(ds) -> tuple[torch.Tensor, torch.Tensor | None]:
-    items = [ds[i] for i in range(len(ds))]
-    x = torch.stack([it["x"] for it in items])
-    y = torch.stack([it["class_labels"] for it in items]) if "class_labels" in items[0] else None
-    return x, y
 
 
 def main() -> None:
@@ -109,8 +101,8 @@ def main() -> None:
         f"- samples: {', '.join(str(p) for p in res.files)} ({args.num_samples} samples in {sample_s:.1f} s)",
     ]
     if cfg.data.kind in ("digits", "mnist1d"):
-        x_train, y_train = stacked(build_dataset(cfg.data, split="train"))
-        x_test, y_test = stacked(build_dataset(cfg.data, split="test"))
+        x_train, y_train = stack_dataset(build_dataset(cfg.data, split="train"))
+        x_test, y_test = stack_dataset(build_dataset(cfg.data, split="test"))
         clf = ReferenceClassifier(x_train, y_train)
         real = clf.report(x_test, y_test)
         fake = clf.report(res.samples)
@@ -128,7 +120,7 @@ def main() -> None:
     elif cfg.data.kind == "porous":
         # held-out volumes at the sampled size (whole volumes, not training crops)
         size = res.samples.shape[-1]
-        x_real, _ = stacked(build_dataset(replace(cfg.data, crop_size=None, size=size), split="test"))
+        x_real, _ = stack_dataset(build_dataset(replace(cfg.data, crop_size=None, size=size), split="test"))
         s2 = {
             name: two_point_correlation(x, periodic=False)
             for name, x in (("data", x_real), ("samples", res.samples))

@@ -31,14 +31,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     dims = args.dim if args.dim is not None or args.checkpoint is not None else 2
     result = sample_checkpoint(
         args.checkpoint,
-        num_samples=args.num_samples,
+        **_sampling_kwargs(args),
         output_file=args.output_file,
-        sampler=args.sampler,
-        steps=args.timesteps,
-        seed=args.seed,
-        resolution=args.resolution,
         batch_size=args.batch_size,
-        device=args.device,
         save_raw=args.save_raw,
         dims=dims,
         channels=args.channels,
@@ -56,17 +51,32 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from polyscale.pipelines.evaluate import evaluate_checkpoint, format_table
 
-    rows = evaluate_checkpoint(
-        args.checkpoint,
+    rows = evaluate_checkpoint(args.checkpoint, **_sampling_kwargs(args))
+    print(format_table(rows))
+    return 0
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, *, num_samples: int) -> None:
+    """Flags that `sample` and `evaluate` share: how many samples, which sampler, steps, size, seed, device."""
+    p.add_argument("--num-samples", type=int, default=num_samples)
+    p.add_argument("--sampler", default=None, help="ddpm, ddim, euler, heun, dpmpp2m, pc, ode, ode_adaptive")
+    p.add_argument("--timesteps", type=int, default=None, help="number of denoising steps")
+    p.add_argument(
+        "--resolution", type=int, default=None, help="spatial size per axis (default: training size)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def _sampling_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
         num_samples=args.num_samples,
-        steps=args.timesteps,
         sampler=args.sampler,
+        steps=args.timesteps,
         seed=args.seed,
         resolution=args.resolution,
         device=args.device,
     )
-    print(format_table(rows))
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,16 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="denoise overlapping windows of this edge (bounded memory)",
     )
     p.add_argument("--tile-overlap", type=int, default=None, help="positions windows share (default tile/4)")
-    p.add_argument("--num-samples", type=int, default=16)
+    _add_sampling_args(p, num_samples=16)
     p.add_argument("--output-file", default="samples.png", help="PNG to write (3D also writes a .npy)")
-    p.add_argument("--sampler", default=None, help="ddpm, ddim, euler, heun, dpmpp2m, pc, ode, ode_adaptive")
-    p.add_argument("--timesteps", type=int, default=None, help="number of denoising steps")
-    p.add_argument(
-        "--resolution", type=int, default=None, help="spatial size per axis (default: training size)"
-    )
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--save-raw", action="store_true", help="also write the raw samples as .npy")
     p.set_defaults(func=_cmd_sample)
 
@@ -129,14 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="score a model against held-out real data, beside the real-vs-real floor"
     )
     p.add_argument("--checkpoint", required=True, help="model directory, or a shipped model name")
-    p.add_argument("--num-samples", type=int, default=256)
-    p.add_argument("--timesteps", type=int, default=None, help="number of denoising steps")
-    p.add_argument("--sampler", default=None)
-    p.add_argument(
-        "--resolution", type=int, default=None, help="spatial size per axis (default: training size)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_sampling_args(p, num_samples=256)
     p.set_defaults(func=_cmd_evaluate)
     return parser
 

@@ -15,11 +15,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from polyscale.config import from_dict
+from polyscale.io import read_model_dir
 from polyscale.metrics.classifier import ReferenceClassifier
 from polyscale.metrics.porous import porosity, two_point_correlation
 from polyscale.metrics.sliced_wasserstein import sliced_wasserstein
 from polyscale.pipelines.datasets import build_dataset
-from polyscale.pipelines.sample import load_denoiser, sample_checkpoint
+from polyscale.pipelines.experiment import ExperimentConfig
+from polyscale.pipelines.sample import resolve_checkpoint, sample_checkpoint
 
 
 @dataclass
@@ -29,7 +32,8 @@ class MetricRow:
     floor: float  # training data vs held-out real data
 
 
-def _stack(ds, limit: int | None = None) -> tuple[Tensor, Tensor | None]:
+def stack_dataset(ds, limit: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """The first ``limit`` (default all) items of a dict dataset as ``(x (N, C, *S), labels (N,) | None)``."""
     n = len(ds) if limit is None else min(limit, len(ds))
     items = [ds[i] for i in range(n)]
     labels = torch.stack([it["class_labels"] for it in items]) if "class_labels" in items[0] else None
@@ -50,7 +54,12 @@ def evaluate_checkpoint(
     """Sample ``num_samples`` from ``checkpoint`` and score them (see the module docstring)."""
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 to compare distributions, got {num_samples}")
-    _, cfg, _ = load_denoiser(checkpoint, device="cpu")
+    meta = read_model_dir(resolve_checkpoint(checkpoint)).metadata  # the config alone, no weights loaded
+    if "experiment" not in meta:
+        raise ValueError(
+            f"{checkpoint} has no polyscale experiment metadata in config.json; was it saved by polyscale?"
+        )
+    cfg = from_dict(ExperimentConfig, meta["experiment"])
     fake = sample_checkpoint(
         checkpoint, num_samples=num_samples, sampler=sampler, steps=steps, seed=seed, resolution=resolution,
         device=device, progress=progress,
@@ -58,8 +67,8 @@ def evaluate_checkpoint(
     data_cfg = replace(cfg.data, crop_size=None)
     if cfg.data.kind == "porous":
         data_cfg = replace(data_cfg, size=fake.shape[-1])  # real volumes of the sampled size
-    train_x, train_y = _stack(build_dataset(data_cfg, split="train"))
-    test_x, _ = _stack(build_dataset(data_cfg, split="test"))
+    train_x, train_y = stack_dataset(build_dataset(data_cfg, split="train"))
+    test_x, _ = stack_dataset(build_dataset(data_cfg, split="test"))
     floor_x = train_x[: min(num_samples, len(train_x))]
     directions = torch.Generator().manual_seed(seed)
     state = directions.get_state()
