@@ -1,9 +1,60 @@
-"""The ``polyscale`` command line: parses flags and calls :mod:`polyscale.pipelines`. No logic of its own."""
+"""The ``polyscale`` command line: parses flags and calls :mod:`polyscale.pipelines`. No logic of its own.
+
+Every failure is one line on stderr and a non-zero exit: a flag that does not parse (or is out of range) gives
+``polyscale <cmd>: error: <message> (see polyscale <cmd> --help)`` and exit code 2 (argparse's convention);
+an error raised by the pipelines (``ValueError``, ``OSError``: bad checkpoint, contradicting flags, missing
+files, no CUDA, out of memory) gives ``polyscale <cmd>: error: <message>`` and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+EXIT_ERROR = 2  # for usage errors and for errors the pipelines report
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr (no usage block) pointing at ``--help``.
+
+    ``add_subparsers`` builds subcommand parsers of the same class, so ``polyscale sample --dim 4`` reports as
+    ``polyscale sample: error: argument --dim: invalid choice: 4 (choose from 1, 2, 3) (see polyscale sample
+    --help)``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        line = " ".join(message.split())  # argparse messages may hold newlines
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {line} (see {self.prog} --help)\n")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` accepting integers >= ``minimum`` with a message naming what arrived."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _int(text: str) -> int:
+    """An argparse ``type`` for any integer, with a message naming what arrived."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
@@ -34,7 +85,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         **_sampling_kwargs(args),
         output_file=args.output_file,
         batch_size=args.batch_size,
-        save_raw=args.save_raw,
+        save_raw=args.save_raw or False,
         dims=dims,
         channels=args.channels,
         base_channels=args.base_channels,
@@ -57,15 +108,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, *, num_samples: int) -> None:
-    """Flags that `sample` and `evaluate` share: how many samples, which sampler, steps, size, seed, device."""
-    p.add_argument("--num-samples", type=int, default=num_samples)
-    p.add_argument("--sampler", default=None, help="ddpm, ddim, euler, heun, dpmpp2m, pc, ode, ode_adaptive")
-    p.add_argument("--timesteps", type=int, default=None, help="number of denoising steps")
+    """Flags that `sample` and `evaluate` share: how many samples, sampler, steps, size, seed, device."""
+    from polyscale.diffusion import SAMPLERS
+
+    p.add_argument("--num-samples", type=positive_int, default=num_samples, help=f"default {num_samples}")
     p.add_argument(
-        "--resolution", type=int, default=None, help="spatial size per axis (default: training size)"
+        "--sampler",
+        default=None,
+        choices=list(SAMPLERS),
+        help="default: the one the checkpoint was trained with",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--timesteps", type=positive_int, default=None, help="denoising steps (default: the checkpoint's)"
+    )
+    p.add_argument(
+        "--resolution",
+        type=positive_int,
+        default=None,
+        help="spatial size per axis, a multiple of the model's size multiple (default: training size)",
+    )
+    p.add_argument("--seed", type=_int, default=0, help="seed of the noise (default 0)")
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present"
+    )
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
@@ -79,25 +144,16 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="polyscale", description="Scale-agnostic diffusion models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_command(
+    sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help: str
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help)
+    p.set_defaults(func=func, command_parser=p)  # command_parser: reports unrecognized flags in its name
+    return p
 
-    p = sub.add_parser("presets", help="list the shipped presets and models")
-    p.set_defaults(func=_cmd_presets)
 
-    p = sub.add_parser("train", help="train a preset (or a YAML experiment file)")
-    p.add_argument(
-        "--preset", required=True, help="preset name (see `polyscale presets`) or path to a .yaml file"
-    )
-    p.add_argument("--output-dir", required=True, help="run directory (checkpoints, logs, final model/)")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3"
-    )
-    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --output-dir")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("sample", help="generate samples from a model directory or a shipped model")
+def _add_sample_command(sub: argparse._SubParsersAction) -> None:
+    p = _add_command(sub, "sample", _cmd_sample, "generate samples from a model directory or a shipped model")
     p.add_argument(
         "--checkpoint",
         default=None,
@@ -106,44 +162,100 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dim", type=int, choices=[1, 2, 3], default=None, help="spatial dimensions (default 2)")
     p.add_argument(
-        "--channels", type=int, default=None, help="data channels (checked against the checkpoint)"
+        "--channels", type=positive_int, default=None, help="data channels (checked against the checkpoint)"
     )
     p.add_argument(
-        "--base-channels", type=int, default=None, help="model width (checked against the checkpoint)"
+        "--base-channels",
+        type=positive_int,
+        default=None,
+        help="model width (checked against the checkpoint)",
     )
     p.add_argument(
-        "--create-animation", action="store_true", help="also write a GIF of x and the denoised estimate"
+        "--create-animation",
+        action="store_true",
+        help="also write a GIF of x beside the denoised estimate, and an MP4 when ffmpeg is found",
     )
-    p.add_argument("--animation-interval", type=int, default=1, help="keep every K-th step in the animation")
+    p.add_argument(
+        "--animation-interval", type=positive_int, default=1, help="keep every K-th step in the animation"
+    )
     p.add_argument(
         "--tile-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="denoise overlapping windows of this edge (bounded memory)",
     )
-    p.add_argument("--tile-overlap", type=int, default=None, help="positions windows share (default tile/4)")
+    p.add_argument(
+        "--tile-overlap",
+        type=non_negative_int,
+        default=None,
+        help="positions windows share, smaller than --tile-size (default tile/4)",
+    )
     _add_sampling_args(p, num_samples=16)
-    p.add_argument("--output-file", default="samples.png", help="PNG to write (3D also writes a .npy)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--save-raw", action="store_true", help="also write the raw samples as .npy")
-    p.set_defaults(func=_cmd_sample)
+    p.add_argument(
+        "--output-file", default="samples.png", help="picture to write (raw files and animations beside it)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=None, help="samples per batch (default: all)")
+    p.add_argument(
+        "--save-raw",
+        nargs="?",
+        const="npy",
+        default=None,
+        choices=["npy", "pt"],
+        help="also write the raw samples: .npy (the default format) or .pt (a tensor for "
+        "torch.load(weights_only=True)); 3D always writes them (.npy unless pt is given)",
+    )
 
-    p = sub.add_parser(
-        "evaluate", help="score a model against held-out real data, beside the real-vs-real floor"
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``polyscale`` parser with subcommands ``presets``, ``train``, ``sample`` and ``evaluate``."""
+    parser = OneLineParser(prog="polyscale", description="Scale-agnostic diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_command(sub, "presets", _cmd_presets, "list the shipped presets and models")
+
+    p = _add_command(sub, "train", _cmd_train, "train a preset (or a YAML experiment file)")
+    p.add_argument(
+        "--preset", required=True, help="preset name (see `polyscale presets`) or path to a .yaml file"
+    )
+    p.add_argument("--output-dir", required=True, help="run directory (checkpoints, logs, final model/)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3"
+    )
+    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --output-dir")
+
+    _add_sample_command(sub)
+
+    p = _add_command(
+        sub,
+        "evaluate",
+        _cmd_evaluate,
+        "score a model against held-out real data, beside the real-vs-real floor",
     )
     p.add_argument("--checkpoint", required=True, help="model directory, or a shipped model name")
     _add_sampling_args(p, num_samples=256)
-    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``polyscale`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Flag errors exit through ``SystemExit(2)`` (argparse); pipeline errors return 2. Either way stderr gets
+    exactly one line.
+    """
+    import torch
+
+    args, extras = build_parser().parse_known_args(argv)
+    if extras:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"polyscale {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError, torch.OutOfMemoryError) as err:
+        print(f"polyscale {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ import torch
 from torch import Tensor
 
 from polyscale.config import from_dict
-from polyscale.diffusion import EDMPrecond, TiledDenoiser, get_sampler, sigmas_karras
+from polyscale.diffusion import SAMPLERS, EDMPrecond, TiledDenoiser, get_sampler, sigmas_karras
 from polyscale.io import atomic_write_bytes, load_pretrained, read_model_dir
 from polyscale.nn.unet import UNet
 from polyscale.pipelines.datasets import to_display
 from polyscale.pipelines.experiment import ExperimentConfig
-from polyscale.viz.animation import DenoisingRecorder, save_denoising_gif
+from polyscale.viz.animation import DenoisingRecorder, save_denoising_animation
 from polyscale.viz.grids import save_image_grid, save_line_plots, save_volume_slices
 
 MODEL_CLASSES = {"UNet": UNet}  # the explicit map from config.json "class" to a constructor
@@ -25,6 +25,7 @@ SHIPPED_BY_DIM = {
     2: "digits2d",
     3: "porous3d",
 }  # what `sample --dim D` uses without a checkpoint
+RAW_FORMATS = ("npy", "pt")  # raw-sample files: numpy array (np.load) or plain tensor (torch.load)
 
 
 def shipped_models() -> list[str]:
@@ -117,10 +118,39 @@ class SampleResult:
     files: list[Path]  # what was written
 
 
+def raw_format(save_raw: bool | str | None) -> str | None:
+    """The raw-sample format asked for: ``False``/``None`` none, ``True`` ``"npy"``, or ``"npy"``/``"pt"``."""
+    if save_raw is None or save_raw is False:
+        return None
+    if save_raw is True:
+        return "npy"
+    if save_raw in RAW_FORMATS:
+        return str(save_raw)
+    raise ValueError(f"save_raw must be a bool or one of {list(RAW_FORMATS)}, got {save_raw!r}")
+
+
+def save_raw_samples(samples: Tensor, path: str | Path, *, fmt: str = "npy") -> Path:
+    """Write ``samples`` ``(N, C, *spatial)`` atomically: ``.npy`` (no pickle) or ``.pt`` (``torch.save`` of a
+    plain CPU tensor, loadable with ``torch.load(path, weights_only=True)``); ``fmt`` also sets the suffix."""
+    import io
+
+    buf = io.BytesIO()
+    if fmt == "npy":
+        np.save(buf, samples.detach().cpu().numpy(), allow_pickle=False)
+    elif fmt == "pt":
+        torch.save(samples.detach().cpu().contiguous().clone(), buf)  # clone: no view onto a larger storage
+    else:
+        raise ValueError(f"raw sample format must be one of {list(RAW_FORMATS)}, got {fmt!r}")
+    return atomic_write_bytes(Path(path).with_suffix(f".{fmt}"), buf.getvalue())
+
+
 def save_samples(
-    samples: Tensor, output_file: str | Path, *, data_kind: str, save_raw: bool = False
+    samples: Tensor, output_file: str | Path, *, data_kind: str, save_raw: bool | str = False
 ) -> list[Path]:
-    """Write a picture suited to the samples' rank (+ raw ``.npy`` for 3D or when asked)."""
+    """Write a picture suited to the samples' rank, plus the raw samples when ``save_raw`` asks (``True`` or
+    ``"npy"``: ``.npy``; ``"pt"``: ``.pt``, see :func:`save_raw_samples`) and always for 3D (``.npy`` unless
+    ``"pt"`` is asked), since slices show only part of a volume."""
+    fmt = raw_format(save_raw)
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     shown = to_display(samples, data_kind)
@@ -132,12 +162,8 @@ def save_samples(
         files.append(save_image_grid(shown if shown.shape[1] in (1, 3) else shown[:, :1], output_file))
     else:
         files.append(save_volume_slices(shown, output_file))
-    if save_raw or dims == 3:
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, samples.cpu().numpy(), allow_pickle=False)
-        files.append(atomic_write_bytes(output_file.with_suffix(".npy"), buf.getvalue()))
+    if fmt is not None or dims == 3:
+        files.append(save_raw_samples(samples, output_file, fmt=fmt or "npy"))
     return files
 
 
@@ -148,9 +174,92 @@ def check_architecture(cfg: ExperimentConfig, checkpoint: str | Path, **requeste
         have = getattr(cfg.model, name)
         if value is not None and value != have:
             raise ValueError(
-                f"checkpoint {str(checkpoint)!r} has {name}={have}, but {name}={value} was requested; drop the "
-                "flag or pick a checkpoint with that architecture"
+                f"checkpoint {str(checkpoint)!r} has {name}={have}, but {name}={value} was requested; "
+                "drop the flag or pick a checkpoint with that architecture"
             )
+
+
+def _check_int(name: str, value: object, *, minimum: int, optional: bool = False) -> None:
+    """Raise ValueError unless ``value`` is an int >= ``minimum`` (or ``None`` when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_sampling_args(
+    *,
+    num_samples: int,
+    sampler: str | None,
+    steps: int | None,
+    seed: int,
+    resolution: int | None,
+    batch_size: int | None,
+    animation_interval: int,
+    tile_size: int | None,
+    tile_overlap: int | None,
+) -> None:
+    """Reject sampling arguments that cannot work, before any model is loaded (ValueError naming the argument,
+    what it accepts and what arrived). Checks that need the model (resolution vs size multiple, architecture)
+    are in :func:`sample_checkpoint`."""
+    _check_int("num_samples", num_samples, minimum=1)
+    for name, value in (("steps", steps), ("resolution", resolution), ("batch_size", batch_size)):
+        _check_int(name, value, minimum=1, optional=True)
+    _check_int("animation_interval", animation_interval, minimum=1)
+    _check_int("tile_size", tile_size, minimum=1, optional=True)
+    _check_int("tile_overlap", tile_overlap, minimum=0, optional=True)
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {list(SAMPLERS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
+    if tile_overlap is not None and tile_size is None:
+        raise ValueError(f"tile_overlap={tile_overlap} was given without tile_size; give both or neither")
+    if tile_size is not None and tile_overlap is not None and tile_overlap >= tile_size:
+        raise ValueError(
+            f"tile_overlap must be smaller than tile_size={tile_size} (windows must advance), "
+            f"got {tile_overlap}"
+        )
+
+
+def check_output_file(output_file: str | Path) -> Path:
+    """Fail before sampling, not after, when ``output_file`` cannot be written: an existing directory, or a
+    parent folder that cannot be created (OSError). Creates the parent folder; returns the path."""
+    path = Path(output_file)
+    if path.is_dir():
+        example = str(path / "samples.png")
+        raise ValueError(
+            f"output_file {str(path)!r} is a directory; expected a file path such as {example!r}"
+        )
+    blocking = next((q for q in path.parents if q.exists() and not q.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(
+            f"output_file {str(path)!r} needs {str(blocking)!r} to be a folder, but it is a file"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(
+            f"cannot create the folder {str(path.parent)!r} for output_file {str(path)!r}: "
+            f"{err.strerror or err} ({err.filename})"
+        ) from None
+    return path
+
+
+def check_resolution(resolution: int | None, size_multiple: int, *, tile_size: int | None = None) -> None:
+    """Raise ValueError when the network cannot take ``resolution`` per axis: it must be a multiple of the
+    network's ``size_multiple``, unless tiling cuts it into windows of ``tile_size`` (itself checked)."""
+    if resolution is None or resolution % size_multiple == 0:
+        return
+    if tile_size is not None and resolution > tile_size:
+        return  # every window is tile_size wide
+    lower = resolution - resolution % size_multiple
+    upper = lower + size_multiple
+    nearest = f"{lower} or {upper}" if lower > 0 else f"{upper}"
+    raise ValueError(
+        f"resolution {resolution} is not divisible by the model's size multiple {size_multiple}; "
+        f"expected a multiple of {size_multiple} such as {nearest}"
+    )
 
 
 def sample_checkpoint(
@@ -164,7 +273,7 @@ def sample_checkpoint(
     resolution: int | None = None,
     batch_size: int | None = None,
     device: str = "auto",
-    save_raw: bool = False,
+    save_raw: bool | str = False,
     progress: bool = True,
     dims: int | None = None,
     channels: int | None = None,
@@ -179,10 +288,25 @@ def sample_checkpoint(
     ``checkpoint=None`` takes the shipped model for ``dims`` (:data:`SHIPPED_BY_DIM`). ``dims``, ``channels``
     and ``base_channels`` are checks: a value that contradicts the checkpoint is an error. With
     ``create_animation`` the first batch is recorded every ``animation_interval`` steps and written next to
-    ``output_file`` as a GIF (x beside the denoised estimate). ``tile_size`` denoises overlapping windows of
+    ``output_file`` as a GIF (x beside the denoised estimate), and as an MP4 too when ffmpeg is found
+    (:func:`polyscale.viz.animation.save_denoising_animation`). ``tile_size`` denoises overlapping windows of
     that edge (``tile_overlap`` shared positions, default a quarter) and averages them: memory of one window
-    for outputs of any size (:class:`polyscale.diffusion.TiledDenoiser`).
+    for outputs of any size (:class:`polyscale.diffusion.TiledDenoiser`). ``save_raw`` (``True``/``"npy"`` or
+    ``"pt"``) also writes the raw samples next to ``output_file`` (see :func:`save_samples`).
+
+    Raises:
+        ValueError: an argument outside its range (named in the message, checked before loading), an
+            architecture flag or ``resolution`` the checkpoint cannot serve, or an unreadable checkpoint.
+        FileNotFoundError: ``checkpoint`` is neither a directory nor a shipped model name.
     """
+    check_sampling_args(
+        num_samples=num_samples, sampler=sampler, steps=steps, seed=seed, resolution=resolution,
+        batch_size=batch_size, animation_interval=animation_interval, tile_size=tile_size,
+        tile_overlap=tile_overlap,
+    )  # fmt: skip
+    raw_format(save_raw)
+    if output_file is not None:
+        check_output_file(output_file)
     if checkpoint is None:
         if dims not in SHIPPED_BY_DIM:
             raise ValueError(
@@ -195,6 +319,7 @@ def sample_checkpoint(
     dev = resolve_device(device)
     denoiser, cfg, sample_shape = load_denoiser(checkpoint, device=dev)
     check_architecture(cfg, checkpoint, dims=dims, in_channels=channels, base_channels=base_channels)
+    check_resolution(resolution, denoiser.net.size_multiple, tile_size=tile_size)
     if tile_size is not None:
         overlap = tile_size // 4 if tile_overlap is None else tile_overlap
         denoiser = TiledDenoiser(
@@ -206,7 +331,7 @@ def sample_checkpoint(
         denoiser,
         (num_samples, sample_shape[0], *spatial),
         sampler=sampler or cfg.diffusion.sampler,
-        steps=steps or cfg.diffusion.steps,
+        steps=cfg.diffusion.steps if steps is None else steps,
         sigma_min=cfg.diffusion.sigma_min,
         sigma_max=cfg.diffusion.sigma_max,
         rho=cfg.diffusion.rho,
@@ -223,5 +348,5 @@ def sample_checkpoint(
         first = samples[: recorder.max_samples]
         frames = [*recorder.ordered(), (len(recorder.frames), 0.0, first, first)]  # end on the final samples
         shown = [(i, s, to_display(x, cfg.data.kind), to_display(d, cfg.data.kind)) for i, s, x, d in frames]
-        files.append(save_denoising_gif(shown, Path(output_file).with_suffix(".gif")))
+        files.extend(save_denoising_animation(shown, Path(output_file)))
     return SampleResult(samples=samples, files=files)

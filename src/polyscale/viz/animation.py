@@ -1,14 +1,21 @@
 """Animations of the denoising process: each frame shows the current ``x`` beside the denoised estimate.
 
 ``DenoisingRecorder`` is a sampler callback (the sampler contract's ``callback``) that keeps every K-th step;
-``save_denoising_gif`` renders the kept frames (1D line plots, 2D image grids, 3D orthogonal slices) and
-writes an animated GIF with Pillow. Tensors passed here are already in display space (see
+``render_denoising_frames`` draws the kept frames (1D line plots, 2D image grids, 3D orthogonal slices);
+``save_denoising_gif`` writes them as an animated GIF with Pillow, ``save_denoising_mp4`` as an H.264 (or
+MPEG-4 part 2) video through an ffmpeg binary, and ``save_denoising_animation`` writes the GIF plus the MP4
+whenever ``find_ffmpeg`` finds ffmpeg (on ``PATH``, or the binary of the optional ``imageio-ffmpeg`` package,
+``pip install polyscale[video]``). Tensors passed here are already in display space (see
 ``polyscale.pipelines.datasets.to_display``): [0, 1] for images and media, raw values for 1D signals.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,18 +103,14 @@ def _side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarr
     return out
 
 
-def save_denoising_gif(
-    frames: list[tuple[int, float, Tensor, Tensor]], path: str | Path, *, frame_ms: int = 200
-) -> Path:
-    """Write an animated GIF: per frame, ``x`` (left) beside the denoised estimate (right).
+def render_denoising_frames(frames: list[tuple[int, float, Tensor, Tensor]]) -> list[np.ndarray]:
+    """Draw each ``(step, sigma, x, denoised)`` as one RGB picture: ``x`` (left) beside ``denoised`` (right).
 
-    Args:
-        frames: ``(step, sigma, x, denoised)`` in display space, ``x`` and ``denoised`` shaped
-            ``(B, C, *spatial)``; the last frame is held three times as long.
-        path: the ``.gif`` to write (atomically).
+    ``x`` and ``denoised`` are ``(B, C, *spatial)`` in display space. Returns uint8 arrays ``(H, W, 3)``, all
+    of one size (the largest drawn; smaller frames are resized to it).
     """
     if not frames:
-        raise ValueError("save_denoising_gif needs at least one frame, got none")
+        raise ValueError("an animation needs at least one frame, got none")
     value_range = None
     if frames[0][2].ndim == 3:  # 1D: the estimates share one y-range (from the last); noisy x scales itself
         final = frames[-1][3]
@@ -119,8 +122,135 @@ def save_denoising_gif(
         right = render_panel(denoised, value_range=value_range)
         pictures.append(Image.fromarray(_side_by_side(left, right)))
     size = (max(p.width for p in pictures), max(p.height for p in pictures))
-    pictures = [p if p.size == size else p.resize(size) for p in pictures]
-    durations = [frame_ms] * (len(pictures) - 1) + [3 * frame_ms]
+    return [np.asarray(p if p.size == size else p.resize(size)) for p in pictures]
+
+
+def _check_frame_ms(frame_ms: int) -> None:
+    if isinstance(frame_ms, bool) or not isinstance(frame_ms, int) or frame_ms < 1:
+        raise ValueError(f"frame_ms must be an integer >= 1 (milliseconds per frame), got {frame_ms!r}")
+
+
+def _write_gif(pictures: list[np.ndarray], path: str | Path, *, frame_ms: int) -> Path:
+    """Animated GIF of ``pictures`` (``(H, W, 3)`` uint8), the last one held three times as long."""
+    _check_frame_ms(frame_ms)
+    images = [Image.fromarray(p) for p in pictures]
+    durations = [frame_ms] * (len(images) - 1) + [3 * frame_ms]
     buf = io.BytesIO()
-    pictures[0].save(buf, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
     return atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def save_denoising_gif(
+    frames: list[tuple[int, float, Tensor, Tensor]], path: str | Path, *, frame_ms: int = 200
+) -> Path:
+    """Write an animated GIF: per frame, ``x`` (left) beside the denoised estimate (right).
+
+    Args:
+        frames: ``(step, sigma, x, denoised)`` in display space, ``x`` and ``denoised`` shaped
+            ``(B, C, *spatial)``; the last frame is held three times as long.
+        path: the ``.gif`` to write (atomically).
+    """
+    return _write_gif(render_denoising_frames(frames), path, frame_ms=frame_ms)
+
+
+# ------------------------------------------------------------------------------------------------------ video
+
+
+def find_ffmpeg() -> str | None:
+    """Path of an ffmpeg executable: ``ffmpeg`` on ``PATH``, else the one bundled with the optional
+    ``imageio-ffmpeg`` package; ``None`` when neither exists (MP4 output is then skipped)."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg  # type: ignore[import-untyped]  # optional: the `video` extra
+    except ImportError:
+        return None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (RuntimeError, OSError):  # the package is installed but has no binary for this platform
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _video_codec(ffmpeg: str) -> tuple[str, ...]:
+    """Encoder arguments for ``ffmpeg``: H.264 when it was built with libx264, else its native MPEG-4."""
+    listing = subprocess.run(
+        [ffmpeg, "-hide_banner", "-encoders"], capture_output=True, text=True, check=False
+    )
+    if " libx264 " in listing.stdout:
+        return ("-c:v", "libx264", "-crf", "18")
+    return ("-c:v", "mpeg4", "-q:v", "2")
+
+
+def pad_to_even(picture: np.ndarray) -> np.ndarray:
+    """Pad ``(H, W, 3)`` with white at the bottom/right to even ``H`` and ``W`` (yuv420p halves both axes)."""
+    h, w = picture.shape[:2]
+    return np.pad(picture, ((0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
+
+
+def _write_mp4(pictures: list[np.ndarray], path: str | Path, *, frame_ms: int, ffmpeg: str) -> Path:
+    """Pipe ``pictures`` (``(H, W, 3)`` uint8, one size) as raw RGB into ``ffmpeg``; one video frame each."""
+    _check_frame_ms(frame_ms)
+    path = Path(path)
+    frames = [pad_to_even(p) for p in pictures]
+    h, w = frames[0].shape[:2]
+    with tempfile.TemporaryDirectory() as tmp:
+        encoded = Path(tmp) / "video.mp4"  # ffmpeg writes here; the target is then replaced atomically
+        command = [
+            ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
+            # input: raw RGB frames on stdin at 1000 / frame_ms frames per second
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", f"1000/{frame_ms}",
+            "-i", "-",
+            # output: no audio, yuv420p (what players expect), index up front for streaming
+            "-an", *_video_codec(ffmpeg), "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4",
+            str(encoded),
+        ]  # fmt: skip
+        done = subprocess.run(command, input=b"".join(f.tobytes() for f in frames), capture_output=True)
+        if done.returncode != 0 or not encoded.is_file():
+            reason = " ".join(done.stderr.decode(errors="replace").split()[-40:]) or "no message"
+            raise OSError(f"ffmpeg ({ffmpeg}) could not write {path}: exit code {done.returncode}: {reason}")
+        return atomic_write_bytes(path, encoded.read_bytes())
+
+
+def save_denoising_mp4(
+    frames: list[tuple[int, float, Tensor, Tensor]],
+    path: str | Path,
+    *,
+    frame_ms: int = 200,
+    ffmpeg: str | None = None,
+) -> Path:
+    """Write an MP4 (yuv420p, padded to even size) with one video frame per ``(step, sigma, x, denoised)``.
+
+    Args:
+        frames: as for :func:`save_denoising_gif`.
+        path: the ``.mp4`` to write (atomically).
+        ffmpeg: the executable to use (default :func:`find_ffmpeg`).
+
+    Raises:
+        FileNotFoundError: no ffmpeg was given or found.
+        OSError: ffmpeg failed (the message carries its last words).
+    """
+    ffmpeg = ffmpeg or find_ffmpeg()
+    if ffmpeg is None:
+        raise FileNotFoundError(
+            "writing an MP4 needs ffmpeg: expected it on PATH or `pip install imageio-ffmpeg`, found neither"
+        )
+    return _write_mp4(render_denoising_frames(frames), path, frame_ms=frame_ms, ffmpeg=ffmpeg)
+
+
+def save_denoising_animation(
+    frames: list[tuple[int, float, Tensor, Tensor]], path: str | Path, *, frame_ms: int = 200
+) -> list[Path]:
+    """Write ``path`` with suffix ``.gif`` and, when :func:`find_ffmpeg` finds ffmpeg, also ``.mp4``.
+
+    The frames are drawn once for both. The MP4 has one video frame per GIF frame at ``1000 / frame_ms``
+    frames per second (the GIF additionally holds its last frame longer). Returns the paths written.
+    """
+    path = Path(path)
+    pictures = render_denoising_frames(frames)
+    written = [_write_gif(pictures, path.with_suffix(".gif"), frame_ms=frame_ms)]
+    ffmpeg = find_ffmpeg()
+    if ffmpeg is not None:
+        written.append(_write_mp4(pictures, path.with_suffix(".mp4"), frame_ms=frame_ms, ffmpeg=ffmpeg))
+    return written
