@@ -34,7 +34,7 @@ def test_presets_validate():
     for name in preset_names():
         cfg = load_experiment(name)
         assert cfg.model.dims in (1, 2, 3)
-    assert {"digits2d", "mnist1d", "porous3d"} <= set(preset_names())
+    assert {"digits2d", "mnist1d", "porous3d", "texture2d"} <= set(preset_names())
 
 
 def test_unknown_override_key_names_key_and_allowed():
@@ -49,6 +49,7 @@ def test_unknown_override_key_names_key_and_allowed():
         ("digits2d", []),
         ("mnist1d", ["data.num_samples=64"]),
         ("porous3d", ["data.num_samples=4", "data.size=8", "data.crop_size=4"]),
+        ("texture2d", ["data.num_samples=16", "data.crop_size=16"]),
     ],
 )
 def test_train_then_sample(tmp_path: Path, preset: str, extra: list[str]):

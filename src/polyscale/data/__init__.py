@@ -7,10 +7,12 @@ from polyscale.data.digits import digits
 from polyscale.data.images import IMAGE_EXTENSIONS, image_folder
 from polyscale.data.mnist1d import mnist1d
 from polyscale.data.porous import gaussian_random_field, porous_media
+from polyscale.data.texture import TEXTURES, texture
 from polyscale.metrics.porous import correlation_length, porosity, two_point_correlation
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "TEXTURES",
     "GridDataset",
     "RandomCrops",
     "array_file",
@@ -23,5 +25,6 @@ __all__ = [
     "porosity",
     "porous_media",
     "split_indices",
+    "texture",
     "two_point_correlation",
 ]

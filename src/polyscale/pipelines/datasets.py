@@ -28,6 +28,13 @@ def build_dataset(cfg: DataConfig, *, split: str | None = "train"):
             correlation_length=cfg.correlation_length,
             generator=generator,
         )
+    elif cfg.kind == "texture":
+        if cfg.crop_size is None:
+            raise ValueError("data.kind='texture' needs data.crop_size (the model trains on random crops)")
+        region = datasets.texture(cfg.image, split=split, downsample=cfg.downsample)
+        return datasets.RandomCrops(
+            region, cfg.crop_size, seed=cfg.seed, crops_per_sample=cfg.num_samples or 1024
+        )
     elif cfg.kind == "image_folder":
         if cfg.path is None:
             raise ValueError("data.kind='image_folder' needs data.path (a folder of images)")
@@ -64,6 +71,6 @@ class WithoutLabels(Dataset):
 
 def to_display(x: Tensor, kind: str) -> Tensor:
     """Map model-space samples to what a person looks at: [0, 1] for images and media, raw for signals."""
-    if kind in ("digits", "porous", "image_folder", "array"):
+    if kind in ("digits", "porous", "texture", "image_folder", "array"):
         return ((x + 1) / 2).clamp(0, 1)
     return x

@@ -20,10 +20,12 @@ from polyscale.training import TrainConfig
 class DataConfig:
     """Which dataset to build and how (see :func:`polyscale.pipelines.datasets.build_dataset`)."""
 
-    kind: Literal["digits", "mnist1d", "porous", "image_folder", "array"] = "digits"
+    kind: Literal["digits", "mnist1d", "porous", "texture", "image_folder", "array"] = "digits"
     size: int = 16  # digits: resize target; porous: edge length of each sample; image_folder: resize target
     dims: int = 3  # porous media only: 2 or 3 spatial dimensions
-    num_samples: int | None = None  # mnist1d / porous: how many samples to generate (None = dataset default)
+    num_samples: int | None = None  # mnist1d / porous: samples to generate; texture: crops per epoch
+    image: str = "gravel"  # texture: which skimage.data photograph (brick, grass, gravel)
+    downsample: int = 2  # texture: shrink factor of the photograph before cropping
     porosity: float = 0.3  # porous media: target pore fraction
     correlation_length: float = 4.0  # porous media: Gaussian-filter width of the random field, in voxels
     path: str | None = None  # image_folder / array: the user's files
