@@ -284,6 +284,18 @@ def test_two_point_correlation_of_stripes_is_known():
         two_point_correlation(torch.zeros(2, 3, 8, 8))
 
 
+def test_normalised_correlation_removes_the_porosity_offset():
+    from polyscale.metrics.porous import normalised_correlation
+
+    r = torch.arange(8, dtype=torch.float64)
+    shape = torch.exp(-r / 2.0)
+    for phi in (0.2, 0.3, 0.45):
+        s2 = phi**2 + (phi - phi**2) * shape
+        torch.testing.assert_close(normalised_correlation(s2), shape)
+    with pytest.raises(ValueError, match="must be in \\(0, 1\\)"):
+        normalised_correlation(torch.ones(5))
+
+
 def test_correlation_length_of_exponential_decay_and_of_media():
     phi, r = 0.3, torch.arange(10, dtype=torch.float64)
     s2 = phi**2 + (phi - phi**2) * torch.exp(-r / 3.0)  # C(r) = exp(-r / 3): 1/e at r = 3

@@ -29,7 +29,16 @@ LABELLED = {"sliced Wasserstein", "Fréchet distance", "classifier mean max-prob
     [
         ("digits2d", LABELLED),
         ("mnist1d", LABELLED),
-        ("porous3d", {"sliced Wasserstein", "porosity abs. error", "two-point correlation"}),
+        (
+            "porous3d",
+            {
+                "sliced Wasserstein",
+                "porosity abs. error",
+                "two-point correlation RMS",
+                "two-point correlation shape",
+            },
+        ),
+        ("texture2d", {"sliced Wasserstein", "grey-level histogram", "radial power spectrum"}),
     ],
 )
 def test_shipped_models_get_metrics_next_to_the_floor(name, expected):
@@ -162,7 +171,18 @@ def test_real_data_is_taken_at_the_sampled_size():
     fake = torch.zeros(2, 1, 64, 64)
     texture = DataConfig(kind="texture", crop_size=32)
     assert real_data_config(texture, fake).crop_size == 64  # held-out crops as large as the samples
+    huge = torch.zeros(1, 1, 256, 256)
+    assert real_data_config(texture, huge).crop_size == 128  # no taller than the held-out band
     porous = DataConfig(kind="porous", size=32, crop_size=16)
     assert (real_data_config(porous, fake).size, real_data_config(porous, fake).crop_size) == (64, None)
     digits = DataConfig(kind="digits", size=16, crop_size=8)
     assert real_data_config(digits, fake) == DataConfig(kind="digits", size=16, crop_size=None)
+
+
+def test_texture_larger_than_the_held_out_band_is_scored_window_by_window():
+    g = torch.Generator().manual_seed(0)
+    test = torch.randn(6, 1, 32, 32, generator=g) * 0.3
+    big = torch.randn(2, 1, 64, 64, generator=g) * 0.3  # the same white-noise texture, twice as large
+    loud = torch.randn(2, 1, 64, 64, generator=g)  # a different texture
+    good, bad = texture_rows(big, test, test), texture_rows(loud, test, test)
+    assert good[1].model < 0.1 < bad[1].model  # spectrum error in decades, from 32x32 windows

@@ -12,6 +12,7 @@ from polyscale.metrics.spectrum import (
     histogram_error,
     radial_power_spectrum,
     spectrum_error,
+    windows,
 )
 
 
@@ -84,3 +85,16 @@ def test_histogram_is_a_distribution_and_keeps_out_of_range_values_in_the_edge_b
 def test_bad_inputs_are_named(call, message: str):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_windows_tile_the_image_without_overlap():
+    x = torch.arange(2 * 1 * 6 * 9, dtype=torch.float64).reshape(2, 1, 6, 9)
+    w = windows(x, 3)
+    assert w.shape == (2 * 2 * 3, 1, 3, 3)
+    torch.testing.assert_close(w[0], x[0, :, :3, :3])
+    torch.testing.assert_close(w[1], x[0, :, :3, 3:6])  # row-major over the window grid
+    torch.testing.assert_close(w[3], x[0, :, 3:6, :3])
+    torch.testing.assert_close(w[6], x[1, :, :3, :3])
+    assert windows(x, 4).shape == (2 * 1 * 2, 1, 4, 4)  # the remainder past the last full window is left out
+    with pytest.raises(ValueError, match="edge must be in"):
+        windows(x, 7)

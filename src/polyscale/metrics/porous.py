@@ -89,6 +89,23 @@ def two_point_correlation(x: Tensor, *, max_radius: int | None = None, periodic:
     return sums / torch.bincount(r, minlength=max_radius + 1)
 
 
+def normalised_correlation(s2: Tensor) -> Tensor:
+    """``C(r) = (S2(r) - phi^2) / (phi - phi^2)`` with ``phi = S2(0)``: 1 at ``r = 0``, towards 0 far away.
+
+    The shape of the two-point correlation without its porosity offset (two media of slightly different
+    porosity but the same grain have the same ``C``), so its error measures the structure alone.
+
+    Args:
+        s2: ``(R,)`` from :func:`two_point_correlation`, with ``0 < S2(0) < 1``.
+    """
+    if s2.ndim != 1 or s2.shape[0] < 2:
+        raise ValueError(f"expected a (R,) two-point correlation with R >= 2, got shape {tuple(s2.shape)}")
+    phi = s2[0].double()
+    if not 0 < float(phi) < 1:
+        raise ValueError(f"S2(0) (the porosity) must be in (0, 1), got {float(phi)}")
+    return (s2.double() - phi**2) / (phi - phi**2)
+
+
 def correlation_length(s2: Tensor) -> Tensor:
     """Lag at which the normalised two-point correlation first drops to ``1/e``, a 0-d float64 tensor.
 
@@ -99,12 +116,7 @@ def correlation_length(s2: Tensor) -> Tensor:
     Args:
         s2: ``(R,)`` from :func:`two_point_correlation`.
     """
-    if s2.ndim != 1 or s2.shape[0] < 2:
-        raise ValueError(f"expected a (R,) two-point correlation with R >= 2, got shape {tuple(s2.shape)}")
-    phi = s2[0]
-    if not 0 < float(phi) < 1:
-        raise ValueError(f"S2(0) (the porosity) must be in (0, 1) for a correlation length, got {float(phi)}")
-    c = (s2.double() - phi**2) / (phi - phi**2)  # (R,) normalised, c[0] = 1
+    c = normalised_correlation(s2)  # (R,), c[0] = 1
     below = torch.nonzero(c <= math.exp(-1)).flatten()
     if below.numel() == 0:
         return torch.tensor(math.inf, dtype=torch.float64)

@@ -28,6 +28,25 @@ def _radius_bins(h: int, w: int) -> Tensor:
     return (min(h, w) * (fy.pow(2) + fx.pow(2)).sqrt()).round().long()  # (H, W)
 
 
+def windows(x: Tensor, edge: int) -> Tensor:
+    """Non-overlapping ``edge x edge`` windows of images ``(N, C, H, W)``, shape ``(N * h' * w', C, edge, edge)``
+    with ``h' = H // edge`` and ``w' = W // edge``.
+
+    Statistics of images larger than the available real ones are compared window by window with real images of
+    size ``edge`` (the local statistics a stationary model must reproduce); a remainder past the last full window
+    is left out.
+    """
+    _check_images(x)
+    if not 2 <= edge <= min(x.shape[2:]):
+        raise ValueError(
+            f"edge must be in [2, {min(x.shape[2:])}] for images of shape {tuple(x.shape)}, got {edge}"
+        )
+    n, c, h, w = x.shape
+    x = x[:, :, : h - h % edge, : w - w % edge]
+    x = x.reshape(n, c, h // edge, edge, w // edge, edge).permute(0, 2, 4, 1, 3, 5)  # (N, h', w', C, e, e)
+    return x.reshape(-1, c, edge, edge)
+
+
 def radial_power_spectrum(x: Tensor) -> Tensor:
     """Radially averaged power spectrum of images ``(N, C, H, W)``, shape ``(min(H, W) // 2 + 1,)`` float64.
 

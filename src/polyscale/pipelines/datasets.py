@@ -50,6 +50,11 @@ def build_dataset(cfg: DataConfig, *, split: str | None = "train"):
     return ds
 
 
+def texture_band_height(cfg: DataConfig) -> int:
+    """Rows of the held-out band of a texture experiment: the largest real crop it offers."""
+    return datasets.texture(cfg.image, split="test", downsample=cfg.downsample).spatial_shape[0]
+
+
 class WithoutLabels(Dataset):
     """View of a dict dataset without its ``class_labels`` (to train an unconditional model on labelled data)."""
 

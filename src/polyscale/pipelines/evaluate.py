@@ -26,10 +26,10 @@ from polyscale.config import from_dict
 from polyscale.io import read_model_dir
 from polyscale.metrics.classifier import FeatureClassifier
 from polyscale.metrics.frechet import frechet_distance
-from polyscale.metrics.porous import porosity, two_point_correlation
+from polyscale.metrics.porous import normalised_correlation, porosity, two_point_correlation
 from polyscale.metrics.sliced_wasserstein import sliced_wasserstein
-from polyscale.metrics.spectrum import histogram_error, spectrum_error
-from polyscale.pipelines.datasets import build_dataset
+from polyscale.metrics.spectrum import histogram_error, spectrum_error, windows
+from polyscale.pipelines.datasets import build_dataset, texture_band_height
 from polyscale.pipelines.experiment import DataConfig, ExperimentConfig
 from polyscale.pipelines.sample import resolve_checkpoint, sample_checkpoint
 
@@ -87,12 +87,20 @@ def labelled_rows(
 
 
 def porous_rows(fake: Tensor, floor_x: Tensor, test_x: Tensor) -> list[MetricRow]:
-    """Porous-media rows: porosity error and RMS error of the (non-periodic) two-point correlation."""
+    """Porous-media rows: porosity error, RMS error of the (non-periodic) two-point correlation ``S2`` and of its
+    normalised shape ``C(r)`` (:func:`~polyscale.metrics.porous.normalised_correlation`: the structure without
+    the porosity offset, which the first row already reports)."""
     phi = float(porosity(test_x))
     s2_test = two_point_correlation(test_x, periodic=False)
+    c_test = normalised_correlation(s2_test)
 
     def s2_error(x: Tensor) -> float:
         return float((two_point_correlation(x, periodic=False) - s2_test).pow(2).mean().sqrt())
+
+    def c_error(x: Tensor) -> float:
+        return float(
+            (normalised_correlation(two_point_correlation(x, periodic=False)) - c_test).pow(2).mean().sqrt()
+        )
 
     return [
         MetricRow(
@@ -101,11 +109,19 @@ def porous_rows(fake: Tensor, floor_x: Tensor, test_x: Tensor) -> list[MetricRow
             abs(float(porosity(floor_x)) - phi),
         ),
         MetricRow("two-point correlation RMS error (lower)", s2_error(fake), s2_error(floor_x)),
+        MetricRow("two-point correlation shape C(r) RMS error (lower)", c_error(fake), c_error(floor_x)),
     ]
 
 
 def texture_rows(fake: Tensor, floor_x: Tensor, test_x: Tensor) -> list[MetricRow]:
-    """Texture rows for 2D images ``(N, C, H, W)`` in [-1, 1]: grey-level histogram and power spectrum errors."""
+    """Texture rows for 2D images ``(N, C, H, W)`` in [-1, 1]: grey-level histogram and power spectrum errors.
+
+    Samples larger than the real crops (a texture sampled beyond the held-out band's height) are compared window
+    by window (:func:`~polyscale.metrics.spectrum.windows` of the real crops' size).
+    """
+    edge = test_x.shape[-1]
+    fake = windows(fake, edge) if fake.shape[-1] > edge else fake
+    floor_x = windows(floor_x, edge) if floor_x.shape[-1] > edge else floor_x
     return [
         MetricRow(
             "grey-level histogram TV distance (lower)",
@@ -124,10 +140,11 @@ def real_data_config(data: DataConfig, fake: Tensor) -> DataConfig:
     """The data configuration whose splits are comparable with samples ``fake (N, C, *spatial)``.
 
     Whole samples for digits, MNIST-1D and the user's files; porous volumes generated at the sampled size;
-    texture crops of the sampled size (a texture has no "whole sample", only its held-out region).
+    texture crops of the sampled size (a texture has no "whole sample", only its held-out region), at most as
+    tall as the held-out band (larger samples are then compared window by window, see :func:`texture_rows`).
     """
     if data.kind == "texture":
-        return replace(data, crop_size=fake.shape[-1])
+        return replace(data, crop_size=min(fake.shape[-1], texture_band_height(data)))
     data = replace(data, crop_size=None)
     return replace(data, size=fake.shape[-1]) if data.kind == "porous" else data
 
