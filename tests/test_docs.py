@@ -1,0 +1,108 @@
+"""Every command in the docs runs: each ``docs/*.md`` page (and the README's Use section) is executed top to bottom
+in a fresh directory, ``bash`` blocks through the real CLI and ``python`` blocks with ``exec``.
+
+Lines of a ``bash`` block are commands of three kinds, and nothing else is allowed there (so a new kind of
+command cannot slip into the docs untested):
+
+* ``polyscale ...`` (or ``.venv/bin/polyscale ...``): run in-process through :func:`polyscale.cli.main.main`,
+  which must return 0 and write every file it names. To keep the suite fast, the run is capped without changing
+  which code runs: at most 2 samples and 2 denoising steps, and training stops after 2 optimizer steps.
+* ``make TARGET``: the target must exist in the Makefile (``make test`` is what CI runs).
+* ``python benchmarks/X.py ...``: the script must exist and answer ``--help``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polyscale.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+TRAIN_CAPS = [
+    "--set", "train.max_steps=2", "--set", "train.checkpoint_every=2", "--set", "train.warmup_steps=1",
+    "--set", "train.log_every=1", "--set", "train.batch_size=4",
+]  # fmt: skip
+
+
+def blocks(page: Path) -> list[tuple[str, str]]:
+    """``(language, body)`` of every fenced code block, in document order."""
+    return re.findall(r"```(\w+)\n(.*?)```", page.read_text(), flags=re.S)
+
+
+def commands(body: str) -> list[str]:
+    """The commands of a bash block: one per line, comments and blank lines dropped."""
+    lines = (re.sub(r"(^|\s+)#.*$", "", line).strip() for line in body.splitlines())
+    return [line for line in lines if line]
+
+
+def capped(argv: list[str]) -> list[str]:
+    """``argv`` of a polyscale command with the test caps of the module docstring applied."""
+    argv = list(argv)
+    if argv[0] == "train":
+        return argv + TRAIN_CAPS
+    if argv[0] in ("sample", "evaluate"):
+        for flag, cap in (("--num-samples", 2), ("--timesteps", 2)):
+            if flag in argv:
+                i = argv.index(flag) + 1
+                argv[i] = str(min(int(argv[i]), cap))
+            else:
+                argv += [flag, str(cap)]
+    return argv
+
+
+def run_page(page: Path, tmp_path: Path, monkeypatch, capsys) -> int:
+    monkeypatch.chdir(tmp_path)
+    ran = 0
+    for language, body in blocks(page):
+        if language == "python":
+            exec(compile(body, str(page), "exec"), {})  # noqa: S102 - our own docs, not user input
+            ran += 1
+        if language != "bash":
+            continue
+        for line in commands(body):
+            words = shlex.split(line)
+            if words[0] in ("polyscale", ".venv/bin/polyscale"):
+                argv = capped(words[1:])
+                code = main(argv)
+                out = capsys.readouterr()
+                assert code == 0, f"{page.name}: `{line}` exited {code}: {out.err}"
+                if "--output-file" in argv:
+                    assert Path(argv[argv.index("--output-file") + 1]).is_file(), line
+            elif words[0] == "make":
+                makefile = (ROOT / "Makefile").read_text()
+                assert re.search(rf"^{words[1]}:", makefile, flags=re.M), line
+            elif words[:2] == [".venv/bin/python", "benchmarks/e2e_train.py"] or words[0] == "python":
+                script = ROOT / next(w for w in words if w.endswith(".py"))
+                assert script.is_file(), line
+                subprocess.run([sys.executable, str(script), "--help"], check=True, capture_output=True)
+            else:
+                raise AssertionError(
+                    f"{page.name}: `{line}` is not a command kind this test knows how to run"
+                )
+            ran += 1
+    return ran
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_command_on_the_page_runs(page: Path, tmp_path: Path, monkeypatch, capsys):
+    assert run_page(page, tmp_path, monkeypatch, capsys) > 0
+
+
+def test_every_task_has_a_page():
+    names = {p.stem for p in PAGES}
+    assert {"sampling", "training", "evaluation", "scale"} <= names
+
+
+def test_capping_keeps_the_command_and_bounds_its_cost():
+    assert capped(["sample", "--num-samples", "16", "--dim", "2"]) == [
+        "sample", "--num-samples", "2", "--dim", "2", "--timesteps", "2",
+    ]  # fmt: skip
+    assert capped(["train", "--preset", "digits2d"])[:3] == ["train", "--preset", "digits2d"]
+    assert "train.max_steps=2" in capped(["train", "--preset", "x"])
