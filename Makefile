@@ -33,7 +33,11 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check src tests benchmarks
 
 bench: $(VENV)/.installed-dev
+	mkdir -p $(OUT)
 	$(BIN)/python benchmarks/run_all.py --out BENCHMARKS.md
+	$(BIN)/python benchmarks/scale.py --out $(OUT)/scale.md
+	$(BIN)/python benchmarks/evaluate_shipped.py --out $(OUT)/evaluate.md
+	cat $(OUT)/scale.md $(OUT)/evaluate.md >> BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) $(OUT)

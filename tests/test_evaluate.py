@@ -104,7 +104,7 @@ def test_reference_classifier_is_accurate_on_held_out_data(labelled):
     report = clf.report(test_x, test_y)
     assert report.accuracy > min_accuracy
     assert report.mean_max_prob > 0.8 and report.min_class_fraction > 0.05
-    assert clf.features(test_x[:5]).shape == (5, 128)
+    assert clf.features(test_x[:5]).shape == (5, 32)
     torch.testing.assert_close(clf.predict_proba(test_x[:5]).sum(dim=1), torch.ones(5))
 
 
@@ -120,7 +120,7 @@ def test_real_data_scores_near_the_floor_and_noise_far_from_it(labelled):
     assert frechet_real.name.startswith("Fréchet") and frechet_real.floor > 0
     assert frechet_real.model < 2 * frechet_real.floor
     assert frechet_noise.model > 10 * frechet_noise.floor
-    assert real_rows[1].model > 0.9  # real data is classified confidently
+    assert real_rows[1].model > 0.8  # real data is classified confidently
 
 
 def test_classifier_training_is_reproducible_and_validates_its_input():

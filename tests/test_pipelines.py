@@ -91,7 +91,13 @@ def test_export_ema_writes_the_ema_weights_alone(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "name, shape", [("digits2d", (1, 16, 16)), ("mnist1d", (1, 40)), ("porous3d", (1, 16, 16, 16))]
+    "name, shape",
+    [
+        ("digits2d", (1, 16, 16)),
+        ("mnist1d", (1, 40)),
+        ("porous3d", (1, 16, 16, 16)),
+        ("texture2d", (1, 32, 32)),
+    ],
 )
 def test_shipped_model_samples_from_the_cli(tmp_path: Path, capsys, name: str, shape: tuple[int, ...]):
     from polyscale.pipelines.sample import shipped_models

@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "score a model against held-out real data, beside the real-vs-real floor",
     )
     p.add_argument("--checkpoint", required=True, help="model directory, or a shipped model name")
-    _add_sampling_args(p, num_samples=256)
+    _add_sampling_args(p, num_samples=512)
     return parser
 
 

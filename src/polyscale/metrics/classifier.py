@@ -111,7 +111,7 @@ class FeatureClassifier(nn.Module):
         *,
         dims: int,
         width: int = 16,
-        feature_dim: int = 128,
+        feature_dim: int = 32,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -181,7 +181,7 @@ class FeatureClassifier(nn.Module):
         batch_size: int = 128,
         lr: float = 5e-3,
         width: int = 16,
-        feature_dim: int = 128,
+        feature_dim: int = 32,
         generator: torch.Generator | None = None,
         device: str | torch.device = "cpu",
     ) -> FeatureClassifier:

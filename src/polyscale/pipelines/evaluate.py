@@ -171,7 +171,7 @@ def reference_classifier(x: Tensor, labels: Tensor) -> FeatureClassifier:
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
-    num_samples: int = 256,
+    num_samples: int = 512,
     steps: int | None = None,
     sampler: str | None = None,
     seed: int = 0,

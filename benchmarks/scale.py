@@ -1,0 +1,242 @@
+"""Train small, sample large: the stationary models (porous3d, texture2d) at 1x, 2x, 4x and 8x their training size.
+
+    python benchmarks/scale.py --out scale.md                       # both models, scales 1 2 4 8
+    python benchmarks/scale.py --model texture2d --scales 1 4 --out part.md
+
+Each (model, scale) runs in its own process, so its peak resident memory (``ru_maxrss``) is its own. At every
+scale the samples are compared with real data of the same size: porous media are generated at that size
+(procedural), textures are random crops of the held-out band of the photograph. The real-vs-real floor uses the
+same number of real items from the training side against the same held-out set.
+
+Porous: porosity (target +-0.03 of the data's), two-point correlation S2 (RMS error of the raw curve, and of the
+normalised correlation ``C(r) = (S2 - phi^2) / (phi - phi^2)``, whose shape is independent of the porosity
+offset that the first row already reports), correlation length. Texture: mean grey level, grey-level histogram
+total variation, radially averaged power spectrum error (RMS of log10 spectra). At 8x the texture is larger than
+the held-out band (128 rows), so its spectrum is measured on the four 128x128 quadrants of each sample: the
+statistics of 128-pixel windows, compared with real 128-pixel windows.
+
+Tiling: ``--tile-scale 8`` samples the 8x outputs with ``TiledDenoiser`` (two windows per axis). The peer row
+"one untiled denoiser call at 8x" measures the peak memory of the whole-volume call the tiling replaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_description, markdown_table, publish  # noqa: E402
+from polyscale.diffusion import TiledDenoiser  # noqa: E402
+from polyscale.metrics.porous import correlation_length, porosity, two_point_correlation  # noqa: E402
+from polyscale.metrics.spectrum import (  # noqa: E402
+    histogram_error,
+    spectrum_error,
+)
+from polyscale.pipelines.datasets import build_dataset  # noqa: E402
+from polyscale.pipelines.evaluate import stack_dataset  # noqa: E402
+from polyscale.pipelines.sample import generate, load_denoiser  # noqa: E402
+
+# samples per scale: about the same number of voxels/pixels at every scale (at least one)
+COUNTS = {"porous3d": {1: 32, 2: 4, 4: 2, 8: 1}, "texture2d": {1: 64, 2: 16, 4: 8, 8: 2}}
+HELD_OUT = {"porous3d": 8, "texture2d": 64}  # size of the held-out real set at every scale
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def real_sets(cfg, size: int, n: int, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` training-side and ``n_test`` held-out real items of edge ``size``."""
+    if cfg.data.kind == "porous":
+        data_cfg = replace(cfg.data, size=size, crop_size=None, num_samples=max(n, n_test))
+        train, test = build_dataset(data_cfg, split="train"), build_dataset(data_cfg, split="test")
+        return stack_dataset(train, n)[0], stack_dataset(test, n_test)[0]
+    crop = min(size, 128)  # the held-out band has 128 rows
+    data_cfg = replace(cfg.data, crop_size=crop, num_samples=max(n, n_test) * (size // crop) ** 2)
+    train, test = build_dataset(data_cfg, split="train"), build_dataset(data_cfg, split="test")
+    return stack_dataset(train, n * (size // crop) ** 2)[0], stack_dataset(test, n_test)[0]
+
+
+def windows(x: torch.Tensor, edge: int) -> torch.Tensor:
+    """Non-overlapping ``edge``-sized windows of ``(N, C, H, W)`` as ``(N * (H/edge) * (W/edge), C, edge, edge)``."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // edge, edge, w // edge, edge).permute(0, 2, 4, 1, 3, 5)  # (N, h', w', C, e, e)
+    return x.reshape(-1, c, edge, edge)
+
+
+def porous_rows(fake, floor, test) -> dict:
+    phi_test = float(porosity(test))
+
+    def s2(x):
+        return two_point_correlation(x, periodic=False)
+
+    def normalised(curve):
+        phi = curve[0]
+        return (curve - phi**2) / (phi - phi**2)
+
+    s2_test = s2(test)
+    out = {"data porosity": phi_test}
+    for name, x in (("model", fake), ("floor", floor)):
+        curve = s2(x)
+        out[f"{name} porosity"] = float(porosity(x))
+        out[f"{name} S2 RMS err"] = float((curve - s2_test).pow(2).mean().sqrt())
+        out[f"{name} C(r) RMS err"] = float((normalised(curve) - normalised(s2_test)).pow(2).mean().sqrt())
+        out[f"{name} corr. length"] = float(correlation_length(curve))
+    out["data corr. length"] = float(correlation_length(s2_test))
+    return out
+
+
+def texture_rows(fake, floor, test) -> dict:
+    edge = test.shape[-1]
+    out = {"data mean grey": float(test.mean())}
+    for name, x in (("model", fake), ("floor", floor)):
+        win = windows(x, edge) if x.shape[-1] > edge else x
+        out[f"{name} mean grey"] = float(x.mean())
+        out[f"{name} hist TV"] = histogram_error(x, test)
+        out[f"{name} spectrum err"] = spectrum_error(win, test)
+    out["spectrum window"] = edge
+    return out
+
+
+def run_one(model: str, scale: int, *, sampler: str, steps: int, tile: bool, seed: int) -> dict:
+    torch.manual_seed(seed)
+    denoiser, cfg, sample_shape = load_denoiser(model)
+    train_size = sample_shape[-1]
+    size = scale * train_size
+    dims = len(sample_shape) - 1
+    n = COUNTS[model][scale]
+    if tile:
+        # two windows per axis, overlapping by an eighth of the training size
+        overlap = max(4, train_size // 4)
+        edge = size // 2 + overlap // 2
+        edge += -edge % denoiser.net.size_multiple
+        denoiser = TiledDenoiser(
+            denoiser, tile_size=edge, overlap=2 * edge - size, size_multiple=denoiser.net.size_multiple
+        )
+    t0 = time.perf_counter()
+    fake = generate(
+        denoiser,
+        (n, sample_shape[0], *(size,) * dims),
+        sampler=sampler,
+        steps=steps,
+        sigma_min=cfg.diffusion.sigma_min,
+        sigma_max=cfg.diffusion.sigma_max,
+        rho=cfg.diffusion.rho,
+        generator=torch.Generator().manual_seed(seed),
+        batch_size=1,
+        progress=False,
+    )
+    seconds = time.perf_counter() - t0
+    rss = peak_rss_mib()
+    floor, test = real_sets(cfg, size, n, HELD_OUT[model])
+    row = {"model": model, "scale": f"{scale}x", "size": f"{size}^{dims}", "samples": n}
+    row |= porous_rows(fake, floor, test) if cfg.data.kind == "porous" else texture_rows(fake, floor, test)
+    row |= {
+        "tiled": f"{denoiser.tile_size}/{denoiser.overlap}" if tile else "no",
+        "sampling s": seconds,
+        "peak RSS MiB": rss,
+    }
+    return row
+
+
+def one_call_memory(model: str, scale: int, *, tile: bool) -> dict:
+    """Peak RSS of a single denoiser call at ``scale`` (whole volume vs tiled), in this process."""
+    denoiser, cfg, sample_shape = load_denoiser(model)
+    size = scale * sample_shape[-1]
+    base = peak_rss_mib()
+    x = torch.randn(1, sample_shape[0], *(size,) * (len(sample_shape) - 1))
+    if tile:
+        overlap = max(4, sample_shape[-1] // 4)
+        edge = size // 2 + overlap // 2
+        edge += -edge % denoiser.net.size_multiple
+        denoiser = TiledDenoiser(
+            denoiser, tile_size=edge, overlap=2 * edge - size, size_multiple=denoiser.net.size_multiple
+        )
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        denoiser(x, torch.tensor([1.0]))
+    return {
+        "model": model,
+        "call": f"one {'tiled' if tile else 'untiled'} denoiser call at {scale}x ({size}^{x.ndim - 2})",
+        "seconds": time.perf_counter() - t0,
+        "peak RSS MiB": peak_rss_mib(),
+        "RSS before MiB": base,
+    }
+
+
+def in_subprocess(args: list[str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return json.loads(out.splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", action="append", choices=sorted(COUNTS), help="default: both")
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4, 8], choices=[1, 2, 4, 8])
+    parser.add_argument("--sampler", default="dpmpp2m")
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--tile-scale", type=int, default=8, help="scales at or above this are tiled")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "SCALE"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory", nargs=3, metavar=("MODEL", "SCALE", "TILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        model, scale = args.worker[0], int(args.worker[1])
+        row = run_one(
+            model,
+            scale,
+            sampler=args.sampler,
+            steps=args.steps,
+            tile=scale >= args.tile_scale,
+            seed=args.seed,
+        )
+        print(json.dumps(row))
+        return
+    if args.memory:
+        print(json.dumps(one_call_memory(args.memory[0], int(args.memory[1]), tile=args.memory[2] == "1")))
+        return
+    models = args.model or sorted(COUNTS)
+    common = ["--sampler", args.sampler, "--steps", str(args.steps), "--tile-scale", str(args.tile_scale)]
+    sections = [
+        "## Train small, sample large (`benchmarks/scale.py`)",
+        "",
+        f"Machine: {machine_description()}. Sampler {args.sampler}, {args.steps} steps, Karras schedule. "
+        "'floor' = real training-side data of the same size and count against the same held-out set.",
+        "",
+    ]
+    for model in models:
+        rows = []
+        for scale in args.scales:
+            print(f"[scale] {model} {scale}x ...", file=sys.stderr, flush=True)
+            rows.append(in_subprocess(["--worker", model, str(scale), "--seed", str(args.seed), *common]))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        sections += [f"### {model}", "", markdown_table(rows)]
+        if max(args.scales) >= args.tile_scale:
+            scale = max(args.scales)
+            mem = [in_subprocess(["--memory", model, str(scale), t]) for t in ("0", "1")]
+            untiled = mem[0]["peak RSS MiB"] - mem[0]["RSS before MiB"]
+            for m in mem:  # the untiled call is the peer: ratio 1
+                m["growth / untiled growth"] = (m["peak RSS MiB"] - m["RSS before MiB"]) / untiled
+            sections += [
+                "Peak memory of one denoiser call (peer: the untiled call):",
+                "",
+                markdown_table(mem),
+            ]
+    publish("\n".join(sections), args.out)
+
+
+if __name__ == "__main__":
+    main()
