@@ -42,7 +42,7 @@ from polyscale.metrics.spectrum import (  # noqa: E402
 )
 from polyscale.pipelines.datasets import build_dataset  # noqa: E402
 from polyscale.pipelines.evaluate import stack_dataset  # noqa: E402
-from polyscale.pipelines.sample import generate, load_denoiser  # noqa: E402
+from polyscale.pipelines.sample import generate, load_denoiser, save_samples  # noqa: E402
 
 # samples per scale: about the same number of voxels/pixels at every scale (at least one)
 COUNTS = {"porous3d": {1: 32, 2: 4, 4: 2, 8: 1}, "texture2d": {1: 64, 2: 16, 4: 8, 8: 2}}
@@ -106,7 +106,18 @@ def texture_rows(fake, floor, test) -> dict:
     return out
 
 
-def run_one(model: str, scale: int, *, sampler: str, steps: int, tile: bool, seed: int) -> dict:
+def two_window_tiling(denoiser, size: int, train_size: int) -> TiledDenoiser:
+    """``denoiser`` tiled with two windows per axis of an output of edge ``size``, overlapping by about a
+    quarter of the training size (at least 4), the window edge rounded up to the network's size multiple."""
+    multiple = denoiser.net.size_multiple
+    edge = size // 2 + max(4, train_size // 4) // 2
+    edge += -edge % multiple
+    return TiledDenoiser(denoiser, tile_size=edge, overlap=2 * edge - size, size_multiple=multiple)
+
+
+def run_one(
+    model: str, scale: int, *, sampler: str, steps: int, tile: bool, seed: int, pictures: str | None = None
+) -> dict:
     torch.manual_seed(seed)
     denoiser, cfg, sample_shape = load_denoiser(model)
     train_size = sample_shape[-1]
@@ -114,13 +125,7 @@ def run_one(model: str, scale: int, *, sampler: str, steps: int, tile: bool, see
     dims = len(sample_shape) - 1
     n = COUNTS[model][scale]
     if tile:
-        # two windows per axis, overlapping by an eighth of the training size
-        overlap = max(4, train_size // 4)
-        edge = size // 2 + overlap // 2
-        edge += -edge % denoiser.net.size_multiple
-        denoiser = TiledDenoiser(
-            denoiser, tile_size=edge, overlap=2 * edge - size, size_multiple=denoiser.net.size_multiple
-        )
+        denoiser = two_window_tiling(denoiser, size, train_size)
     t0 = time.perf_counter()
     fake = generate(
         denoiser,
@@ -136,6 +141,8 @@ def run_one(model: str, scale: int, *, sampler: str, steps: int, tile: bool, see
     )
     seconds = time.perf_counter() - t0
     rss = peak_rss_mib()
+    if pictures:
+        save_samples(fake[:4], Path(pictures) / f"{model}_{scale}x.png", data_kind=cfg.data.kind)
     floor, test = real_sets(cfg, size, n, HELD_OUT[model])
     row = {"model": model, "scale": f"{scale}x", "size": f"{size}^{dims}", "samples": n}
     row |= porous_rows(fake, floor, test) if cfg.data.kind == "porous" else texture_rows(fake, floor, test)
@@ -154,12 +161,7 @@ def one_call_memory(model: str, scale: int, *, tile: bool) -> dict:
     base = peak_rss_mib()
     x = torch.randn(1, sample_shape[0], *(size,) * (len(sample_shape) - 1))
     if tile:
-        overlap = max(4, sample_shape[-1] // 4)
-        edge = size // 2 + overlap // 2
-        edge += -edge % denoiser.net.size_multiple
-        denoiser = TiledDenoiser(
-            denoiser, tile_size=edge, overlap=2 * edge - size, size_multiple=denoiser.net.size_multiple
-        )
+        denoiser = two_window_tiling(denoiser, size, sample_shape[-1])
     t0 = time.perf_counter()
     with torch.no_grad():
         denoiser(x, torch.tensor([1.0]))
@@ -190,6 +192,7 @@ def main() -> None:
     parser.add_argument("--tile-scale", type=int, default=8, help="scales at or above this are tiled")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--pictures", default=None, help="folder for a PNG of the samples at each scale")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "SCALE"), help=argparse.SUPPRESS)
     parser.add_argument("--memory", nargs=3, metavar=("MODEL", "SCALE", "TILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -202,6 +205,7 @@ def main() -> None:
             steps=args.steps,
             tile=scale >= args.tile_scale,
             seed=args.seed,
+            pictures=args.pictures,
         )
         print(json.dumps(row))
         return
@@ -210,6 +214,8 @@ def main() -> None:
         return
     models = args.model or sorted(COUNTS)
     common = ["--sampler", args.sampler, "--steps", str(args.steps), "--tile-scale", str(args.tile_scale)]
+    if args.pictures:
+        common += ["--pictures", args.pictures]
     sections = [
         "## Train small, sample large (`benchmarks/scale.py`)",
         "",
