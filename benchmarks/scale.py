@@ -36,12 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, markdown_table, publish  # noqa: E402
 from polyscale.diffusion import TiledDenoiser  # noqa: E402
 from polyscale.metrics.porous import correlation_length, porosity, two_point_correlation  # noqa: E402
-from polyscale.metrics.spectrum import (  # noqa: E402
-    histogram_error,
-    spectrum_error,
-)
 from polyscale.pipelines.datasets import build_dataset  # noqa: E402
-from polyscale.pipelines.evaluate import stack_dataset  # noqa: E402
+from polyscale.pipelines.evaluate import (  # noqa: E402
+    porous_rows,
+    real_data_config,
+    stack_dataset,
+    texture_rows,
+)
 from polyscale.pipelines.sample import generate, load_denoiser, save_samples  # noqa: E402
 
 # samples per scale: about the same number of voxels/pixels at every scale (at least one)
@@ -53,57 +54,53 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def real_sets(cfg, size: int, n: int, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` training-side and ``n_test`` held-out real items of edge ``size``."""
-    if cfg.data.kind == "porous":
-        data_cfg = replace(cfg.data, size=size, crop_size=None, num_samples=max(n, n_test))
-        train, test = build_dataset(data_cfg, split="train"), build_dataset(data_cfg, split="test")
-        return stack_dataset(train, n)[0], stack_dataset(test, n_test)[0]
-    crop = min(size, 128)  # the held-out band has 128 rows
-    data_cfg = replace(cfg.data, crop_size=crop, num_samples=max(n, n_test) * (size // crop) ** 2)
+def real_sets(cfg, fake: torch.Tensor, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-side real items (as many as ``fake`` has, or as many windows of the held-out size) and ``n_test``
+    held-out items, built as ``polyscale evaluate`` builds them (:func:`real_data_config`)."""
+    data_cfg = real_data_config(cfg.data, fake)
+    n = fake.shape[0]
+    if (
+        cfg.data.kind == "texture"
+    ):  # samples larger than the held-out band are scored as windows of its height
+        n *= (fake.shape[-1] // data_cfg.crop_size) ** 2
+    data_cfg = replace(data_cfg, num_samples=max(n, n_test))
     train, test = build_dataset(data_cfg, split="train"), build_dataset(data_cfg, split="test")
-    return stack_dataset(train, n * (size // crop) ** 2)[0], stack_dataset(test, n_test)[0]
+    return stack_dataset(train, n)[0], stack_dataset(test, n_test)[0]
 
 
-def windows(x: torch.Tensor, edge: int) -> torch.Tensor:
-    """Non-overlapping ``edge``-sized windows of ``(N, C, H, W)`` as ``(N * (H/edge) * (W/edge), C, edge, edge)``."""
-    n, c, h, w = x.shape
-    x = x.reshape(n, c, h // edge, edge, w // edge, edge).permute(0, 2, 4, 1, 3, 5)  # (N, h', w', C, e, e)
-    return x.reshape(-1, c, edge, edge)
+SHORT = {  # evaluate's row names -> table columns
+    "two-point correlation RMS error (lower)": "S2 RMS err",
+    "two-point correlation shape C(r) RMS error (lower)": "C(r) RMS err",
+    "grey-level histogram TV distance (lower)": "hist TV",
+    "radial power spectrum RMS log10 error (lower)": "spectrum err",
+}
 
 
-def porous_rows(fake, floor, test) -> dict:
-    phi_test = float(porosity(test))
-
-    def s2(x):
-        return two_point_correlation(x, periodic=False)
-
-    def normalised(curve):
-        phi = curve[0]
-        return (curve - phi**2) / (phi - phi**2)
-
-    s2_test = s2(test)
-    out = {"data porosity": phi_test}
-    for name, x in (("model", fake), ("floor", floor)):
-        curve = s2(x)
-        out[f"{name} porosity"] = float(porosity(x))
-        out[f"{name} S2 RMS err"] = float((curve - s2_test).pow(2).mean().sqrt())
-        out[f"{name} C(r) RMS err"] = float((normalised(curve) - normalised(s2_test)).pow(2).mean().sqrt())
-        out[f"{name} corr. length"] = float(correlation_length(curve))
-    out["data corr. length"] = float(correlation_length(s2_test))
+def error_columns(rows) -> dict:
+    """``evaluate``'s metric rows as ``model <metric>`` / ``floor <metric>`` columns."""
+    out = {}
+    for row in rows:
+        out[f"model {SHORT[row.name]}"], out[f"floor {SHORT[row.name]}"] = row.model, row.floor
     return out
 
 
-def texture_rows(fake, floor, test) -> dict:
-    edge = test.shape[-1]
-    out = {"data mean grey": float(test.mean())}
-    for name, x in (("model", fake), ("floor", floor)):
-        win = windows(x, edge) if x.shape[-1] > edge else x
-        out[f"{name} mean grey"] = float(x.mean())
-        out[f"{name} hist TV"] = histogram_error(x, test)
-        out[f"{name} spectrum err"] = spectrum_error(win, test)
-    out["spectrum window"] = edge
-    return out
+def porous_columns(fake, floor, test) -> dict:
+    """Porosity and correlation length of each set, then ``evaluate``'s porous error rows."""
+    out = {"data porosity": float(porosity(test)), "model porosity": float(porosity(fake))}
+    out["floor porosity"] = float(porosity(floor))
+    for name, x in (("data", test), ("model", fake), ("floor", floor)):
+        out[f"{name} corr. length"] = float(correlation_length(two_point_correlation(x, periodic=False)))
+    rows = [r for r in porous_rows(fake, floor, test) if r.name.startswith("two-point")]
+    return out | error_columns(rows)
+
+
+def texture_columns(fake, floor, test) -> dict:
+    """Mean grey level of each set, then ``evaluate``'s texture error rows (histogram TV, spectrum error)."""
+    out = {
+        f"{name} mean grey": float(x.mean())
+        for name, x in (("data", test), ("model", fake), ("floor", floor))
+    }
+    return out | error_columns(texture_rows(fake, floor, test)) | {"spectrum window": test.shape[-1]}
 
 
 def two_window_tiling(denoiser, size: int, train_size: int) -> TiledDenoiser:
@@ -143,9 +140,11 @@ def run_one(
     rss = peak_rss_mib()
     if pictures:
         save_samples(fake[:4], Path(pictures) / f"{model}_{scale}x.png", data_kind=cfg.data.kind)
-    floor, test = real_sets(cfg, size, n, HELD_OUT[model])
+    floor, test = real_sets(cfg, fake, HELD_OUT[model])
     row = {"model": model, "scale": f"{scale}x", "size": f"{size}^{dims}", "samples": n}
-    row |= porous_rows(fake, floor, test) if cfg.data.kind == "porous" else texture_rows(fake, floor, test)
+    row |= (
+        porous_columns(fake, floor, test) if cfg.data.kind == "porous" else texture_columns(fake, floor, test)
+    )
     row |= {
         "tiled": f"{denoiser.tile_size}/{denoiser.overlap}" if tile else "no",
         "sampling s": seconds,

@@ -12,6 +12,7 @@ from polyscale.pipelines.experiment import DataConfig
 
 def build_dataset(cfg: DataConfig, *, split: str | None = "train"):
     """The training (or held-out) dataset described by ``cfg``, wrapped in random crops when asked."""
+    crops_per_sample = 1  # a texture is one image: every epoch draws data.num_samples windows of it
     if cfg.kind == "digits":
         ds = datasets.digits(size=cfg.size, split=split, seed=cfg.seed)
     elif cfg.kind == "mnist1d":
@@ -31,10 +32,8 @@ def build_dataset(cfg: DataConfig, *, split: str | None = "train"):
     elif cfg.kind == "texture":
         if cfg.crop_size is None:
             raise ValueError("data.kind='texture' needs data.crop_size (the model trains on random crops)")
-        region = datasets.texture(cfg.image, split=split, downsample=cfg.downsample)
-        return datasets.RandomCrops(
-            region, cfg.crop_size, seed=cfg.seed, crops_per_sample=cfg.num_samples or 1024
-        )
+        ds = datasets.texture(cfg.image, split=split, downsample=cfg.downsample)
+        crops_per_sample = cfg.num_samples or 1024
     elif cfg.kind == "image_folder":
         if cfg.path is None:
             raise ValueError("data.kind='image_folder' needs data.path (a folder of images)")
@@ -46,7 +45,7 @@ def build_dataset(cfg: DataConfig, *, split: str | None = "train"):
     else:  # the config validator already restricts kind; this guards programmatic use
         raise ValueError(f"unknown data.kind {cfg.kind!r}")
     if cfg.crop_size is not None:
-        ds = datasets.RandomCrops(ds, cfg.crop_size, seed=cfg.seed)
+        ds = datasets.RandomCrops(ds, cfg.crop_size, seed=cfg.seed, crops_per_sample=crops_per_sample)
     return ds
 
 
