@@ -294,3 +294,45 @@ def test_errors_name_expected_and_received():
         NeighborhoodAttention(6, dims=1, kernel_size=3, num_heads=4)
     with pytest.raises(ValueError, match="dims must be 1, 2 or 3, got 4"):
         NeighborhoodAttention(8, dims=4, kernel_size=3)
+
+
+def _periodic_reference(m: NeighborhoodAttention, x: torch.Tensor) -> torch.Tensor:
+    """Periodic neighbourhood attention written out: every query attends to the keys at offsets
+    ``r * (-k//2 .. k//2)`` per axis, taken modulo the axis length (a ring)."""
+    spatial = tuple(x.shape[2:])
+    kernel, dilation = m.window(spatial)
+    qkv = m.qkv(x.movedim(1, -1)).unflatten(-1, (3, m.num_heads, -1))  # (B, *S, 3, heads, c)
+    q, k, v = (qkv[..., i, :, :].movedim(-2, 1).flatten(2, -2) for i in range(3))  # (B, heads, N, c)
+    coords = torch.stack(torch.meshgrid(*(torch.arange(n) for n in spatial), indexing="ij"), -1).flatten(
+        0, -2
+    )
+    allowed = torch.ones(len(coords), len(coords), dtype=torch.bool)
+    for axis, (n, ks, r) in enumerate(zip(spatial, kernel, dilation, strict=True)):
+        if ks >= n:  # whole axis
+            continue
+        diff = (coords[None, :, axis] - coords[:, None, axis]) % n  # key - query on the ring
+        offsets = torch.tensor([(r * o) % n for o in range(-(ks // 2), ks // 2 + 1)])
+        allowed &= (diff[..., None] == offsets).any(-1)
+    logits = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    out = logits.masked_fill(~allowed, float("-inf")).softmax(-1) @ v  # (B, heads, N, c)
+    out = out.movedim(1, -2).flatten(-2).unflatten(1, spatial)  # (B, *S, C)
+    return m.proj(out).movedim(-1, 1)
+
+
+@pytest.mark.parametrize(
+    "spatial, kernel, dilation", [((11,), 3, 1), ((9, 10), 3, 2), ((6, 4, 5), 3, 1), ((3, 8), 5, 1)]
+)
+def test_periodic_module_is_attention_on_a_ring(spatial, kernel, dilation):
+    torch.manual_seed(0)
+    m = NeighborhoodAttention(
+        8, dims=len(spatial), kernel_size=kernel, num_heads=2, dilation=dilation, periodic=True
+    ).double()
+    x = torch.randn(2, 8, *spatial, dtype=torch.float64)
+    assert (m(x) - _periodic_reference(m, x)).abs().max() <= 1e-10
+    axes = tuple(range(2, 2 + len(spatial)))
+    shifts = tuple(range(1, 1 + len(spatial)))
+    # a ring has no borders: shifting the input shifts the output, by any amount
+    assert (m(x.roll(shifts, axes)) - m(x).roll(shifts, axes)).abs().max() <= 1e-10
+    plain = NeighborhoodAttention(8, dims=len(spatial), kernel_size=kernel, num_heads=2, dilation=dilation)
+    plain.load_state_dict(m.state_dict())
+    assert (plain.double()(x) - m(x)).abs().max() > 1e-3  # the border windows do differ from NATTEN's rule

@@ -196,6 +196,35 @@ def test_porous_media_is_deterministic_and_any_shape_works():
     )
 
 
+def test_stationary_porous_media_are_one_process_at_every_size():
+    """stationary=True: every voxel is pore with probability `porosity` (the pore fraction of a sample
+    fluctuates around it) and the two-point statistics of a 12^3 sample are those of a 36^3 one; the
+    per-sample threshold (stationary=False) makes the correlation length drift with the size instead."""
+    from polyscale.data.porous import gaussian_random_field
+    from polyscale.metrics.porous import correlation_length, two_point_correlation
+
+    field = gaussian_random_field(
+        512, (16, 16, 16), correlation_length=2.0, generator=gen(3), stationary=True
+    )
+    # exact pointwise std (the tolerances are ~3 standard errors of these correlated means)
+    assert abs(float(field.mean())) < 0.03 and abs(float(field.square().mean()) - 1) < 0.06
+    small = porous_media(1024, size=12, dims=3, porosity=0.3, correlation_length=2.0, generator=gen(1),
+                         stationary=True).data  # fmt: skip
+    large = porous_media(27, size=36, dims=3, porosity=0.3, correlation_length=2.0, generator=gen(2),
+                         stationary=True).data  # fmt: skip
+    assert set(small.unique().tolist()) == {-1.0, 1.0}
+    for x in (small, large):
+        assert abs(float(porosity(x)) - 0.3) < 0.01
+    assert float(porosity(small, per_sample=True).std()) > 0.05  # not forced per sample
+    lengths = [float(correlation_length(two_point_correlation(x, periodic=False))) for x in (small, large)]
+    assert abs(lengths[0] - lengths[1]) < 0.1, lengths
+    exact_small = porous_media(
+        1024, size=12, dims=3, porosity=0.3, correlation_length=2.0, generator=gen(1)
+    ).data
+    exact = float(correlation_length(two_point_correlation(exact_small, periodic=False)))
+    assert lengths[1] - exact > 0.2, (exact, lengths)  # the per-sample quantile shortens small samples
+
+
 def test_gaussian_random_field_covariance_is_gaussian():
     """Filtering white noise with a Gaussian of std l gives covariance rho(r) = exp(-r^2 / (4 l^2)); removing
     each sample's mean turns it into (rho - c) / (1 - c) with c = sum_r rho(r) / V = 4 pi l^2 / V in 2D."""

@@ -383,3 +383,31 @@ def test_label_and_noise_errors():
 def test_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         UNet(**{**TINY, "dims": 2, "in_channels": 1, **kwargs})
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_circular_unet_is_a_function_on_the_torus(dims):
+    """padding_mode='circular': shifting the input by a multiple of size_multiple shifts the output (exactly,
+    borders included), and the zero-padded twin with the same weights is not shift-equivariant."""
+    torch.manual_seed(0)
+    kwargs = dict(
+        dims=dims, in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+        attention_levels=(1,), attention_kernel_sizes=(3,), num_heads=2,
+    )  # fmt: skip
+    net = UNet(**kwargs, padding_mode="circular").double()
+    for p in net.parameters():  # leave the zero init so the output depends on the input
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 1, *([12] * dims), dtype=torch.float64)
+    axes, shifts = tuple(range(2, 2 + dims)), (4, 6, 2)[:dims]
+    y = net(x, 0.1)
+    assert (net(x.roll(shifts, axes), 0.1) - y.roll(shifts, axes)).abs().max() <= 1e-9
+    zeros = UNet(**kwargs).double()
+    zeros.load_state_dict(net.state_dict())
+    assert (zeros(x.roll(shifts, axes), 0.1) - zeros(x, 0.1).roll(shifts, axes)).abs().max() > 1e-3
+
+
+def test_bad_padding_mode_names_the_choices():
+    with pytest.raises(
+        ValueError, match=r"padding_mode must be one of \('zeros', 'circular'\), got 'reflect'"
+    ):
+        UNet(dims=2, in_channels=1, base_channels=8, padding_mode="reflect")

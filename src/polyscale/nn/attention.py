@@ -24,6 +24,7 @@ from functools import reduce
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
 
 # Query tile edge per number of spatial axes: bigger tiles mean bigger matmuls but more masked-out work,
 # ((T + k - 1) / k)^d. Measured fastest for k = 7 on CPU (2D 32^2 to 128^2, 3D 16^3 and 32^3, 1D 1k to 16k).
@@ -357,6 +358,11 @@ class NeighborhoodAttention(nn.Module):
     axis drops to the largest that fits (``length // kernel_size``), and where the axis is shorter than
     ``kernel_size`` itself the window becomes the whole axis (full attention along it). This shrinking is the
     module's documented behaviour; the functional API raises instead.
+
+    ``periodic=True`` treats every axis as a ring (for models of stationary data on a torus): the input is
+    wrapped around by ``dilation * (kernel_size // 2)`` on each side before the neighbourhood attention, so
+    every query's window is centred on it, also at the borders. An axis taken whole (shorter than the
+    kernel) is not wrapped, so no key is counted twice.
     """
 
     def __init__(
@@ -368,6 +374,7 @@ class NeighborhoodAttention(nn.Module):
         num_heads: int = 4,
         dilation: int = 1,
         qkv_bias: bool = True,
+        periodic: bool = False,
     ) -> None:
         super().__init__()
         if dims not in (1, 2, 3):
@@ -380,6 +387,7 @@ class NeighborhoodAttention(nn.Module):
         if dilation < 1:
             raise ValueError(f"dilation must be >= 1, got {dilation}")
         self.channels, self.dims, self.num_heads, self.dilation = channels, dims, num_heads, dilation
+        self.periodic = periodic
         self.qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
         self.proj = nn.Linear(channels, channels)
 
@@ -402,16 +410,24 @@ class NeighborhoodAttention(nn.Module):
             raise ValueError(
                 f"expected {self.channels} channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
             )
-        kernel, dilation = self.window(tuple(x.shape[2:]))
+        spatial = tuple(x.shape[2:])
+        kernel, dilation = self.window(spatial)
+        wrap = [0] * self.dims  # positions added on each side of each axis (periodic only)
+        if self.periodic:
+            wrap = [r * (k // 2) if k < n else 0 for n, k, r in zip(spatial, kernel, dilation, strict=True)]
+            pads = [p for w in reversed(wrap) for p in (w, w)]  # F.pad order: last axis first
+            x = F.pad(x, pads, mode="circular")  # (B, C, *(S + 2 wrap))
         qkv = self.qkv(x.movedim(1, -1))  # (B, *S, C) -> (B, *S, 3C)
         qkv = qkv.unflatten(-1, (3, self.num_heads, -1)).movedim(-2, 1)  # (B, heads, *S, 3, c)
         q, k, v = qkv.unbind(-2)  # 3 x (B, heads, *S, c)
         out = _neighborhood_attention(q, k, v, kernel, dilation, None, None)  # (B, heads, *S, c)
         out = out.movedim(1, -2).flatten(-2)  # (B, *S, heads, c) -> (B, *S, C)
+        if self.periodic:  # keep the original grid; its windows are centred (the wrap covers half a window)
+            out = out[(slice(None), *(slice(w, w + n) for w, n in zip(wrap, spatial, strict=True)))]
         return self.proj(out).movedim(-1, 1)  # (B, *S, C) -> (B, C, *S)
 
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, dims={self.dims}, kernel_size={self.kernel_size}, "
-            f"num_heads={self.num_heads}, dilation={self.dilation}"
+            f"num_heads={self.num_heads}, dilation={self.dilation}, periodic={self.periodic}"
         )

@@ -13,10 +13,20 @@ from torch.nn import functional as F
 
 from polyscale.nn.attention import NeighborhoodAttention
 
+PADDING_MODES = ("zeros", "circular")
 
-def conv_nd(dims: int, cin: int, cout: int, kernel: int = 3, *, stride: int = 1) -> nn.Module:
-    """``Conv{dims}d`` with "same" padding for odd kernels (halved size when ``stride=2`` on even sizes)."""
-    return getattr(nn, f"Conv{dims}d")(cin, cout, kernel, stride=stride, padding=kernel // 2)
+
+def conv_nd(
+    dims: int, cin: int, cout: int, kernel: int = 3, *, stride: int = 1, padding_mode: str = "zeros"
+) -> nn.Module:
+    """``Conv{dims}d`` with "same" padding for odd kernels (halved size when ``stride=2`` on even sizes).
+
+    ``padding_mode="circular"`` wraps each axis around (the input is a torus: no borders anywhere).
+    """
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    conv = getattr(nn, f"Conv{dims}d")
+    return conv(cin, cout, kernel, stride=stride, padding=kernel // 2, padding_mode=padding_mode)
 
 
 def zero_(module: nn.Module) -> nn.Module:
@@ -33,14 +43,24 @@ class ResBlock(nn.Module):
     block is the identity (or its 1x1 skip projection when the channel count changes).
     """
 
-    def __init__(self, dims: int, cin: int, cout: int, emb: int, *, dropout: float, groups: int) -> None:
+    def __init__(
+        self,
+        dims: int,
+        cin: int,
+        cout: int,
+        emb: int,
+        *,
+        dropout: float,
+        groups: int,
+        padding_mode: str = "zeros",
+    ) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, cin)
-        self.conv1 = conv_nd(dims, cin, cout)
+        self.conv1 = conv_nd(dims, cin, cout, padding_mode=padding_mode)
         self.emb = nn.Linear(emb, 2 * cout)
         self.norm2 = nn.GroupNorm(groups, cout)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = zero_(conv_nd(dims, cout, cout))
+        self.conv2 = zero_(conv_nd(dims, cout, cout, padding_mode=padding_mode))
         self.skip = conv_nd(dims, cin, cout, kernel=1) if cin != cout else nn.Identity()
 
     def forward(self, h: Tensor, emb: Tensor) -> Tensor:
@@ -58,10 +78,21 @@ class AttentionBlock(nn.Module):
     The output projection is zero-initialised, so a new block is the identity.
     """
 
-    def __init__(self, dims: int, channels: int, *, kernel_size: int, num_heads: int, groups: int) -> None:
+    def __init__(
+        self,
+        dims: int,
+        channels: int,
+        *,
+        kernel_size: int,
+        num_heads: int,
+        groups: int,
+        periodic: bool = False,
+    ) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels)
-        self.attn = NeighborhoodAttention(channels, dims=dims, kernel_size=kernel_size, num_heads=num_heads)
+        self.attn = NeighborhoodAttention(
+            channels, dims=dims, kernel_size=kernel_size, num_heads=num_heads, periodic=periodic
+        )
         zero_(self.attn.proj)
 
     def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
@@ -71,9 +102,9 @@ class AttentionBlock(nn.Module):
 class Downsample(nn.Module):
     """Strided 3x..x3 convolution: ``(B, C, *S) -> (B, C, *S/2)`` (even sizes)."""
 
-    def __init__(self, dims: int, channels: int) -> None:
+    def __init__(self, dims: int, channels: int, *, padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.conv = conv_nd(dims, channels, channels, stride=2)
+        self.conv = conv_nd(dims, channels, channels, stride=2, padding_mode=padding_mode)
 
     def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
         return self.conv(h)
@@ -82,9 +113,9 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Nearest-neighbour upsampling by 2 then a 3x..x3 convolution: ``(B, C, *S) -> (B, C, *2S)``."""
 
-    def __init__(self, dims: int, channels: int) -> None:
+    def __init__(self, dims: int, channels: int, *, padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.conv = conv_nd(dims, channels, channels)
+        self.conv = conv_nd(dims, channels, channels, padding_mode=padding_mode)
 
     def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
         return self.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))

@@ -17,7 +17,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from polyscale.nn.blocks import AttentionBlock, Downsample, ResBlock, Upsample, conv_nd, zero_
+from polyscale.nn.blocks import (
+    PADDING_MODES,
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    Upsample,
+    conv_nd,
+    zero_,
+)
 from polyscale.nn.embeddings import NoiseEmbedding
 
 
@@ -41,12 +49,17 @@ class UNetConfig:
     gradient_checkpointing: bool = False  # recompute blocks in backward: less activation memory, more compute
     emb_channels: int | None = None  # width of the noise/class embedding; None = 4 * base_channels
     norm_groups: int = 8  # GroupNorm groups (must divide base_channels and every level's width)
+    # "zeros": borders are zero-padded; "circular": every axis wraps around (convolutions and attention windows),
+    # for stationary data generated on a torus, so no position is ever near a border at any size
+    padding_mode: str = "zeros"
 
 
 def _validate(cfg: UNetConfig) -> None:
     """Raise ValueError naming the offending field, what it must be and what arrived."""
     if cfg.dims not in (1, 2, 3):
         raise ValueError(f"dims must be 1, 2 or 3, got {cfg.dims}")
+    if cfg.padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {cfg.padding_mode!r}")
     for name in ("in_channels", "base_channels", "num_res_blocks", "num_heads", "norm_groups"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -109,6 +122,7 @@ class UNet(nn.Module):
         gradient_checkpointing: bool = False,
         emb_channels: int | None = None,
         norm_groups: int = 8,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         cfg = UNetConfig(
@@ -126,6 +140,7 @@ class UNet(nn.Module):
             gradient_checkpointing=gradient_checkpointing,
             emb_channels=emb_channels,
             norm_groups=norm_groups,
+            padding_mode=padding_mode,
         )
         _validate(cfg)
         self.config = cfg
@@ -135,17 +150,27 @@ class UNet(nn.Module):
         deepest = len(widths) - 1
 
         def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(dims, cin, cout, emb, dropout=dropout, groups=norm_groups)
+            return ResBlock(
+                dims, cin, cout, emb, dropout=dropout, groups=norm_groups, padding_mode=padding_mode
+            )
 
         def attention(level: int) -> list[nn.Module]:
             if level not in kernels:
                 return []
             kernel, width = kernels[level], widths[level]
-            return [AttentionBlock(dims, width, kernel_size=kernel, num_heads=num_heads, groups=norm_groups)]
+            block = AttentionBlock(
+                dims,
+                width,
+                kernel_size=kernel,
+                num_heads=num_heads,
+                groups=norm_groups,
+                periodic=padding_mode == "circular",
+            )
+            return [block]
 
         self.noise_embed = NoiseEmbedding(base_channels, emb)
         self.class_embed = nn.Embedding(num_classes + 1, emb) if num_classes is not None else None  # +1: null
-        self.conv_in = conv_nd(dims, in_channels, base_channels)
+        self.conv_in = conv_nd(dims, in_channels, base_channels, padding_mode=padding_mode)
         # Encoder: self.down[i] is one stage; every stage's output is kept as a skip for the decoder.
         self.down = nn.ModuleList()
         skips, ch = [base_channels], base_channels  # channel count of every skip, conv_in's output first
@@ -155,7 +180,7 @@ class UNet(nn.Module):
                 ch = width
                 skips.append(ch)
             if level < deepest:
-                self.down.append(nn.ModuleList([Downsample(dims, ch)]))
+                self.down.append(nn.ModuleList([Downsample(dims, ch, padding_mode=padding_mode)]))
                 skips.append(ch)
         self.mid = nn.ModuleList([res(ch, ch), *attention(deepest), res(ch, ch)])
         # Decoder: each stage concatenates the matching skip (last in, first out) before its residual block.
@@ -165,10 +190,10 @@ class UNet(nn.Module):
                 stage = [res(ch + skips.pop(), widths[level]), *attention(level)]
                 ch = widths[level]
                 if level > 0 and i == num_res_blocks:
-                    stage.append(Upsample(dims, ch))
+                    stage.append(Upsample(dims, ch, padding_mode=padding_mode))
                 self.up.append(nn.ModuleList(stage))
         self.norm_out = nn.GroupNorm(norm_groups, ch)
-        self.conv_out = zero_(conv_nd(dims, ch, out_channels or in_channels))
+        self.conv_out = zero_(conv_nd(dims, ch, out_channels or in_channels, padding_mode=padding_mode))
 
     @classmethod
     def from_config(cls, config: UNetConfig) -> UNet:

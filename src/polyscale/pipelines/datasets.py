@@ -28,6 +28,7 @@ def build_dataset(cfg: DataConfig, *, split: str | None = "train"):
             porosity=cfg.porosity,
             correlation_length=cfg.correlation_length,
             generator=generator,
+            stationary=cfg.stationary,
         )
     elif cfg.kind == "texture":
         if cfg.crop_size is None:

@@ -28,6 +28,9 @@ class DataConfig:
     downsample: int = 2  # texture: shrink factor of the photograph before cropping
     porosity: float = 0.3  # porous media: target pore fraction
     correlation_length: float = 4.0  # porous media: Gaussian-filter width of the random field, in voxels
+    # porous media: True = fixed threshold on a stationary field (the same process at every size, porosity
+    # fluctuates per sample); False = each sample thresholded at its own quantile (exact porosity)
+    stationary: bool = False
     path: str | None = None  # image_folder / array: the user's files
     channels: int = 1  # image_folder: 1 (grey) or 3 (RGB)
     crop_size: int | None = None  # train on random crops of this edge length (train small, sample large)

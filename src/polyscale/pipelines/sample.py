@@ -323,7 +323,11 @@ def sample_checkpoint(
     if tile_size is not None:
         overlap = tile_size // 4 if tile_overlap is None else tile_overlap
         denoiser = TiledDenoiser(
-            denoiser, tile_size=tile_size, overlap=overlap, size_multiple=denoiser.net.size_multiple
+            denoiser,
+            tile_size=tile_size,
+            overlap=overlap,
+            size_multiple=denoiser.net.size_multiple,
+            periodic=denoiser.net.config.padding_mode == "circular",
         )
     spatial = sample_shape[1:] if resolution is None else (resolution,) * (len(sample_shape) - 1)
     generator = torch.Generator(dev).manual_seed(seed)
