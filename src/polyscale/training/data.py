@@ -12,7 +12,7 @@ the per-chunk noise, so a run on 2 processes equals a run on 1 process with twic
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -160,9 +160,11 @@ def make_loader(
     seed: int,
     num_workers: int = 0,
     pin_memory: bool = False,
+    collate_fn: Callable[[list], Any] | None = None,
 ) -> DataLoader:
     """A loader that yields this rank's collated micro-batches ``{"x": (micro_batch, C, *spatial), ...}`` for
-    steps ``start_step .. max_steps - 1``, ``grad_accum_steps`` per step, in the step-indexed order."""
+    steps ``start_step .. max_steps - 1``, ``grad_accum_steps`` per step, in the step-indexed order.
+    ``collate_fn`` replaces torch's default collate (e.g. to batch graphs of different sizes)."""
     sampler = StepBatchSampler(
         len(dataset),
         start_step=start_step,
@@ -181,6 +183,6 @@ def make_loader(
         batch_sampler=sampler,
         generator=generator,
         num_workers=num_workers,
-        collate_fn=default_collate,
+        collate_fn=collate_fn or default_collate,
         pin_memory=pin_memory,
     )

@@ -101,11 +101,21 @@ def _micro_step_loss(
     x0 = batch["x"]
     cond = _drop_labels({k: v for k, v in batch.items() if k != "x"}, cfg, generator)
     per_sample = loss_fn(model, x0, generator=generator, **cond)
-    if per_sample.shape != (x0.shape[0],):
+    if _custom_batch(batch):  # custom batches (graphs): one loss per item of the batch, however many rows
+        if per_sample.ndim != 1 or per_sample.numel() == 0:
+            raise ValueError(
+                f"loss_fn must return a non-empty 1-D per-item loss, got {tuple(per_sample.shape)}"
+            )
+    elif per_sample.shape != (x0.shape[0],):
         raise ValueError(
             f"loss_fn must return a per-sample loss of shape ({x0.shape[0]},), got {tuple(per_sample.shape)}"
         )
     return per_sample.float().mean() / cfg.grad_accum_steps
+
+
+def _custom_batch(batch: Mapping[str, object]) -> bool:
+    """True for batches made by a custom ``collate_fn`` (they carry a ``"layout"``: graphs)."""
+    return "layout" in batch
 
 
 def _optimizer_step(
@@ -151,6 +161,7 @@ def train(
     export_fn: ExportFn | None = None,
     resume: bool = True,
     callbacks: Sequence[Callback] = (),
+    collate_fn: Callable[[list], dict] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with AdamW on dict batches of ``dataset``.
 
@@ -169,6 +180,8 @@ def train(
             ``resume=False`` starts over: the checkpoints and logs already in ``output_dir`` are replaced.
         callbacks: ``cb(step, model, metrics)`` on the main process after each optimizer step; ``metrics`` has
             ``loss``, ``lr``, ``grad_norm`` (and ``samples_per_s`` on logging steps).
+        collate_fn: batches items of different shapes (graphs: :func:`polyscale.pipelines.graph.collate_graphs`,
+            whose batches carry a ``"layout"`` and whose loss is one value per graph).
     """
     cfg = config
     cfg.validate()  # before accelerate sees the precision string
@@ -217,6 +230,7 @@ def train(
                 seed=cfg.seed,
                 num_workers=cfg.num_workers,
                 pin_memory=accelerator.device.type == "cuda",
+                collate_fn=collate_fn,
             )
         )
         logger = MetricsLogger(output_dir, enabled=main, resume_step=start_step)

@@ -1,0 +1,248 @@
+"""Graph families built offline with networkx (planar, grid, tree, lobster, random geometric) and smooth
+random fields on graphs, as PyTorch Geometric ``Data`` objects.
+
+Every generator takes the number of nodes (or the grid shape) and a ``numpy.random.Generator``, so any size
+can be drawn: training sets mix small sizes, evaluation draws the same family at the sampled size.
+
+Node positions (``pos``) are in *density units*: the mean number of nodes per unit area is about one, so the
+typical distance between neighbours does not depend on the graph size (a 64-node planar graph fills an 8x8
+square, a 100,000-node one a 316x316 square). That is what lets a model of local structure trained on small
+graphs be used on large ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import torch
+from scipy import sparse
+from scipy.spatial import Delaunay, cKDTree
+from torch import Tensor
+from torch_geometric.data import Data
+
+GRAPH_FAMILIES = ("planar", "grid", "tree", "lobster", "geometric")
+
+
+def _check_nodes(num_nodes: int, minimum: int, family: str) -> None:
+    if not isinstance(num_nodes, (int, np.integer)) or num_nodes < minimum:
+        raise ValueError(f"{family} graphs need an integer num_nodes >= {minimum}, got {num_nodes!r}")
+
+
+def planar_graph(num_nodes: int, *, rng: np.random.Generator) -> nx.Graph:
+    """Delaunay triangulation of ``num_nodes`` uniform random points in a square (the SPECTRE/DiGress planar
+    recipe, 64 nodes in the literature). Positions are scaled to a square of side ``sqrt(num_nodes)``."""
+    _check_nodes(num_nodes, 3, "planar")
+    points = rng.random((num_nodes, 2))  # (n, 2) in the unit square
+    tri = Delaunay(points)
+    g = nx.Graph()
+    g.add_nodes_from(range(num_nodes))
+    for simplex in tri.simplices:  # (3,) vertex ids of one triangle
+        a, b, c = (int(v) for v in simplex)
+        g.add_edges_from([(a, b), (b, c), (a, c)])
+    _set_positions(g, points * math.sqrt(num_nodes))
+    return g
+
+
+def grid_graph(rows: int, cols: int) -> nx.Graph:
+    """The ``rows x cols`` 2D grid graph (nodes ``r * cols + c``), positions on the unit lattice."""
+    if rows < 1 or cols < 1:
+        raise ValueError(f"a grid needs rows >= 1 and cols >= 1, got {rows} x {cols}")
+    g = nx.convert_node_labels_to_integers(nx.grid_2d_graph(rows, cols), ordering="sorted")
+    r, c = np.divmod(np.arange(rows * cols), cols)
+    _set_positions(g, np.stack([r, c], axis=1).astype(np.float64))
+    return g
+
+
+def grid_shape(num_nodes: int, *, rng: np.random.Generator, aspect: float = 2.0) -> tuple[int, int]:
+    """A random ``rows x cols`` with ``rows * cols`` close to ``num_nodes`` and ``1/aspect <= rows/cols <= aspect``."""
+    _check_nodes(num_nodes, 4, "grid")
+    ratio = math.exp(rng.uniform(-math.log(aspect), math.log(aspect)))  # rows / cols
+    rows = max(2, round(math.sqrt(num_nodes * ratio)))
+    cols = max(2, round(num_nodes / rows))
+    return rows, cols
+
+
+def tree_graph(num_nodes: int, *, rng: np.random.Generator) -> nx.Graph:
+    """A uniformly random labelled tree on ``num_nodes`` nodes (from a random Pruefer sequence)."""
+    _check_nodes(num_nodes, 2, "tree")
+    if num_nodes == 2:
+        return nx.path_graph(2)
+    sequence = rng.integers(0, num_nodes, size=num_nodes - 2).tolist()
+    return nx.from_prufer_sequence(sequence)
+
+
+def lobster_graph(num_nodes: int, *, rng: np.random.Generator, p1: float = 0.7, p2: float = 0.7) -> nx.Graph:
+    """A random lobster (a caterpillar whose legs may carry one more leaf) with exactly ``num_nodes`` nodes:
+    a backbone path grows, each backbone node gets ``Geometric`` legs (``p1``), each leg a leaf with
+    probability ``p2``, until the node budget is used."""
+    _check_nodes(num_nodes, 2, "lobster")
+    g = nx.path_graph(2)
+    spine_end, n = 1, 2
+    while n < num_nodes:
+        # extend the spine, or hang a leg (and maybe a leaf on it) from the current spine end
+        if rng.random() > p1:
+            g.add_edge(spine_end, n)
+            spine_end, n = n, n + 1
+            continue
+        g.add_edge(spine_end, n)
+        leg, n = n, n + 1
+        if n < num_nodes and rng.random() < p2:
+            g.add_edge(leg, n)
+            n += 1
+    return g
+
+
+def geometric_graph(num_nodes: int, *, rng: np.random.Generator, mean_degree: float = 6.0) -> nx.Graph:
+    """Random geometric graph: ``num_nodes`` uniform points at unit density (a square of side
+    ``sqrt(num_nodes)``), an edge between every two points closer than ``r`` with ``pi r^2 = mean_degree``, so
+    the expected degree away from the border is ``mean_degree`` at every size."""
+    _check_nodes(num_nodes, 2, "geometric")
+    points = rng.random((num_nodes, 2)) * math.sqrt(num_nodes)
+    radius = math.sqrt(mean_degree / math.pi)
+    g = nx.Graph()
+    g.add_nodes_from(range(num_nodes))
+    pairs = cKDTree(points).query_pairs(radius, output_type="ndarray")  # (m, 2)
+    g.add_edges_from(pairs.tolist())
+    _set_positions(g, points)
+    return g
+
+
+def _set_positions(g: nx.Graph, pos: np.ndarray) -> None:
+    nx.set_node_attributes(g, {i: (float(p[0]), float(p[1])) for i, p in enumerate(pos)}, "pos")
+
+
+def family_graph(family: str, num_nodes: int, *, rng: np.random.Generator) -> nx.Graph:
+    """One graph of ``family`` (see ``GRAPH_FAMILIES``) with about ``num_nodes`` nodes (grids: the nearest
+    ``rows x cols``; every other family: exactly ``num_nodes``)."""
+    makers: dict[str, Callable[[], nx.Graph]] = {
+        "planar": lambda: planar_graph(num_nodes, rng=rng),
+        "grid": lambda: grid_graph(*grid_shape(num_nodes, rng=rng)),
+        "tree": lambda: tree_graph(num_nodes, rng=rng),
+        "lobster": lambda: lobster_graph(num_nodes, rng=rng),
+        "geometric": lambda: geometric_graph(num_nodes, rng=rng),
+    }
+    if family not in makers:
+        raise ValueError(f"unknown graph family {family!r}; expected one of {GRAPH_FAMILIES}")
+    return makers[family]()
+
+
+# ------------------------------------------------------------------------------------ smooth fields on graphs
+
+
+def smoothing_operator(g: nx.Graph) -> sparse.csr_matrix:
+    """The lazy random-walk average ``P = (I + A) / (1 + deg)`` (row-stochastic, ``(n, n)`` CSR)."""
+    n = g.number_of_nodes()
+    adj = nx.to_scipy_sparse_array(g, nodelist=range(n), format="csr", dtype=np.float64)
+    walk = sparse.identity(n, format="csr") + adj
+    return sparse.csr_matrix(sparse.diags(1.0 / np.asarray(walk.sum(axis=1)).ravel()) @ walk)
+
+
+def field_operator(g: nx.Graph, *, steps: int = 4) -> sparse.csr_matrix:
+    """``P^steps`` (:func:`smoothing_operator`) with every row scaled to unit norm, ``(n, n)`` CSR: applied to
+    white noise it gives a field whose every node is exactly N(0, 1). Rows are local (``steps`` hops)."""
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    n = g.number_of_nodes()
+    op = smoothing_operator(g)
+    power = sparse.identity(n, format="csr")
+    for _ in range(steps):
+        power = sparse.csr_matrix(op @ power)
+    norms = np.sqrt(np.asarray(power.multiply(power).sum(axis=1)).ravel())  # (n,) std of each node
+    return sparse.csr_matrix(sparse.diags(1.0 / norms) @ power)
+
+
+def smooth_field(g: nx.Graph, *, channels: int = 1, steps: int = 4, rng: np.random.Generator) -> np.ndarray:
+    """A smooth Gaussian random field on the nodes, ``(n, channels)`` float32: white noise averaged ``steps``
+    times by the lazy random walk, each node divided by its exact standard deviation (:func:`field_operator`),
+    so every node is marginally N(0, 1) whatever the graph's size. No per-graph normalisation (which would tie
+    the statistics to the size). Neighbours are correlated over about ``sqrt(steps)`` hops."""
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    noise = rng.standard_normal((g.number_of_nodes(), channels))
+    return (field_operator(g, steps=steps) @ noise).astype(np.float32)
+
+
+def _edge_array(g: nx.Graph) -> np.ndarray:
+    """``(m, 2)`` int64 undirected edges (self-loops dropped)."""
+    return np.array([(u, v) for u, v in g.edges if u != v], dtype=np.int64).reshape(-1, 2)
+
+
+# --------------------------------------------------------------------------------------- PyG conversion
+
+
+def to_data(g: nx.Graph, *, x: np.ndarray | None = None, edge_attr: np.ndarray | None = None) -> Data:
+    """``Data`` with ``edge_index`` ``(2, 2m)`` holding both directions of each of the ``m`` undirected edges
+    (``i -> j`` then ``j -> i`` in the same order), ``num_nodes``, ``pos`` ``(n, 2)`` when the graph has
+    positions, ``x`` ``(n, F)`` and ``edge_attr`` ``(2m, F_e)`` (the per-undirected-edge rows repeated for
+    both directions) when given. Nodes must be ``0 .. n-1``."""
+    n = g.number_of_nodes()
+    if set(g.nodes) != set(range(n)):
+        raise ValueError("graph nodes must be the integers 0 .. n-1 (use nx.convert_node_labels_to_integers)")
+    edges = _edge_array(g)  # (m, 2)
+    edge_index = torch.from_numpy(np.concatenate([edges, edges[:, ::-1]]).T.copy())  # (2, 2m)
+    data = Data(edge_index=edge_index, num_nodes=n)
+    pos = nx.get_node_attributes(g, "pos")
+    if len(pos) == n:
+        data.pos = torch.tensor([pos[i] for i in range(n)], dtype=torch.float32)
+    if x is not None:
+        data.x = torch.as_tensor(x, dtype=torch.float32).reshape(n, -1)
+    if edge_attr is not None:
+        e = torch.as_tensor(edge_attr, dtype=torch.float32).reshape(len(edges), -1)  # (m, F_e)
+        data.edge_attr = torch.cat([e, e])  # (2m, F_e)
+    return data
+
+
+def to_networkx(edge_index: Tensor, num_nodes: int) -> nx.Graph:
+    """Undirected simple graph on ``0 .. num_nodes-1`` from an ``edge_index`` ``(2, E)`` (either or both
+    directions; self-loops dropped)."""
+    g = nx.Graph()
+    g.add_nodes_from(range(num_nodes))
+    ei = edge_index.detach().cpu().numpy()
+    g.add_edges_from((int(u), int(v)) for u, v in ei.T if u != v)
+    return g
+
+
+@dataclass(frozen=True)
+class FieldGraphs:
+    """Feature-generation data: graphs with smooth node and edge fields (see :func:`field_graphs`)."""
+
+    graphs: list[Data]
+    node_dim: int
+    edge_dim: int
+
+
+def field_graphs(
+    family: str,
+    num_graphs: int,
+    *,
+    min_nodes: int,
+    max_nodes: int,
+    node_dim: int = 1,
+    edge_dim: int = 1,
+    steps: int = 4,
+    seed: int = 0,
+) -> FieldGraphs:
+    """``num_graphs`` graphs of ``family`` with sizes uniform in ``[min_nodes, max_nodes]``, node features a
+    :func:`smooth_field` with ``node_dim`` channels and edge features the mean of an independent smooth field
+    at the two ends (scaled to unit variance), ``edge_dim`` channels: local, smooth data on any connectivity."""
+    if not 1 <= min_nodes <= max_nodes:
+        raise ValueError(f"need 1 <= min_nodes <= max_nodes, got {min_nodes}, {max_nodes}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(num_graphs):
+        g = family_graph(family, int(rng.integers(min_nodes, max_nodes + 1)), rng=rng)
+        op = field_operator(g, steps=steps)
+        x = op @ rng.standard_normal((g.number_of_nodes(), node_dim))  # (n, node_dim)
+        y = op @ rng.standard_normal((g.number_of_nodes(), edge_dim))
+        edges = _edge_array(g)  # (m, 2)
+        # the mean of the two ends has variance (1 + rho_ij) / 2, rho_ij = row_i . row_j (exact, per edge)
+        rho = np.asarray(op[edges[:, 0]].multiply(op[edges[:, 1]]).sum(axis=1)).ravel()  # (m,)
+        e = (y[edges[:, 0]] + y[edges[:, 1]]) / np.sqrt(2 * (1 + rho))[
+            :, None
+        ]  # (m, edge_dim), unit variance
+        out.append(to_data(g, x=x, edge_attr=e))
+    return FieldGraphs(out, node_dim, edge_dim)

@@ -1,0 +1,169 @@
+"""Graphs as diffusion states: node and edge features packed into one ``(M, 1)`` tensor, so every sampler
+(which only needs a tensor whose first axis is the batch and a ``sigma`` per row) runs on graphs unchanged.
+
+A :class:`GraphLayout` records where each graph's numbers sit: ``M = N * node_dim + m * edge_dim`` rows, the
+node block first (node-major), then one block per *undirected* edge (so the two directions of an edge can never
+disagree). Per-graph scalars meet the rows through :meth:`GraphLayout.expand` (``sigma[batch]`` for nodes,
+``sigma[batch[edge source]]`` for edges): the graph version of ``append_dims``.
+
+:class:`PackedGraphNet` adapts a graph network ``net(x, edge_index, edge_attr, c_noise, *, batch, ...) ->
+(node, edge)`` to the raw-network contract ``net(x_packed, c_noise_packed, **cond) -> (M, 1)`` that
+:class:`~polyscale.diffusion.EDMPrecond` wraps; :func:`graph_edm_loss` is EDM's loss with one sigma per graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class GraphLayout:
+    """Where the features of a batch of graphs sit in a packed ``(M, 1)`` state.
+
+    Attributes:
+        edge_index: ``(2, 2m)`` directed edges: column ``k < m`` is undirected edge ``k`` one way, column
+            ``m + k`` the same edge the other way (the layout :func:`polyscale.data.graphs.to_data` makes).
+        batch: ``(N,)`` graph of each node, ``0 .. num_graphs - 1``.
+        node_dim, edge_dim: features per node and per undirected edge.
+    """
+
+    edge_index: Tensor
+    batch: Tensor
+    node_dim: int
+    edge_dim: int
+
+    def __post_init__(self) -> None:
+        if self.edge_index.ndim != 2 or self.edge_index.shape[0] != 2 or self.edge_index.shape[1] % 2:
+            raise ValueError(
+                f"edge_index must be (2, 2m) with both directions of each edge, got {tuple(self.edge_index.shape)}"
+            )
+        m = self.edge_index.shape[1] // 2
+        if m and not torch.equal(self.edge_index[:, :m], self.edge_index[:, m:].flip(0)):
+            raise ValueError("edge_index columns m..2m-1 must be columns 0..m-1 reversed (see GraphLayout)")
+        if self.node_dim < 0 or self.edge_dim < 0 or self.node_dim + self.edge_dim == 0:
+            raise ValueError(f"need node_dim + edge_dim >= 1, got {self.node_dim} and {self.edge_dim}")
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> GraphLayout:
+        """The same layout with its index tensors on ``device`` (so batches move like tensors)."""
+        return GraphLayout(
+            self.edge_index.to(device, non_blocking=non_blocking),
+            self.batch.to(device, non_blocking=non_blocking),
+            self.node_dim,
+            self.edge_dim,
+        )
+
+    @classmethod
+    def from_undirected(cls, edges: Tensor, batch: Tensor, *, node_dim: int, edge_dim: int) -> GraphLayout:
+        """Layout of undirected ``edges (2, m)`` (each listed once)."""
+        return cls(torch.cat([edges, edges.flip(0)], dim=1), batch, node_dim, edge_dim)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.batch.shape[0]
+
+    @property
+    def num_edges(self) -> int:
+        """Undirected edges ``m``."""
+        return self.edge_index.shape[1] // 2
+
+    @property
+    def num_graphs(self) -> int:
+        return int(self.batch.max()) + 1 if self.num_nodes else 0
+
+    @property
+    def size(self) -> int:
+        """Rows ``M`` of the packed state."""
+        return self.num_nodes * self.node_dim + self.num_edges * self.edge_dim
+
+    def pack(self, node: Tensor | None, edge: Tensor | None) -> Tensor:
+        """``node (N, node_dim)``, ``edge (m, edge_dim)`` -> ``(M, 1)``."""
+        parts = []
+        if self.node_dim:
+            parts.append(_checked(node, (self.num_nodes, self.node_dim), "node features").reshape(-1))
+        if self.edge_dim:
+            parts.append(_checked(edge, (self.num_edges, self.edge_dim), "edge features").reshape(-1))
+        return torch.cat(parts)[:, None]
+
+    def unpack(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """``(M, 1)`` -> ``node (N, node_dim)`` or None, ``edge (m, edge_dim)`` or None."""
+        _checked(x, (self.size, 1), "packed graph state")
+        split = self.num_nodes * self.node_dim
+        node = x[:split].view(self.num_nodes, self.node_dim) if self.node_dim else None
+        edge = x[split:].view(self.num_edges, self.edge_dim) if self.edge_dim else None
+        return node, edge
+
+    def row_graph(self) -> Tensor:
+        """``(M,)`` graph of every row of the packed state."""
+        edge_graph = self.batch[self.edge_index[0, : self.num_edges]]  # (m,)
+        return torch.cat(
+            [self.batch.repeat_interleave(self.node_dim), edge_graph.repeat_interleave(self.edge_dim)]
+        )
+
+    def expand(self, per_graph: Tensor) -> Tensor:
+        """A per-graph scalar ``(G,)`` on every row, ``(M,)``."""
+        return per_graph[self.row_graph()]
+
+    def per_graph(self, per_row: Tensor) -> Tensor:
+        """Inverse of :meth:`expand` for values constant within each graph: ``(M,)`` -> ``(G,)``."""
+        out = per_row.new_zeros(self.num_graphs)
+        return out.scatter(0, self.row_graph(), per_row)  # all rows of a graph agree: any one wins
+
+    def graph_mean(self, per_row: Tensor) -> Tensor:
+        """Mean over each graph's rows, ``(M,)`` -> ``(G,)``."""
+        graphs = self.row_graph()
+        total = per_row.new_zeros(self.num_graphs).index_add_(0, graphs, per_row)
+        count = per_row.new_zeros(self.num_graphs).index_add_(0, graphs, torch.ones_like(per_row))
+        return total / count.clamp(min=1)
+
+
+def _checked(t: Tensor | None, shape: tuple[int, ...], what: str) -> Tensor:
+    if t is None or tuple(t.shape) != shape:
+        raise ValueError(f"{what} must have shape {shape}, got {None if t is None else tuple(t.shape)}")
+    return t
+
+
+class PackedGraphNet(nn.Module):
+    """``net(x, edge_index, edge_attr, c_noise, *, batch, **cond) -> (node, edge)`` as a raw network on packed
+    states: ``forward(x (M, 1), c_noise (M,), *, layout, **cond) -> (M, 1)``. The net sees both directions of
+    every edge; its two edge outputs per undirected edge are averaged."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, c_noise: Tensor, *, layout: GraphLayout, **cond) -> Tensor:
+        node, edge = layout.unpack(x)
+        c_node = layout.per_graph(c_noise)[layout.batch]  # (N,)
+        if node is None:
+            node = x.new_zeros(layout.num_nodes, 0)
+        edge_attr = torch.cat([edge, edge]) if edge is not None else None  # (2m, edge_dim), both directions
+        node_out, edge_out = self.net(node, layout.edge_index, edge_attr, c_node, batch=layout.batch, **cond)
+        if edge_out is not None and layout.edge_dim:
+            m = layout.num_edges
+            edge_out = (edge_out[:m] + edge_out[m:]) / 2  # (m, edge_dim)
+        return layout.pack(node_out if layout.node_dim else None, edge_out if layout.edge_dim else None)
+
+
+def graph_edm_loss(
+    denoiser: nn.Module,
+    x0: Tensor,
+    layout: GraphLayout,
+    *,
+    P_mean: float = -1.2,
+    P_std: float = 1.2,
+    sigma_data: float = 1.0,
+    generator: torch.Generator | None = None,
+    **cond,
+) -> Tensor:
+    """EDM's loss with one ``ln sigma ~ N(P_mean, P_std^2)`` per graph: ``(G,)`` per-graph mean of
+    ``lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2`` over the graph's rows (``x0`` packed, ``(M, 1)``)."""
+    g = layout.num_graphs
+    sigma = (torch.randn(g, generator=generator, device=x0.device, dtype=x0.dtype) * P_std + P_mean).exp()
+    rows = layout.expand(sigma)  # (M,)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    denoised = denoiser(x0 + rows[:, None] * noise, rows, layout=layout, **cond)
+    weight = (rows**2 + sigma_data**2) / (rows * sigma_data) ** 2  # lambda(sigma), (M,)
+    return layout.graph_mean(weight * (denoised - x0).pow(2).sum(dim=1))  # (G,)

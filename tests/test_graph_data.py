@@ -1,0 +1,102 @@
+"""Graph families and smooth fields on graphs: validity of each family, size-free scaling, exact unit variance,
+the both-directions edge layout, error messages."""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+
+from polyscale.data.graphs import (
+    GRAPH_FAMILIES,
+    family_graph,
+    field_graphs,
+    geometric_graph,
+    grid_graph,
+    lobster_graph,
+    planar_graph,
+    smooth_field,
+    to_data,
+    to_networkx,
+    tree_graph,
+)
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+@pytest.mark.parametrize("n", [3, 20, 64, 500])
+def test_planar_graphs_are_connected_planar_triangulations_at_unit_density(n):
+    g = planar_graph(n, rng=rng(n))
+    assert g.number_of_nodes() == n and nx.is_connected(g) and nx.check_planarity(g)[0]
+    assert len(nx.get_node_attributes(g, "pos")) == n
+    # a triangulation of n points with h on the hull has 3n - 3 - h edges: between 2n - 3 and 3n - 6
+    assert 2 * n - 3 <= g.number_of_edges() <= 3 * n - 6
+    pos = np.array([g.nodes[i]["pos"] for i in range(n)])
+    assert pos.min() >= 0 and pos.max() <= math.sqrt(n)  # a square of area n: one node per unit area
+
+
+def test_other_families():
+    r = rng()
+    g = grid_graph(3, 5)
+    assert nx.is_isomorphic(g, nx.grid_2d_graph(3, 5)) and g.nodes[7]["pos"] == (1.0, 2.0)
+    assert nx.is_tree(tree_graph(40, rng=r)) and tree_graph(40, rng=r).number_of_nodes() == 40
+    lob = lobster_graph(50, rng=r)
+    assert nx.is_tree(lob) and lob.number_of_nodes() == 50
+    # a lobster: removing the leaves twice leaves a path
+    core = lob.copy()
+    for _ in range(2):
+        core.remove_nodes_from(
+            [v for v, d in dict(core.degree()).items() if d <= 1 and core.number_of_nodes() > 2]
+        )
+    assert max(dict(core.degree()).values(), default=0) <= 2
+    geo = geometric_graph(4000, rng=r)
+    pos = np.array([geo.nodes[i]["pos"] for i in range(4000)])
+    side = math.sqrt(4000)
+    interior = [i for i in range(4000) if (pos[i] > 3).all() and (pos[i] < side - 3).all()]
+    assert abs(np.mean([geo.degree(i) for i in interior]) - 6.0) < 0.3  # the same mean degree at any size
+    for family in GRAPH_FAMILIES:
+        assert family_graph(family, 30, rng=r).number_of_nodes() in range(25, 36)
+
+
+def test_smooth_field_has_unit_variance_at_every_node_and_is_smooth():
+    g = grid_graph(12, 12)
+    fields = np.stack([smooth_field(g, channels=4, steps=4, rng=rng(s)) for s in range(200)])  # (200, n, 4)
+    var = fields.var(axis=(0, 2))  # per node, over 800 draws
+    assert np.abs(var - 1).max() < 0.25 and abs(var.mean() - 1) < 0.05  # corners included: exact rescaling
+    x = fields[..., 0]
+    edges = np.array(list(g.edges))
+    corr_neighbours = np.mean(x[:, edges[:, 0]] * x[:, edges[:, 1]])
+    assert corr_neighbours > 0.6  # smooth: neighbours strongly correlated
+    far = np.mean(x[:, 0] * x[:, 143])
+    assert abs(far) < 0.2
+
+
+def test_field_graphs_layout_and_unit_variance_edges():
+    fg = field_graphs("planar", 30, min_nodes=20, max_nodes=40, node_dim=2, edge_dim=3, seed=1)
+    sizes = {d.num_nodes for d in fg.graphs}
+    assert len(sizes) > 5 and min(sizes) >= 20 and max(sizes) <= 40  # mixed sizes
+    edge_rows = []
+    for d in fg.graphs:
+        m = d.edge_index.shape[1] // 2
+        assert torch.equal(d.edge_index[:, m:], d.edge_index[:, :m].flip(0))  # reverse directions follow
+        assert torch.equal(d.edge_attr[:m], d.edge_attr[m:]) and d.x.shape == (d.num_nodes, 2)
+        edge_rows.append(d.edge_attr[:m])
+    assert abs(float(torch.cat(edge_rows).var()) - 1) < 0.15
+
+
+def test_conversions_and_errors():
+    g = planar_graph(10, rng=rng())
+    d = to_data(g)
+    back = to_networkx(d.edge_index, d.num_nodes)
+    assert nx.utils.graphs_equal(nx.Graph(g.edges), nx.Graph(back.edges)) and d.pos.shape == (10, 2)
+    with pytest.raises(ValueError, match="nodes must be the integers"):
+        to_data(nx.relabel_nodes(g, {0: 100}))
+    with pytest.raises(ValueError, match="planar graphs need an integer num_nodes >= 3, got 2"):
+        planar_graph(2, rng=rng())
+    with pytest.raises(ValueError, match="unknown graph family 'sbm'"):
+        family_graph("sbm", 10, rng=rng())
