@@ -13,6 +13,7 @@ disagree). Per-graph scalars meet the rows through :meth:`GraphLayout.expand` (`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -156,14 +157,20 @@ def graph_edm_loss(
     P_std: float = 1.2,
     sigma_data: float = 1.0,
     generator: torch.Generator | None = None,
+    weight: Callable[[Tensor], Tensor] | None = None,
     **cond,
 ) -> Tensor:
     """EDM's loss with one ``ln sigma ~ N(P_mean, P_std^2)`` per graph: ``(G,)`` per-graph mean of
-    ``lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2`` over the graph's rows (``x0`` packed, ``(M, 1)``)."""
+    ``lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2`` over the graph's rows (``x0`` packed, ``(M, 1)``).
+    ``weight(sigma)`` replaces EDM's ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` when given (e.g.
+    ``1 / sigma^2`` for an eps-parametrised denoiser)."""
     g = layout.num_graphs
     sigma = (torch.randn(g, generator=generator, device=x0.device, dtype=x0.dtype) * P_std + P_mean).exp()
     rows = layout.expand(sigma)  # (M,)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     denoised = denoiser(x0 + rows[:, None] * noise, rows, layout=layout, **cond)
-    weight = (rows**2 + sigma_data**2) / (rows * sigma_data) ** 2  # lambda(sigma), (M,)
-    return layout.graph_mean(weight * (denoised - x0).pow(2).sum(dim=1))  # (G,)
+    if weight is None:
+        w = (rows**2 + sigma_data**2) / (rows * sigma_data) ** 2  # lambda(sigma), (M,)
+    else:
+        w = weight(rows)
+    return layout.graph_mean(w * (denoised - x0).pow(2).sum(dim=1))  # (G,)

@@ -41,6 +41,9 @@ class GraphDenoiserConfig:
     emb_channels: int | None = None  # noise embedding width; None = hidden
     global_context: bool = True  # add a gated per-graph mean of node states each layer (size-normalised)
     dropout: float = 0.0
+    # False: the node state (e.g. positions) is predicted but not read as an input feature; it enters only
+    # through the caller's relative edge features, which keeps the model translation-invariant
+    use_node_state: bool = True
 
 
 def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
@@ -163,11 +166,12 @@ class GraphDenoiser(nn.Module):
         emb_channels: int | None = None,
         global_context: bool = True,
         dropout: float = 0.0,
+        use_node_state: bool = True,
     ) -> None:
         super().__init__()
         self.config = GraphDenoiserConfig(
             node_dim, edge_dim, node_cond_dim, edge_cond_dim, hidden, num_layers, num_heads,
-            emb_channels, global_context, dropout,
+            emb_channels, global_context, dropout, use_node_state,
         )  # fmt: skip
         if node_dim < 0 or edge_dim < 0 or node_dim + edge_dim == 0:
             raise ValueError(f"need node_dim + edge_dim >= 1 (both >= 0), got {node_dim} and {edge_dim}")
@@ -177,7 +181,8 @@ class GraphDenoiser(nn.Module):
             )
         emb = emb_channels or hidden
         self.noise_embed = NoiseEmbedding(hidden, emb)
-        self.node_in = nn.Linear(node_dim + node_cond_dim + 1, hidden)  # +1: log(1 + degree)
+        state_in = node_dim if use_node_state else 0
+        self.node_in = nn.Linear(state_in + node_cond_dim + 1, hidden)  # +1: log(1 + degree)
         self.edge_in = nn.Linear(
             edge_dim + edge_cond_dim + 1, hidden
         )  # +1: a constant (edges without features)
@@ -236,7 +241,7 @@ class GraphDenoiser(nn.Module):
         degree = x.new_zeros(n).index_add_(0, dst, x.new_ones(dst.shape[0]))  # in-degree (N,)
         log_deg = degree.log1p()[:, None]  # (N, 1)
         scale_features = torch.cat([log_deg, scale.log()[batch][:, None]], dim=1)  # (N, 2)
-        parts = [x, log_deg] + ([node_cond] if cfg.node_cond_dim else [])
+        parts = ([x] if cfg.use_node_state else []) + [log_deg] + ([node_cond] if cfg.node_cond_dim else [])
         h = self.node_in(torch.cat(parts, dim=1))  # (N, C)
         eparts = [x.new_ones(edge_index.shape[1], 1)]
         if cfg.edge_dim:

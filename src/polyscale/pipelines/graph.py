@@ -45,8 +45,12 @@ class GraphFeatureDataset(Dataset):
 
 
 def collate_graphs(items: list[dict[str, Tensor]]) -> dict:
-    """Batch graph items into ``{"x": packed (M, 1), "layout": GraphLayout}`` (node ids offset per graph)."""
+    """Batch graph items into ``{"x": packed (M, 1), "layout": GraphLayout}`` (node ids offset per graph).
+
+    Items with an ``"edge_cond"`` ``(m, F)`` (clean per-edge conditioning) add ``"edge_cond"`` ``(2m_total,
+    F)`` in the layout's edge order (both directions)."""
     nodes, edges, lists, batch, offset = [], [], [], [], 0
+    conds = [item["edge_cond"] for item in items] if "edge_cond" in items[0] else None
     for g, item in enumerate(items):
         n = item["x"].shape[0]
         nodes.append(item["x"])
@@ -60,7 +64,11 @@ def collate_graphs(items: list[dict[str, Tensor]]) -> dict:
         node_dim=items[0]["x"].shape[1],
         edge_dim=items[0]["edge"].shape[1],
     )
-    return {"x": layout.pack(torch.cat(nodes), torch.cat(edges)), "layout": layout}
+    out = {"x": layout.pack(torch.cat(nodes), torch.cat(edges)), "layout": layout}
+    if conds is not None:
+        cond = torch.cat(conds)
+        out["edge_cond"] = torch.cat([cond, cond])
+    return out
 
 
 def graph_denoiser(net: GraphDenoiser, *, sigma_data: float = 1.0) -> EDMPrecond:
@@ -69,17 +77,20 @@ def graph_denoiser(net: GraphDenoiser, *, sigma_data: float = 1.0) -> EDMPrecond
 
 
 class GraphLoss:
-    """The training loop's ``loss_fn`` for graphs: :func:`graph_edm_loss`, one value per graph."""
+    """The training loop's ``loss_fn`` for graphs: :func:`graph_edm_loss`, one value per graph (``weight``:
+    the loss weight as a function of sigma, default EDM's ``lambda``)."""
 
-    def __init__(self, *, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 1.0) -> None:
-        self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
+    def __init__(
+        self, *, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 1.0, weight=None
+    ) -> None:
+        self.P_mean, self.P_std, self.sigma_data, self.weight = P_mean, P_std, sigma_data, weight
 
     def __call__(
         self, model: nn.Module, x0: Tensor, *, generator: torch.Generator, layout: GraphLayout, **cond
     ):
         return graph_edm_loss(
             model, x0, layout, P_mean=self.P_mean, P_std=self.P_std, sigma_data=self.sigma_data,
-            generator=generator, **cond,
+            generator=generator, weight=self.weight, **cond,
         )  # fmt: skip
 
 
