@@ -42,9 +42,36 @@ def commands(body: str) -> list[str]:
     return [line for line in lines if line]
 
 
+GRAPH_TRAIN_CAPS = [
+    "--set", "optimization.max_steps=2", "--set", "optimization.checkpoint_every=2",
+    "--set", "optimization.warmup_steps=1", "--set", "optimization.log_every=1",
+    "--set", "optimization.batch_size=4", "--set", "data.num_graphs=8",
+]  # fmt: skip
+
+
+def _cap_flag(argv: list[str], flag: str, cap: int, *, add: bool = True) -> None:
+    """Every value after ``flag`` (one or more) capped at ``cap``; the flag added with ``cap`` when absent."""
+    if flag not in argv:
+        if add:
+            argv += [flag, str(cap)]
+        return
+    i = argv.index(flag) + 1
+    while i < len(argv) and not argv[i].startswith("--"):
+        argv[i] = str(min(int(argv[i]), cap))
+        i += 1
+
+
 def capped(argv: list[str]) -> list[str]:
     """``argv`` of a polyscale command with the test caps of the module docstring applied."""
     argv = list(argv)
+    if argv[:2] == ["graph", "train"]:
+        return argv + GRAPH_TRAIN_CAPS
+    if argv[0] == "graph":  # sample / evaluate: few small graphs, few steps
+        for flag, cap in (("--num-graphs", 2), ("--timesteps", 2)):
+            _cap_flag(argv, flag, cap)
+        for flag in ("--num-nodes", "--sizes"):
+            _cap_flag(argv, flag, 120, add=False)
+        return argv
     if argv[0] == "train":
         return argv + TRAIN_CAPS
     if argv[0] in ("sample", "evaluate"):
@@ -97,7 +124,7 @@ def test_every_command_on_the_page_runs(page: Path, tmp_path: Path, monkeypatch,
 
 def test_every_task_has_a_page():
     names = {p.stem for p in PAGES}
-    assert {"sampling", "training", "evaluation", "scale"} <= names
+    assert {"sampling", "training", "evaluation", "scale", "graphs"} <= names
 
 
 def test_capping_keeps_the_command_and_bounds_its_cost():
@@ -106,3 +133,6 @@ def test_capping_keeps_the_command_and_bounds_its_cost():
     ]  # fmt: skip
     assert capped(["train", "--preset", "digits2d"])[:3] == ["train", "--preset", "digits2d"]
     assert "train.max_steps=2" in capped(["train", "--preset", "x"])
+    assert capped(["graph", "evaluate", "--sizes", "64", "1000", "--num-graphs", "16"]) == [
+        "graph", "evaluate", "--sizes", "64", "120", "--num-graphs", "2", "--timesteps", "2",
+    ]  # fmt: skip
