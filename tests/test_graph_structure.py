@@ -114,8 +114,11 @@ def test_graph_cli_train_sample_evaluate(tmp_path, capsys):
     assert main(["graph", "sample", "--checkpoint", str(features), "--num-nodes", "80", "--timesteps", "2",
                  "--output-file", str(tmp_path / "f.png")]) == 0  # fmt: skip
     assert np.load(tmp_path / "f.npz")["x_0"].shape == (80, 2)
-    assert main(["graph", "evaluate", "--checkpoint", str(features)]) == 2
-    assert "scores structure models" in capsys.readouterr().err
+    capsys.readouterr()
+    argv = ["graph", "evaluate", "--checkpoint", str(features), "--sizes", "30", "--num-graphs", "2"]
+    assert main([*argv, "--timesteps", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "neighbour pair SW (model)" in table and "neighbour corr (floor)" in table
 
 
 def test_graph_config_validation_and_cli_errors(capsys):

@@ -133,10 +133,14 @@ def _cmd_graph_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_graph_evaluate(args: argparse.Namespace) -> int:
-    from polyscale.pipelines.graph_experiment import evaluate_structure, format_graph_table, load_graph_model
+    from polyscale.pipelines.graph_experiment import (
+        evaluate_graph_model,
+        format_graph_table,
+        load_graph_model,
+    )
 
     model = load_graph_model(args.checkpoint, device=args.device)
-    rows = evaluate_structure(
+    rows = evaluate_graph_model(
         model,
         args.sizes,
         num_graphs=args.num_graphs,

@@ -235,14 +235,21 @@ def field_graphs(
     out = []
     for _ in range(num_graphs):
         g = family_graph(family, int(rng.integers(min_nodes, max_nodes + 1)), rng=rng)
-        op = field_operator(g, steps=steps)
-        x = op @ rng.standard_normal((g.number_of_nodes(), node_dim))  # (n, node_dim)
-        y = op @ rng.standard_normal((g.number_of_nodes(), edge_dim))
-        edges = _edge_array(g)  # (m, 2)
-        # the mean of the two ends has variance (1 + rho_ij) / 2, rho_ij = row_i . row_j (exact, per edge)
-        rho = np.asarray(op[edges[:, 0]].multiply(op[edges[:, 1]]).sum(axis=1)).ravel()  # (m,)
-        e = (y[edges[:, 0]] + y[edges[:, 1]]) / np.sqrt(2 * (1 + rho))[
-            :, None
-        ]  # (m, edge_dim), unit variance
+        x, e = graph_fields(g, node_dim=node_dim, edge_dim=edge_dim, steps=steps, rng=rng)
         out.append(to_data(g, x=x, edge_attr=e))
     return FieldGraphs(out, node_dim, edge_dim)
+
+
+def graph_fields(
+    g: nx.Graph, *, node_dim: int, edge_dim: int, steps: int = 4, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Node features ``(n, node_dim)``, a :func:`smooth_field`, and edge features ``(m, edge_dim)`` (edges in
+    ``g.edges`` order), the mean of an independent smooth field at the two ends rescaled to unit variance."""
+    op = field_operator(g, steps=steps)
+    x = op @ rng.standard_normal((g.number_of_nodes(), node_dim))  # (n, node_dim)
+    y = op @ rng.standard_normal((g.number_of_nodes(), edge_dim))
+    edges = _edge_array(g)  # (m, 2)
+    # the mean of the two ends has variance (1 + rho_ij) / 2, rho_ij = row_i . row_j (exact, per edge)
+    rho = np.asarray(op[edges[:, 0]].multiply(op[edges[:, 1]]).sum(axis=1)).ravel()  # (m,)
+    e = (y[edges[:, 0]] + y[edges[:, 1]]) / np.sqrt(2 * (1 + rho))[:, None]  # (m, edge_dim), unit variance
+    return x.astype(np.float32), e.astype(np.float32)
