@@ -10,7 +10,7 @@ import torch
 from polyscale.cli.main import main
 from polyscale.data.graphs import planar_graph
 from polyscale.diffusion.graph import GraphLayout
-from polyscale.pipelines.graph import graph_denoiser
+from polyscale.pipelines.graph import collate_graphs, graph_denoiser
 from polyscale.pipelines.graph_experiment import load_graph_experiment
 from polyscale.pipelines.graph_structure import (
     CandidateDataset,
@@ -49,10 +49,21 @@ def test_knn_edges_equal_brute_force():
     assert len([e for e in got if e[0] >= 45]) == 10  # a 5-node graph with k >= n - 1 is complete
 
 
-def test_candidate_geometry_is_symmetric():
+def test_candidate_geometry_per_direction_and_its_batching():
     pos = torch.randn(6, 2)
     edges = torch.tensor([[0, 1, 2], [3, 4, 5]])
-    torch.testing.assert_close(candidate_geometry(pos, edges), candidate_geometry(pos, edges.flip(0)))
+    geo = candidate_geometry(pos, edges)  # (6, 3): forward rows, then reverse rows
+    torch.testing.assert_close(geo[:3, :2], pos[[3, 4, 5]] - pos[[0, 1, 2]])
+    torch.testing.assert_close(geo[3:, :2], -geo[:3, :2])
+    torch.testing.assert_close(geo[3:, 2], geo[:3, 2])
+    torch.testing.assert_close(candidate_geometry(pos, edges.flip(0))[:3], geo[3:])
+    items = [
+        {"x": torch.zeros(6, 0), "edge": torch.ones(3, 1), "edges": edges, "edge_cond": geo},
+        {"x": torch.zeros(6, 0), "edge": torch.ones(1, 1), "edges": edges[:, :1], "edge_cond": geo[[0, 3]]},
+    ]
+    batch = collate_graphs(items)
+    # layout order: all forward directions (3 + 1), then all reverse ones
+    torch.testing.assert_close(batch["edge_cond"], torch.cat([geo[:3], geo[[0]], geo[3:], geo[[3]]]))
 
 
 def test_position_denoiser_is_translation_equivariant():

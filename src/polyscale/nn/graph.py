@@ -13,7 +13,9 @@ grows; a temperature that grows with ``log deg`` keeps its sharpness (the ``log 
 attention, applied to the neighbourhood). ``s`` is the user's scale factor per graph (default 1).
 
 Edges: edge states live on directed edges; for an undirected graph ``edge_index`` holds both directions with
-equal features, and every edge update is symmetric in its two ends, so both directions stay equal.
+equal features, and every edge update is symmetric in its two ends, so both directions stay equal (unless the
+caller's ``edge_cond`` differs per direction, e.g. relative positions; ``PackedGraphNet`` then averages the two
+outputs of each edge).
 """
 
 from __future__ import annotations

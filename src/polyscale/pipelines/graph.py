@@ -47,8 +47,9 @@ class GraphFeatureDataset(Dataset):
 def collate_graphs(items: list[dict[str, Tensor]]) -> dict:
     """Batch graph items into ``{"x": packed (M, 1), "layout": GraphLayout}`` (node ids offset per graph).
 
-    Items with an ``"edge_cond"`` ``(m, F)`` (clean per-edge conditioning) add ``"edge_cond"`` ``(2m_total,
-    F)`` in the layout's edge order (both directions)."""
+    Items with an ``"edge_cond"`` (clean per-edge conditioning: ``(m, F)`` for both directions alike, or
+    ``(2m, F)`` with the ``m`` forward rows first) add ``"edge_cond"`` ``(2m_total, F)`` in the layout's edge
+    order (all forward directions, then all reverse)."""
     nodes, edges, lists, batch, offset = [], [], [], [], 0
     conds = [item["edge_cond"] for item in items] if "edge_cond" in items[0] else None
     for g, item in enumerate(items):
@@ -66,8 +67,14 @@ def collate_graphs(items: list[dict[str, Tensor]]) -> dict:
     )
     out = {"x": layout.pack(torch.cat(nodes), torch.cat(edges)), "layout": layout}
     if conds is not None:
-        cond = torch.cat(conds)
-        out["edge_cond"] = torch.cat([cond, cond])
+        forward, reverse = [], []
+        for item, cond in zip(items, conds, strict=True):
+            m = item["edges"].shape[1]
+            if cond.shape[0] not in (m, 2 * m):
+                raise ValueError(f"edge_cond must have m={m} or 2m={2 * m} rows, got {tuple(cond.shape)}")
+            forward.append(cond[:m])
+            reverse.append(cond[m:] if cond.shape[0] == 2 * m else cond)
+        out["edge_cond"] = torch.cat(forward + reverse)
     return out
 
 

@@ -9,7 +9,8 @@ sampling time.
    given, the local arrangement is generated.
 2. **Edges.** Over a candidate set, the k-nearest-neighbour graph of the generated positions, edge existence
    (+1 / -1) is denoised by a :class:`GraphDenoiser` with edge features only, conditioned on the geometry of
-   each candidate (length and doubled-angle orientation, symmetric in its two ends); candidates whose final
+   each candidate (the vector from one end to the other and its length, per direction, so every node knows
+   where its candidate neighbours lie); the two directions' outputs are averaged, and candidates whose final
    value is positive become edges. The candidate set does not make validity automatic: a k-NN graph
    (k = 10 by default) has crossing edges and more edges than a planar graph may have, so planarity and
    connectivity are up to the model.
@@ -31,7 +32,7 @@ from polyscale.diffusion.graph import GraphLayout, PackedGraphNet
 from polyscale.nn.graph import GraphDenoiser
 
 POSITION_EDGE_FEATURES = 3  # (dx, dy, |d|) of the source -> target vector, scaled by c_in
-CANDIDATE_FEATURES = 3  # (|d|, cos 2 theta, sin 2 theta): symmetric in the two ends
+CANDIDATE_FEATURES = 3  # (dx, dy, |d|) of each direction of a candidate
 
 
 def knn_edges(pos: Tensor, batch: Tensor, k: int) -> Tensor:
@@ -61,12 +62,11 @@ def knn_edges(pos: Tensor, batch: Tensor, k: int) -> Tensor:
 
 
 def candidate_geometry(pos: Tensor, edges: Tensor) -> Tensor:
-    """``(m, 3)`` features of undirected candidates ``edges (2, m)``: length and the doubled angle's cosine and
-    sine (unchanged when the two ends swap)."""
+    """``(2m, 3)`` features of both directions of undirected candidates ``edges (2, m)`` in the layout order
+    (the ``m`` edges ``u -> v``, then ``v -> u``): the vector from source to target and its length."""
     r = pos[edges[1]] - pos[edges[0]]  # (m, 2)
     length = r.norm(dim=1, keepdim=True)  # (m, 1)
-    angle = torch.atan2(r[:, 1], r[:, 0])[:, None]  # (m, 1)
-    return torch.cat([length, (2 * angle).cos(), (2 * angle).sin()], dim=1)
+    return torch.cat([torch.cat([r, length], 1), torch.cat([-r, length], 1)])
 
 
 class PositionDenoiser(nn.Module):
@@ -143,7 +143,7 @@ class PositionDataset(Dataset):
 
 class CandidateDataset(Dataset):
     """Items for the edge stage: candidates = k-NN graph of the true positions, label +1 for an edge of the
-    graph and -1 otherwise, plus each candidate's geometry (``edge_cond``)."""
+    graph and -1 otherwise, plus the geometry of both directions of each candidate (``edge_cond``, ``(2m, 3)``)."""
 
     def __init__(self, graphs: Sequence[nx.Graph], *, k: int = 10) -> None:
         self.items, self.coverage = [], []
@@ -240,7 +240,7 @@ def sample_edges(
     x = torch.randn(cand.shape[1], 1, generator=generator, device=pos.device) * sigma_max
     out = _sample(
         denoiser, layout, x, sampler=sampler, steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
-        generator=generator, progress=progress, edge_cond=torch.cat([geometry, geometry]),
+        generator=generator, progress=progress, edge_cond=geometry,
     )  # fmt: skip
     keep = cand[:, out[:, 0] > 0].cpu().numpy()
     g = nx.Graph()
