@@ -139,14 +139,18 @@ def texture_rows(fake: Tensor, floor_x: Tensor, test_x: Tensor) -> list[MetricRo
 def real_data_config(data: DataConfig, fake: Tensor) -> DataConfig:
     """The data configuration whose splits are comparable with samples ``fake (N, C, *spatial)``.
 
-    Whole samples for digits, MNIST-1D and the user's files; porous volumes generated at the sampled size;
+    Whole samples for digits, MNIST-1D and the user's files; porous volumes generated at the sampled size, as
+    many per split as there are samples (at least 64; not the training set's count, which may be of smaller
+    volumes);
     texture crops of the sampled size (a texture has no "whole sample", only its held-out region), at most as
     tall as the held-out band (larger samples are then compared window by window, see :func:`texture_rows`).
     """
     if data.kind == "texture":
         return replace(data, crop_size=min(fake.shape[-1], texture_band_height(data)))
     data = replace(data, crop_size=None)
-    return replace(data, size=fake.shape[-1]) if data.kind == "porous" else data
+    if data.kind == "porous":
+        return replace(data, size=fake.shape[-1], num_samples=max(fake.shape[0], 64))
+    return data
 
 
 _CLASSIFIERS: dict[str, FeatureClassifier] = {}  # trained reference classifiers, by digest of their data
