@@ -116,6 +116,17 @@ def undirected_edges(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor
     return torch.stack([unique // num_nodes, unique % num_nodes]), inverse
 
 
+def sample_packed(
+    denoiser: nn.Module, layout: GraphLayout, x: Tensor, *, sampler: str, steps: int, sigma_max: float,
+    sigma_min: float, rho: float, generator: torch.Generator | None, progress: bool, **cond,
+) -> Tensor:  # fmt: skip
+    """Run sampler ``sampler`` from the packed start ``x (M, 1)`` (already at noise ``sigma_max``) down a
+    Karras schedule of ``steps`` levels, the denoiser called with ``layout`` and ``cond``."""
+    sigmas = sigmas_karras(steps, sigma_min, sigma_max, rho=rho).to(x.device)
+    fn = get_sampler(sampler)
+    return fn(denoiser, x, sigmas, generator=generator, disable=not progress, cond={"layout": layout, **cond})
+
+
 @torch.no_grad()
 def sample_graph_features(
     denoiser: nn.Module,
@@ -152,12 +163,14 @@ def sample_graph_features(
     layout = GraphLayout.from_undirected(
         edges, torch.zeros(num_nodes, dtype=torch.long, device=device), node_dim=node_dim, edge_dim=edge_dim
     )
-    sigmas = sigmas_karras(steps, sigma_min, sigma_max, rho=rho).to(device)
-    x = torch.randn(layout.size, 1, generator=generator, device=device) * sigmas[0]
-    cond: dict = {"layout": layout}
+    x = torch.randn(layout.size, 1, generator=generator, device=device) * sigma_max
+    cond: dict = {}
     if scale is not None:
         cond["scale"] = torch.tensor([float(scale)], device=device)
-    out = get_sampler(sampler)(denoiser, x, sigmas, generator=generator, disable=not progress, cond=cond)
+    out = sample_packed(
+        denoiser, layout, x, sampler=sampler, steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
+        generator=generator, progress=progress, **cond,
+    )  # fmt: skip
     node, edge = layout.unpack(out)
     node = node if node is not None else out.new_zeros(num_nodes, 0)
     edge = edge[inverse] if edge is not None else out.new_zeros(num_edges, 0)

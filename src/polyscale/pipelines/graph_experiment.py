@@ -154,15 +154,20 @@ def _net_kwargs(cfg: GraphExperimentConfig) -> dict:
                 dropout=m.dropout)  # fmt: skip
 
 
+def _graph_net(module: torch.nn.Module) -> GraphDenoiser:
+    """The GraphDenoiser inside a trained wrapper (EDMPrecond(PackedGraphNet(net)) or PositionDenoiser(net))."""
+    while not isinstance(module, GraphDenoiser):
+        module = module.net
+    return module
+
+
 def _train_one(
     denoiser, loss, dataset, cfg: GraphExperimentConfig, output_dir: Path, *, resume: bool, role: str
 ):
     metadata = {"graph_experiment": to_dict(cfg), "role": role}
 
     def export(directory: Path, model, ema) -> None:
-        inner = model.net.net if hasattr(model.net, "net") else model.net
-        ema_inner = ema.net.net if hasattr(ema.net, "net") else ema.net
-        save_pretrained(inner, directory, ema=ema_inner, metadata=metadata)
+        save_pretrained(_graph_net(model), directory, ema=_graph_net(ema), metadata=metadata)
 
     train_cfg = replace(cfg.optimization, output_dir=str(output_dir))
     return train(

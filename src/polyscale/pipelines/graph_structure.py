@@ -18,7 +18,7 @@ sampling time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import networkx as nx
 import numpy as np
@@ -27,9 +27,9 @@ from scipy.spatial import cKDTree
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from polyscale.diffusion import get_sampler, sigmas_karras
-from polyscale.diffusion.graph import GraphLayout, PackedGraphNet
+from polyscale.diffusion.graph import GraphLayout
 from polyscale.nn.graph import GraphDenoiser
+from polyscale.pipelines.graph import sample_packed
 
 POSITION_EDGE_FEATURES = 3  # (dx, dy, |d|) of the source -> target vector, scaled by c_in
 CANDIDATE_FEATURES = 3  # (dx, dy, |d|) of each direction of a candidate
@@ -172,15 +172,6 @@ class CandidateDataset(Dataset):
 # ------------------------------------------------------------------------------------------------ sampling
 
 
-def _sample(
-    denoiser: Callable, layout: GraphLayout, x: Tensor, *, sampler: str, steps: int, sigma_max: float,
-    sigma_min: float, rho: float, generator: torch.Generator | None, progress: bool, **cond,
-) -> Tensor:  # fmt: skip
-    sigmas = sigmas_karras(steps, sigma_min, sigma_max, rho=rho).to(x.device)
-    fn = get_sampler(sampler)
-    return fn(denoiser, x, sigmas, generator=generator, disable=not progress, cond={"layout": layout, **cond})
-
-
 @torch.no_grad()
 def sample_positions(
     denoiser: nn.Module,
@@ -208,7 +199,7 @@ def sample_positions(
     side = num_nodes**0.5
     start = torch.rand(num_nodes, 2, generator=generator, device=device) * side
     x = start.reshape(-1, 1) + sigma_max * torch.randn(2 * num_nodes, 1, generator=generator, device=device)
-    out = _sample(
+    out = sample_packed(
         denoiser, layout, x, sampler=sampler, steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
         generator=generator, progress=progress,
     )  # fmt: skip
@@ -238,7 +229,7 @@ def sample_edges(
     layout = GraphLayout.from_undirected(cand, batch, node_dim=0, edge_dim=1)
     geometry = candidate_geometry(pos, cand)
     x = torch.randn(cand.shape[1], 1, generator=generator, device=pos.device) * sigma_max
-    out = _sample(
+    out = sample_packed(
         denoiser, layout, x, sampler=sampler, steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
         generator=generator, progress=progress, edge_cond=geometry,
     )  # fmt: skip
@@ -262,7 +253,6 @@ def edge_net(**kwargs) -> GraphDenoiser:
 
 __all__ = [
     "CandidateDataset",
-    "PackedGraphNet",
     "PositionDataset",
     "PositionDenoiser",
     "candidate_geometry",
