@@ -411,3 +411,31 @@ def test_bad_padding_mode_names_the_choices():
         ValueError, match=r"padding_mode must be one of \('zeros', 'circular'\), got 'reflect'"
     ):
         UNet(dims=2, in_channels=1, base_channels=8, padding_mode="reflect")
+
+
+def test_layer_norm_unet_is_strictly_local():
+    """norm='layer' normalises each position over its channels, so changing the input far outside a position's
+    receptive field leaves the output there bit-identical; GroupNorm (statistics over the whole sample) does not."""
+    torch.manual_seed(0)
+    kwargs = dict(
+        dims=1, in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+        attention_levels=(1,), attention_kernel_sizes=(3,), num_heads=2,
+    )  # fmt: skip
+    local = UNet(**kwargs, norm="layer").double()
+    for p in local.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    pooled = UNet(**kwargs).double()
+    for p in pooled.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(1, 1, 256, dtype=torch.float64)
+    far = x.clone()
+    far[..., 200:] += 3.0  # positions 0..31 are far outside each other's receptive field
+    for net, same in ((local, True), (pooled, False)):
+        diff = (net(far, 0.3) - net(x, 0.3))[..., :32].abs().max().item()
+        assert (diff == 0.0) if same else (diff > 1e-4), (net.config.norm, diff)
+    assert sum("norm" in n for n, _ in local.named_parameters()) > 0  # affine parameters exist
+
+
+def test_bad_norm_names_the_choices():
+    with pytest.raises(ValueError, match=r"norm must be one of \('group', 'layer'\), got 'batch'"):
+        UNet(dims=2, in_channels=1, base_channels=8, norm="batch")

@@ -8,6 +8,7 @@ one implementation for 1D/2D/3D.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -29,6 +30,39 @@ def conv_nd(
     return conv(cin, cout, kernel, stride=stride, padding=kernel // 2, padding_mode=padding_mode)
 
 
+NORMS = ("group", "layer")
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels at each position: ``(B, C, *S) -> (B, C, *S)``, affine per channel.
+
+    Unlike GroupNorm it pools nothing over space, so a network built on it is strictly local: its output at a
+    position does not depend on the size of the input or on anything outside its receptive field.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, h: Tensor) -> Tensor:
+        mean = h.mean(dim=1, keepdim=True)
+        var = h.var(dim=1, keepdim=True, unbiased=False)
+        shape = (1, -1, *([1] * (h.ndim - 2)))
+        return (h - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+
+
+def make_norm(kind: str, groups: int, channels: int) -> nn.Module:
+    """``"group"``: GroupNorm(groups, channels), statistics pooled over each sample's whole extent;
+    ``"layer"``: :class:`ChannelLayerNorm`, statistics per position (``groups`` unused)."""
+    if kind == "group":
+        return nn.GroupNorm(groups, channels)
+    if kind == "layer":
+        return ChannelLayerNorm(channels)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
 def zero_(module: nn.Module) -> nn.Module:
     """Zero all parameters of ``module`` in place (residual branches then start as the identity)."""
     for p in module.parameters():
@@ -37,7 +71,7 @@ def zero_(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv, embedding as per-channel scale and shift, GroupNorm-SiLU-dropout-conv, plus skip.
+    """Norm-SiLU-conv, embedding as per-channel scale and shift, norm-SiLU-dropout-conv, plus skip.
 
     ``forward(h (B, C_in, *S), emb (B, E)) -> (B, C_out, *S)``. The second conv is zero-initialised, so a new
     block is the identity (or its 1x1 skip projection when the channel count changes).
@@ -53,12 +87,13 @@ class ResBlock(nn.Module):
         dropout: float,
         groups: int,
         padding_mode: str = "zeros",
+        norm: str = "group",
     ) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, cin)
+        self.norm1 = make_norm(norm, groups, cin)
         self.conv1 = conv_nd(dims, cin, cout, padding_mode=padding_mode)
         self.emb = nn.Linear(emb, 2 * cout)
-        self.norm2 = nn.GroupNorm(groups, cout)
+        self.norm2 = make_norm(norm, groups, cout)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_(conv_nd(dims, cout, cout, padding_mode=padding_mode))
         self.skip = conv_nd(dims, cin, cout, kernel=1) if cin != cout else nn.Identity()
@@ -73,7 +108,7 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Pre-norm residual neighbourhood attention: ``h + attn(GroupNorm(h))``, ``(B, C, *S) -> (B, C, *S)``.
+    """Pre-norm residual neighbourhood attention: ``h + attn(norm(h))``, ``(B, C, *S) -> (B, C, *S)``.
 
     The output projection is zero-initialised, so a new block is the identity.
     """
@@ -87,9 +122,10 @@ class AttentionBlock(nn.Module):
         num_heads: int,
         groups: int,
         periodic: bool = False,
+        norm: str = "group",
     ) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = make_norm(norm, groups, channels)
         self.attn = NeighborhoodAttention(
             channels, dims=dims, kernel_size=kernel_size, num_heads=num_heads, periodic=periodic
         )

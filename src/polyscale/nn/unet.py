@@ -18,12 +18,14 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from polyscale.nn.blocks import (
+    NORMS,
     PADDING_MODES,
     AttentionBlock,
     Downsample,
     ResBlock,
     Upsample,
     conv_nd,
+    make_norm,
     zero_,
 )
 from polyscale.nn.embeddings import NoiseEmbedding
@@ -52,6 +54,9 @@ class UNetConfig:
     # "zeros": borders are zero-padded; "circular": every axis wraps around (convolutions and attention windows),
     # for stationary data generated on a torus, so no position is ever near a border at any size
     padding_mode: str = "zeros"
+    # "group": GroupNorm (statistics pooled over each sample's whole extent); "layer": LayerNorm over channels
+    # at each position, so the network is strictly local and its output does not depend on the input's size
+    norm: str = "group"
 
 
 def _validate(cfg: UNetConfig) -> None:
@@ -60,6 +65,8 @@ def _validate(cfg: UNetConfig) -> None:
         raise ValueError(f"dims must be 1, 2 or 3, got {cfg.dims}")
     if cfg.padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {cfg.padding_mode!r}")
+    if cfg.norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {cfg.norm!r}")
     for name in ("in_channels", "base_channels", "num_res_blocks", "num_heads", "norm_groups"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -123,6 +130,7 @@ class UNet(nn.Module):
         emb_channels: int | None = None,
         norm_groups: int = 8,
         padding_mode: str = "zeros",
+        norm: str = "group",
     ) -> None:
         super().__init__()
         cfg = UNetConfig(
@@ -141,6 +149,7 @@ class UNet(nn.Module):
             emb_channels=emb_channels,
             norm_groups=norm_groups,
             padding_mode=padding_mode,
+            norm=norm,
         )
         _validate(cfg)
         self.config = cfg
@@ -151,7 +160,14 @@ class UNet(nn.Module):
 
         def res(cin: int, cout: int) -> ResBlock:
             return ResBlock(
-                dims, cin, cout, emb, dropout=dropout, groups=norm_groups, padding_mode=padding_mode
+                dims,
+                cin,
+                cout,
+                emb,
+                dropout=dropout,
+                groups=norm_groups,
+                padding_mode=padding_mode,
+                norm=norm,
             )
 
         def attention(level: int) -> list[nn.Module]:
@@ -165,6 +181,7 @@ class UNet(nn.Module):
                 num_heads=num_heads,
                 groups=norm_groups,
                 periodic=padding_mode == "circular",
+                norm=norm,
             )
             return [block]
 
@@ -192,7 +209,7 @@ class UNet(nn.Module):
                 if level > 0 and i == num_res_blocks:
                     stage.append(Upsample(dims, ch, padding_mode=padding_mode))
                 self.up.append(nn.ModuleList(stage))
-        self.norm_out = nn.GroupNorm(norm_groups, ch)
+        self.norm_out = make_norm(norm, norm_groups, ch)
         self.conv_out = zero_(conv_nd(dims, ch, out_channels or in_channels, padding_mode=padding_mode))
 
     @classmethod
