@@ -1,8 +1,12 @@
-"""Structure generation: k-NN candidates against brute force, translation equivariance of the positions
-denoiser, candidate labels, the two-stage sampler, and the `polyscale graph` command line end to end."""
+"""Structure generation: k-NN candidates against brute force, triangles against networkx, translation
+equivariance of the positions denoiser inside its box, chunked triangle updates, candidate labels, the
+two-stage sampler, and the `polyscale graph` command line end to end."""
 
 from __future__ import annotations
 
+import itertools
+
+import networkx as nx
 import numpy as np
 import pytest
 import torch
@@ -16,11 +20,14 @@ from polyscale.pipelines.graph_structure import (
     CandidateDataset,
     PositionDenoiser,
     candidate_geometry,
+    candidate_triangles,
     edge_net,
     knn_edges,
     position_net,
     sample_edges,
     sample_positions,
+    triangle_geometry,
+    wall_features,
 )
 
 
@@ -66,16 +73,92 @@ def test_candidate_geometry_per_direction_and_its_batching():
     torch.testing.assert_close(batch["edge_cond"], torch.cat([geo[:3], geo[[0]], geo[3:], geo[[3]]]))
 
 
-def test_position_denoiser_is_translation_equivariant():
+def test_position_denoiser_is_translation_equivariant_inside_its_box():
+    """Far from the box's sides the wall features saturate, so a shift of the points shifts the output; near a
+    side the same shift changes what the model sees."""
     den = randomised(PositionDenoiser(position_net(hidden=16, num_layers=2, num_heads=2), k=5)).double()
     n = 40
     layout = GraphLayout(torch.zeros(2, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long), 2, 0)
-    x = torch.rand(2 * n, 1, dtype=torch.float64) * 6
+    x = torch.rand(2 * n, 1, dtype=torch.float64) * 6 + 500
     sigma = torch.full((2 * n,), 0.7, dtype=torch.float64)
     shift = torch.tensor([13.0, -4.0], dtype=torch.float64).repeat(n)[:, None]
-    out = den(x, sigma, layout=layout)
-    torch.testing.assert_close(den(x + shift, sigma, layout=layout), out + shift)
+    box = torch.tensor([[1000.0, 1000.0]], dtype=torch.float64)
+    out = den(x, sigma, layout=layout, box=box)
+    torch.testing.assert_close(den(x + shift, sigma, layout=layout, box=box), out + shift)
     assert (out - x).abs().max() > 1e-3  # it does move the points
+    near = x - 497  # points 3..9 units from two sides
+    moved = den(near + shift / 4, sigma, layout=layout, box=box) - den(near, sigma, layout=layout, box=box)
+    assert (moved - shift / 4).abs().max() > 1e-4
+    with pytest.raises(ValueError, match=r"box must be \(num_graphs=1, 2\), got \(2,\)"):
+        den(x, sigma, layout=layout, box=box[0])
+
+
+def test_wall_features_saturate_inside_and_locate_the_border():
+    pos = torch.tensor([[0.0, 5.0], [50.0, 50.0], [100.0, 2.0]])
+    f = wall_features(pos, torch.tensor([[100.0, 100.0]]).expand(3, 2), torch.ones(3))
+    torch.testing.assert_close(f[1], torch.ones(4))
+    assert f[0, 0] == 0 and f[2, 1] == 0 and 0 < f[0, 2] < 1 and 0 < f[2, 2] < 1
+
+
+def test_candidate_triangles_match_networkx_and_their_geometry():
+    torch.manual_seed(0)
+    n = 120
+    pos = torch.rand(n, 2) * 11
+    cand = knn_edges(pos, torch.zeros(n, dtype=torch.long), 7)
+    tri = candidate_triangles(cand, n, chunk=17)  # several chunks
+    layout_edges = torch.cat([cand, cand.flip(0)], dim=1)
+    g = nx.Graph(cand.T.tolist())
+    expected = set()
+    for clique in (c for c in nx.enumerate_all_cliques(g) if len(c) == 3):
+        for i, j in itertools.permutations(clique, 2):
+            expected.add((i, j, next(x for x in clique if x not in (i, j))))
+    got = []
+    for a, b, c in tri.T.tolist():
+        (i, j), (i2, k), (j2, k2) = (layout_edges[:, e].tolist() for e in (a, b, c))
+        assert (i2, j2, k2) == (i, j, k)
+        got.append((i, j, k))
+    assert len(got) == len(set(got)) and set(got) == expected and len(expected) > 100
+    f = triangle_geometry(pos, layout_edges, tri)
+    i, j, k = (torch.tensor(v) for v in zip(*got, strict=True))
+    angle = torch.atan2(f[:, 1], f[:, 0])  # the angle i k j
+    u, w = pos[i] - pos[k], pos[j] - pos[k]
+    torch.testing.assert_close(
+        angle, torch.acos((u * w).sum(1) / (u.norm(dim=1) * w.norm(dim=1))), atol=1e-4, rtol=0
+    )
+    cross = (pos[j] - pos[i])[:, 0] * (pos[k] - pos[i])[:, 1] - (pos[j] - pos[i])[:, 1] * (pos[k] - pos[i])[
+        :, 0
+    ]
+    assert torch.equal(f[:, 2], torch.sign(cross))
+    with pytest.raises(ValueError, match="edges must be sorted"):
+        candidate_triangles(cand.flip(1), n)
+
+
+def test_triangle_update_chunked_equals_whole_and_collate_renumbers():
+    torch.manual_seed(0)
+    graphs = [planar_graph(n, rng=np.random.default_rng(n)) for n in (30, 45)]
+    ds = CandidateDataset(graphs, k=8)
+    batch = collate_graphs([ds[0], ds[1]])
+    layout = batch["layout"]
+    assert all(item["triangles"].shape[1] > 0 for item in ds.items)
+    # every batched triangle still names edges i -> j, i -> k, j -> k
+    (s_a, d_a), (s_b, k_b), (s_c, k_c) = (layout.edge_index[:, r] for r in batch["triangles"])
+    assert torch.equal(s_a, s_b) and torch.equal(d_a, s_c) and torch.equal(k_b, k_c)
+    net = randomised(edge_net(hidden=16, num_layers=2, num_heads=2)).double()
+    m = layout.num_edges
+    e = torch.randn(m, 1, dtype=torch.float64)
+    args = (torch.zeros(layout.num_nodes, 0, dtype=torch.float64), layout.edge_index, torch.cat([e, e]),
+            torch.zeros(layout.num_nodes, dtype=torch.float64))  # fmt: skip
+    cond = dict(batch=layout.batch, edge_cond=batch["edge_cond"].double(), triangles=batch["triangles"],
+                triangle_cond=batch["triangle_cond"].double())  # fmt: skip
+    with torch.no_grad():
+        whole = net(*args, **cond)[1]
+        for layer in net.layers:
+            layer.triangle.chunk = 37
+        chunked = net(*args, **cond)[1]
+    torch.testing.assert_close(chunked, whole)
+    cond.pop("triangles")
+    with pytest.raises(ValueError, match="this model reads triangles"):
+        net(*args, **cond)
 
 
 def test_candidates_label_the_graph_edges():
@@ -93,6 +176,8 @@ def test_two_stage_sampling_shapes():
     pos_den = randomised(PositionDenoiser(position_net(hidden=16, num_layers=1, num_heads=2), k=4))
     pos = sample_positions(pos_den, 30, steps=3, generator=torch.Generator().manual_seed(0))
     assert pos.shape == (30, 2) and torch.isfinite(pos).all()
+    wide = sample_positions(pos_den, 30, box=(20.0, 1.5), steps=3, generator=torch.Generator().manual_seed(0))
+    assert wide[:, 0].std() > 2 * wide[:, 1].std()  # starts in (and is denoised in) the given box
     edge_den = graph_denoiser(randomised(edge_net(hidden=16, num_layers=1, num_heads=2)))
     g = sample_edges(edge_den, pos, k=6, steps=3, generator=torch.Generator().manual_seed(0))
     cands = {tuple(e) for e in knn_edges(pos, torch.zeros(30, dtype=torch.long), 6).T.tolist()}

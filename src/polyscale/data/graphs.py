@@ -7,7 +7,8 @@ can be drawn: training sets mix small sizes, evaluation draws the same family at
 Node positions (``pos``) are in *density units*: the mean number of nodes per unit area is about one, so the
 typical distance between neighbours does not depend on the graph size (a 64-node planar graph fills an 8x8
 square, a 100,000-node one a 316x316 square). That is what lets a model of local structure trained on small
-graphs be used on large ones.
+graphs be used on large ones. Graphs with positions record their domain, the box ``[0, W] x [0, H]`` the
+positions were drawn in, as ``g.graph["box"] = (W, H)``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def planar_graph(num_nodes: int, *, rng: np.random.Generator) -> nx.Graph:
         a, b, c = (int(v) for v in simplex)
         g.add_edges_from([(a, b), (b, c), (a, c)])
     _set_positions(g, points * math.sqrt(num_nodes))
+    g.graph["box"] = (math.sqrt(num_nodes), math.sqrt(num_nodes))
     return g
 
 
@@ -54,6 +56,7 @@ def grid_graph(rows: int, cols: int) -> nx.Graph:
     g = nx.convert_node_labels_to_integers(nx.grid_2d_graph(rows, cols), ordering="sorted")
     r, c = np.divmod(np.arange(rows * cols), cols)
     _set_positions(g, np.stack([r, c], axis=1).astype(np.float64))
+    g.graph["box"] = (float(rows - 1), float(cols - 1))
     return g
 
 
@@ -108,6 +111,7 @@ def geometric_graph(num_nodes: int, *, rng: np.random.Generator, mean_degree: fl
     pairs = cKDTree(points).query_pairs(radius, output_type="ndarray")  # (m, 2)
     g.add_edges_from(pairs.tolist())
     _set_positions(g, points)
+    g.graph["box"] = (math.sqrt(num_nodes), math.sqrt(num_nodes))
     return g
 
 

@@ -46,6 +46,9 @@ class GraphDenoiserConfig:
     # False: the node state (e.g. positions) is predicted but not read as an input feature; it enters only
     # through the caller's relative edge features, which keeps the model translation-invariant
     use_node_state: bool = True
+    # clean features per triangle (edge a = i -> j, with edges i -> k and j -> k of a third node k); > 0 adds a
+    # triangle update to every layer, through which an edge reads the nodes it could form a triangle with
+    triangle_cond_dim: int = 0
 
 
 def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
@@ -95,13 +98,61 @@ class ScaleAwareGraphAttention(nn.Module):
         return self.out(h.new_zeros(h.shape).index_add_(0, dst, messages))  # (N, C)
 
 
+class TriangleUpdate(nn.Module):
+    """Edge update from the triangles an edge closes. For a triangle ``(a, b, c)`` (edge ``a = i -> j``, edges
+    ``b = i -> k`` and ``c = j -> k`` of a third node ``k``, raw features ``t``) the message is
+    ``SiLU(P e_b + P e_c + R t)`` (width ``H``); messages are pooled per edge ``a`` by max and by mean and
+    ``Linear(2H -> C)`` of the pooled vector is added to ``e_a`` (zero at initialisation).
+
+    Max pooling lets an edge find the third node that decides it (e.g. the largest opposite angle on each side,
+    which decides whether an edge belongs to a Delaunay-like mesh). The message is one gather-add and a narrow
+    linear map per triangle, and without autograd it runs over triangles in chunks, so a million-node graph
+    (tens of millions of triangles) needs memory for the pooled ``(E, 2H)`` only.
+    """
+
+    def __init__(self, hidden: int, triangle_dim: int, width: int, chunk: int = 1 << 22) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.edge = nn.Linear(hidden, width)
+        self.tri = nn.Linear(triangle_dim, width, bias=False)
+        self.out = nn.Linear(2 * width, hidden)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.width, self.chunk = width, chunk
+
+    def forward(self, e: Tensor, triangles: Tensor, t: Tensor) -> Tensor:
+        p = self.edge(self.norm(e))  # (E, H)
+        a = triangles[0]
+        count = e.new_zeros(e.shape[0]).index_add_(0, a, e.new_ones(a.shape[0]))  # (E,)
+        step = triangles.shape[1] if torch.is_grad_enabled() else self.chunk
+        peak = p.new_full(p.shape, float("-inf"))
+        total = p.new_zeros(p.shape)
+        for lo in range(0, max(triangles.shape[1], 1), step):
+            a, b, c = triangles[:, lo : lo + step]
+            msg = F.silu(p[b] + p[c] + self.tri(t[lo : lo + step]))  # (T_chunk, H)
+            peak = peak.scatter_reduce(0, a[:, None].expand_as(msg), msg, reduce="amax")
+            total = total.index_add(0, a, msg)
+        none = (count == 0)[:, None]  # edges that close no triangle pool to 0
+        peak = peak.masked_fill(none, 0.0)
+        mean = total / count.clamp(min=1)[:, None]
+        return e + self.out(torch.cat([peak, mean], dim=1))
+
+
 class GraphLayer(nn.Module):
     """Pre-norm residual block: noise-modulated attention, gated graph context, node MLP, symmetric edge MLP."""
 
     def __init__(
-        self, hidden: int, num_heads: int, emb: int, *, global_context: bool, dropout: float
+        self,
+        hidden: int,
+        num_heads: int,
+        emb: int,
+        *,
+        global_context: bool,
+        dropout: float,
+        triangle_dim: int = 0,
     ) -> None:
         super().__init__()
+        self.triangle = TriangleUpdate(hidden, triangle_dim, hidden // 2) if triangle_dim else None
         self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False)
         self.film = nn.Linear(emb, 2 * hidden)
         self.attn = ScaleAwareGraphAttention(hidden, num_heads)
@@ -127,7 +178,11 @@ class GraphLayer(nn.Module):
         batch: Tensor,
         num_graphs: int,
         scale: Tensor,
+        triangles: Tensor | None = None,
+        t: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
+        if self.triangle is not None:
+            e = self.triangle(e, triangles, t)
         shift_scale = self.film(emb)  # (N, 2C) per-node noise modulation
         gain, bias = shift_scale.chunk(2, dim=1)
         x = self.norm1(h) * (1 + gain) + bias
@@ -145,8 +200,8 @@ class GraphLayer(nn.Module):
 
 class GraphDenoiser(nn.Module):
     """``forward(x (N, node_dim), edge_index (2, E), edge_attr (E, edge_dim), c_noise (N,), *, batch (N,),
-    node_cond (N, node_cond_dim), edge_cond (E, edge_cond_dim), scale (G,)) -> (node_out (N, node_dim),
-    edge_out (E, edge_dim))``.
+    node_cond (N, node_cond_dim), edge_cond (E, edge_cond_dim), scale (G,), triangles (3, T),
+    triangle_cond (T, triangle_cond_dim)) -> (node_out (N, node_dim), edge_out (E, edge_dim))``.
 
     ``c_noise`` is per node (EDM's ``log(sigma) / 4`` of the node's graph); edges take the value of their
     target node. Heads are node-centric: the node head reads node ``i``'s final state, the edge head a
@@ -169,11 +224,12 @@ class GraphDenoiser(nn.Module):
         global_context: bool = True,
         dropout: float = 0.0,
         use_node_state: bool = True,
+        triangle_cond_dim: int = 0,
     ) -> None:
         super().__init__()
         self.config = GraphDenoiserConfig(
             node_dim, edge_dim, node_cond_dim, edge_cond_dim, hidden, num_layers, num_heads,
-            emb_channels, global_context, dropout, use_node_state,
+            emb_channels, global_context, dropout, use_node_state, triangle_cond_dim,
         )  # fmt: skip
         if node_dim < 0 or edge_dim < 0 or node_dim + edge_dim == 0:
             raise ValueError(f"need node_dim + edge_dim >= 1 (both >= 0), got {node_dim} and {edge_dim}")
@@ -189,9 +245,12 @@ class GraphDenoiser(nn.Module):
             edge_dim + edge_cond_dim + 1, hidden
         )  # +1: a constant (edges without features)
         self.layers = nn.ModuleList(
-            GraphLayer(hidden, num_heads, emb, global_context=global_context, dropout=dropout)
+            GraphLayer(
+                hidden, num_heads, emb, global_context=global_context, dropout=dropout,
+                triangle_dim=triangle_cond_dim,
+            )
             for _ in range(num_layers)
-        )
+        )  # fmt: skip
         self.node_out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, max(node_dim, 1)))
         self.edge_out = nn.Sequential(
             nn.Linear(3 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, max(edge_dim, 1))
@@ -233,9 +292,20 @@ class GraphDenoiser(nn.Module):
         node_cond: Tensor | None = None,
         edge_cond: Tensor | None = None,
         scale: Tensor | None = None,
+        triangles: Tensor | None = None,
+        triangle_cond: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         self._check(x, edge_index, edge_attr, c_noise)
         cfg, n = self.config, x.shape[0]
+        if cfg.triangle_cond_dim:
+            if triangles is None or triangle_cond is None:
+                raise ValueError(f"this model reads triangles (triangle_cond_dim={cfg.triangle_cond_dim}): pass "
+                                 "triangles (3, T) and triangle_cond (T, triangle_cond_dim)")  # fmt: skip
+            if triangles.shape[0] != 3 or triangle_cond.shape != (triangles.shape[1], cfg.triangle_cond_dim):
+                raise ValueError(
+                    f"triangles must be (3, T) and triangle_cond (T, {cfg.triangle_cond_dim}), got "
+                    f"{tuple(triangles.shape)} and {tuple(triangle_cond.shape)}"
+                )
         batch = x.new_zeros(n, dtype=torch.long) if batch is None else batch
         num_graphs = int(batch.max()) + 1 if n else 1
         scale = x.new_ones(num_graphs) if scale is None else scale.to(x.dtype).expand(num_graphs)
@@ -253,7 +323,7 @@ class GraphDenoiser(nn.Module):
         e = self.edge_in(torch.cat(eparts, dim=1))  # (E, C)
         emb = F.silu(self.noise_embed(c_noise))  # (N, emb)
         for layer in self.layers:
-            h, e = layer(h, e, edge_index, emb, batch, num_graphs, scale_features)
+            h, e = layer(h, e, edge_index, emb, batch, num_graphs, scale_features, triangles, triangle_cond)
         node = self.node_out(h) if cfg.node_dim else None
         edge = None
         if cfg.edge_dim:

@@ -49,7 +49,10 @@ def collate_graphs(items: list[dict[str, Tensor]]) -> dict:
 
     Items with an ``"edge_cond"`` (clean per-edge conditioning: ``(m, F)`` for both directions alike, or
     ``(2m, F)`` with the ``m`` forward rows first) add ``"edge_cond"`` ``(2m_total, F)`` in the layout's edge
-    order (all forward directions, then all reverse)."""
+    order (all forward directions, then all reverse). Items with ``"triangles"`` (``(3, T)`` directed-edge ids
+    in the item's own layout order) and ``"triangle_cond"`` ``(T, F)`` add both, ids renumbered to the batch;
+    items with a ``"box"`` ``(2,)`` add ``"box"`` ``(G, 2)``.
+    """
     nodes, edges, lists, batch, offset = [], [], [], [], 0
     conds = [item["edge_cond"] for item in items] if "edge_cond" in items[0] else None
     for g, item in enumerate(items):
@@ -75,6 +78,17 @@ def collate_graphs(items: list[dict[str, Tensor]]) -> dict:
             forward.append(cond[:m])
             reverse.append(cond[m:] if cond.shape[0] == 2 * m else cond)
         out["edge_cond"] = torch.cat(forward + reverse)
+    if "box" in items[0]:  # per-graph domain (W, H) of the positions stage
+        out["box"] = torch.stack([item["box"] for item in items])
+    if "triangles" in items[0]:
+        total = layout.num_edges
+        renumbered, first = [], 0  # first: the item's first forward edge in the batch
+        for item in items:
+            m, t = item["edges"].shape[1], item["triangles"]
+            renumbered.append(torch.where(t < m, t + first, t - m + total + first))
+            first += m
+        out["triangles"] = torch.cat(renumbered, dim=1)
+        out["triangle_cond"] = torch.cat([item["triangle_cond"] for item in items])
     return out
 
 

@@ -23,7 +23,7 @@ import yaml
 from torch import Tensor
 
 from polyscale.config import load_config, to_dict
-from polyscale.data.graphs import family_graph, field_graphs, to_data
+from polyscale.data.graphs import family_graph, field_graphs, grid_shape, to_data
 from polyscale.io import atomic_write_text, load_pretrained, read_model_dir, save_pretrained
 from polyscale.metrics.graphs import VALIDITY, mmd_table, uniqueness_novelty
 from polyscale.nn.graph import GraphDenoiser
@@ -248,6 +248,18 @@ def load_graph_model(run_dir: str | Path, *, device: str = "auto") -> GraphModel
     )
 
 
+def sampling_domain(
+    family: str, num_nodes: int, *, rng: np.random.Generator
+) -> tuple[int, tuple[float, float]]:
+    """Node count and domain ``(W, H)`` of a generated graph of ``family`` with about ``num_nodes`` nodes: the
+    square of area ``num_nodes`` (unit density), or for grids a random ``rows x cols`` shape as in the data
+    (:func:`polyscale.data.graphs.grid_shape`) and its lattice box ``(rows - 1, cols - 1)``."""
+    if family == "grid":
+        rows, cols = grid_shape(num_nodes, rng=rng)
+        return rows * cols, (float(rows - 1), float(cols - 1))
+    return num_nodes, (num_nodes**0.5, num_nodes**0.5)
+
+
 def generate_graphs(
     model: GraphModel,
     num_nodes: int,
@@ -281,8 +293,9 @@ def generate_graphs(
                 g, {(int(u), int(v)): edge[k].tolist() for k, (u, v) in enumerate(d.edge_index[:, :m].T)}, "e"
             )
         else:
+            n, box = sampling_domain(cfg.data.family, num_nodes, rng=rng)
             pos = sample_positions(
-                model.positions, num_nodes, sampler=sampler, steps=steps,
+                model.positions, n, box=box, sampler=sampler, steps=steps,
                 sigma_max=cfg.diffusion.position_sigma_max, generator=generator, progress=progress,
             )  # fmt: skip
             g = sample_edges(

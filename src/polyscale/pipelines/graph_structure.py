@@ -5,8 +5,9 @@ sampling time.
    :mod:`polyscale.data.graphs`) are denoised by a :class:`PositionDenoiser`: a :class:`GraphDenoiser` on the
    k-nearest-neighbour graph of the *current noisy* positions, reading only relative positions (translation
    invariant, no absolute coordinate, no graph size), eps-parametrised so that ``D(x + t) = D(x) + t``.
-   Sampling starts from uniform positions in a square of area ``n`` plus ``sigma_max`` noise: the domain is
-   given, the local arrangement is generated.
+   Nodes near the border of the graph's domain (a box, by default the square of area ``n``) also read their
+   squashed distances to its sides, which saturate inside. Sampling starts from uniform positions in the box
+   plus ``sigma_max`` noise: the domain is given, the local arrangement is generated.
 2. **Edges.** Over a candidate set, the k-nearest-neighbour graph of the generated positions, edge existence
    (+1 / -1) is denoised by a :class:`GraphDenoiser` with edge features only, conditioned on the geometry of
    each candidate (the vector from one end to the other and its length, per direction, so every node knows
@@ -33,6 +34,7 @@ from polyscale.pipelines.graph import sample_packed
 
 POSITION_EDGE_FEATURES = 3  # (dx, dy, |d|) of the source -> target vector, scaled by c_in
 CANDIDATE_FEATURES = 3  # (dx, dy, |d|) of each direction of a candidate
+TRIANGLE_FEATURES = 5  # (cos, sin) of the angle at the third node, its side, two relative side lengths
 
 
 def knn_edges(pos: Tensor, batch: Tensor, k: int) -> Tensor:
@@ -45,20 +47,27 @@ def knn_edges(pos: Tensor, batch: Tensor, k: int) -> Tensor:
         raise ValueError(f"k must be >= 1, got {k}")
     p = pos.detach().cpu().double().numpy()
     b = batch.detach().cpu().numpy()
-    pairs = []
-    for g in np.unique(b):
-        ids = np.nonzero(b == g)[0]
+    n = len(p)
+    keys = []
+    bounds = np.flatnonzero(np.diff(b)) + 1 if np.all(np.diff(b) >= 0) else None
+    groups = (
+        np.split(np.arange(n), bounds)
+        if bounds is not None
+        else [np.flatnonzero(b == g) for g in np.unique(b)]
+    )
+    for ids in groups:
         if len(ids) < 2:
             continue
         kk = min(k + 1, len(ids))
-        _, nbr = cKDTree(p[ids]).query(p[ids], kk)  # (n, kk), column 0 is the point itself
-        u = np.repeat(np.arange(len(ids)), kk - 1)
-        v = nbr[:, 1:].reshape(-1)
-        pairs.append(np.stack([ids[np.minimum(u, v)], ids[np.maximum(u, v)]]))
-    if not pairs:
+        _, nbr = cKDTree(p[ids]).query(p[ids], kk)  # (n_g, kk), column 0 is the point itself
+        u = np.repeat(ids, kk - 1)
+        v = ids[nbr[:, 1:].reshape(-1)]
+        keys.append(np.minimum(u, v).astype(np.int64) * n + np.maximum(u, v))
+    if not keys:
         return torch.zeros(2, 0, dtype=torch.long, device=pos.device)
-    both = np.unique(np.concatenate(pairs, axis=1), axis=1)  # (2, m) sorted, unique
-    return torch.from_numpy(both).long().to(pos.device)
+    ordered = np.sort(np.concatenate(keys))  # (np.unique is far slower on millions of int64 keys)
+    unique = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]  # sorted by (u, v), each pair once
+    return torch.from_numpy(np.stack([unique // n, unique % n])).long().to(pos.device)
 
 
 def candidate_geometry(pos: Tensor, edges: Tensor) -> Tensor:
@@ -69,26 +78,103 @@ def candidate_geometry(pos: Tensor, edges: Tensor) -> Tensor:
     return torch.cat([torch.cat([r, length], 1), torch.cat([-r, length], 1)])
 
 
+def candidate_triangles(edges: Tensor, num_nodes: int, *, chunk: int = 65536) -> Tensor:
+    """Every triangle of the undirected graph ``edges (2, m)`` (``u < v``, sorted, each once, as
+    :func:`knn_edges` returns), once per directed edge it contains: ``(3, T)`` int64 rows ``(a, b, c)`` of
+    directed-edge ids in the layout order (``t`` is ``u -> v`` of column ``t``, ``m + t`` its reverse), with
+    ``a = i -> j``, ``b = i -> k``, ``c = j -> k`` for the third node ``k``. ``T = 6 x`` the triangle count.
+
+    Each triangle ``u < v < w`` is found once, from its lowest node ``u``: pairs ``v < w`` of ``u``'s higher
+    neighbours (a contiguous run of the sorted edge list) are kept when ``v - w`` is an edge. Nodes go in
+    chunks, so memory stays bounded; the work is linear in ``n`` for bounded degree.
+    """
+    m = edges.shape[1]
+    device = edges.device
+    if m == 0:
+        return torch.zeros(3, 0, dtype=torch.long, device=device)
+    u, v = edges.cpu().numpy().astype(np.int64)
+    keys = u * num_nodes + v
+    if np.any(np.diff(keys) <= 0) or np.any(u >= v):
+        raise ValueError("edges must be sorted by (u, v) with u < v, each once (as knn_edges returns)")
+    out_deg = np.bincount(u, minlength=num_nodes)
+    start = np.concatenate([[0], np.cumsum(out_deg)[:-1]])
+    slot = np.arange(m) - start[u]
+    higher = np.full((num_nodes, int(out_deg.max())), -1, dtype=np.int64)  # higher neighbours, ascending
+    edge_of = np.zeros_like(higher)  # their edge ids
+    higher[u, slot], edge_of[u, slot] = v, np.arange(m)
+    pa, pb = np.triu_indices(higher.shape[1], 1)
+    found = []
+    for lo in range(0, num_nodes, chunk):
+        w = higher[lo : lo + chunk, pb]  # (B, pairs); v < w wherever w exists
+        ok = w >= 0
+        rows = np.nonzero(ok)
+        vv, ww = higher[lo : lo + chunk, pa][ok], w[ok]
+        key = vv * num_nodes + ww
+        pos = np.minimum(np.searchsorted(keys, key), m - 1)
+        hit = keys[pos] == key
+        t_uv = edge_of[lo : lo + chunk, pa][rows][hit]
+        t_uw = edge_of[lo : lo + chunk, pb][rows][hit]
+        found.append(np.stack([t_uv, t_uw, pos[hit]]))
+    t_uv, t_uw, t_vw = np.concatenate(found, axis=1)
+    uv, vu, uw, wu, vw, wv = t_uv, m + t_uv, t_uw, m + t_uw, t_vw, m + t_vw  # directed ids (x -> y)
+    rows = [  # (a = i -> j, b = i -> k, c = j -> k) for each ordered pair (i, j) of the triangle
+        (uv, uw, vw), (vu, vw, uw), (uw, uv, wv), (wu, wv, uv), (vw, vu, wu), (wv, wu, vu),
+    ]  # fmt: skip
+    return torch.from_numpy(np.concatenate([np.stack(r) for r in rows], axis=1)).long().to(device)
+
+
+def triangle_geometry(pos: Tensor, edge_index: Tensor, triangles: Tensor) -> Tensor:
+    """``(T, 5)`` features of directed triangles ``(a, b, c)`` (see :func:`candidate_triangles`) over
+    ``edge_index (2, 2m)`` in the layout order: for edge ``a = i -> j`` and third node ``k``, the cosine and
+    sine of the angle ``i k j``, the side of ``k`` (+1 left of ``i -> j``, -1 right) and ``|ik| / |ij|``,
+    ``|jk| / |ij|``. Invariant to translation, rotation and scale."""
+    i, j = edge_index[:, triangles[0]]
+    k = edge_index[1, triangles[1]]
+    ki, kj, ij = pos[i] - pos[k], pos[j] - pos[k], pos[j] - pos[i]  # (T, 2) each
+    lki, lkj, lij = ki.norm(dim=1), kj.norm(dim=1), ij.norm(dim=1).clamp(min=1e-12)
+    cos = (ki * kj).sum(1) / (lki * lkj).clamp(min=1e-12)
+    cross_k = ki[:, 0] * kj[:, 1] - ki[:, 1] * kj[:, 0]
+    sin = cross_k.abs() / (lki * lkj).clamp(min=1e-12)
+    side = torch.sign(ij[:, 0] * (pos[k] - pos[i])[:, 1] - ij[:, 1] * (pos[k] - pos[i])[:, 0])
+    return torch.stack([cos, sin, side, lki / lij, lkj / lij], dim=1)
+
+
+WALL_FEATURES = 4  # squashed distances of a node to the four sides of its graph's box
+
+
+def wall_features(pos: Tensor, box: Tensor, c_in: Tensor) -> Tensor:
+    """``(N, 4)`` features ``tanh(c_in d / 2)`` of each node's signed distances ``d`` to the sides of its box
+    ``[0, W] x [0, H]`` (``box (N, 2)`` per node): near a side they locate the node, deep inside the box all four
+    saturate at 1, so the interior stays translation-invariant and nothing depends on the box's size."""
+    d = torch.stack([pos[:, 0], box[:, 0] - pos[:, 0], pos[:, 1], box[:, 1] - pos[:, 1]], dim=1)  # (N, 4)
+    return torch.tanh(d * c_in[:, None] / 2)
+
+
 class PositionDenoiser(nn.Module):
-    """Denoiser of packed positions ``(2N, 1)`` (layout ``node_dim=2, edge_dim=0``): ``D(x, sigma) = x - sigma
-    * eps_hat``, ``eps_hat`` from ``net`` on the k-NN graph of the noisy positions with edge features
-    ``c_in (x_dst - x_src, |x_dst - x_src|)``, ``c_in = 1 / sqrt(1 + sigma^2)``. ``net`` must be a
-    :class:`GraphDenoiser` with ``node_dim=2``, ``edge_cond_dim=3`` and ``use_node_state=False``."""
+    """Denoiser of packed positions ``(2N, 1)`` (layout ``node_dim=2, edge_dim=0``) in a box per graph
+    (``box (G, 2)``: the domain ``[0, W] x [0, H]``): ``D(x, sigma) = x - sigma * eps_hat``, ``eps_hat`` from
+    ``net`` on the k-NN graph of the noisy positions with edge features ``c_in (x_dst - x_src, |x_dst -
+    x_src|)`` and node features :func:`wall_features`, ``c_in = 1 / sqrt(1 + sigma^2)``. ``net`` must be a
+    :class:`GraphDenoiser` with ``node_dim=2``, ``edge_cond_dim=3``, ``node_cond_dim=4`` and
+    ``use_node_state=False`` (:func:`position_net`)."""
 
     def __init__(self, net: GraphDenoiser, *, k: int = 8) -> None:
         super().__init__()
         cfg = net.config
-        if (cfg.node_dim, cfg.edge_dim, cfg.edge_cond_dim, cfg.use_node_state) != (2, 0, 3, False):
+        shape = (cfg.node_dim, cfg.edge_dim, cfg.edge_cond_dim, cfg.node_cond_dim, cfg.use_node_state)
+        if shape != (2, 0, POSITION_EDGE_FEATURES, WALL_FEATURES, False):
             raise ValueError(
-                "PositionDenoiser needs GraphDenoiser(node_dim=2, edge_dim=0, edge_cond_dim=3, "
-                f"use_node_state=False), got {cfg}"
+                "PositionDenoiser needs GraphDenoiser(node_dim=2, edge_dim=0, edge_cond_dim=3, node_cond_dim=4, "
+                f"use_node_state=False) (see position_net), got {cfg}"
             )
         self.net, self.k = net, k
 
     def forward(
-        self, x: Tensor, sigma: Tensor, *, layout: GraphLayout, scale: Tensor | None = None
+        self, x: Tensor, sigma: Tensor, *, layout: GraphLayout, box: Tensor, scale: Tensor | None = None
     ) -> Tensor:
         pos, _ = layout.unpack(x)  # (N, 2)
+        if box.shape != (layout.num_graphs, 2):
+            raise ValueError(f"box must be (num_graphs={layout.num_graphs}, 2), got {tuple(box.shape)}")
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
         sigma_node = layout.per_graph(sigma)[layout.batch]  # (N,)
         edges = knn_edges(pos, layout.batch, self.k)
@@ -96,10 +182,11 @@ class PositionDenoiser(nn.Module):
         c_in = (1 + sigma_node**2).rsqrt()  # (N,)
         rel = (pos[dst] - pos[src]) * c_in[src, None]  # (2E, 2)
         edge_cond = torch.cat([rel, rel.norm(dim=1, keepdim=True)], dim=1)  # (2E, 3)
+        walls = wall_features(pos, box.to(x.dtype)[layout.batch], c_in)  # (N, 4)
         c_noise = sigma_node.clamp(min=1e-20).log() / 4
         eps, _ = self.net(
             torch.zeros_like(pos), torch.stack([src, dst]), None, c_noise,
-            batch=layout.batch, edge_cond=edge_cond, scale=scale,
+            batch=layout.batch, node_cond=walls, edge_cond=edge_cond, scale=scale,
         )  # fmt: skip
         return x - sigma[:, None] * layout.pack(eps, None)
 
@@ -120,19 +207,25 @@ def graph_positions(g: nx.Graph) -> Tensor:
     return torch.tensor([pos[i] for i in range(g.number_of_nodes())], dtype=torch.float32)
 
 
-def centred(pos: Tensor) -> Tensor:
-    """Positions moved so their bounding box starts at the origin (a shift: the model does not see it)."""
-    return pos - pos.min(dim=0).values
+def graph_box(g: nx.Graph, pos: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions and their domain ``(W, H)``: ``g.graph["box"]`` as the generator recorded it, else the
+    bounding box of the positions (moved to start at the origin)."""
+    if "box" in g.graph:
+        return pos, torch.tensor(g.graph["box"], dtype=torch.float32)
+    pos = pos - pos.min(dim=0).values
+    return pos, pos.max(dim=0).values
 
 
 class PositionDataset(Dataset):
-    """Items ``{"x": pos (n, 2), "edge": (0, 0), "edges": (2, 0)}`` for the positions stage."""
+    """Items ``{"x": pos (n, 2), "edge": (0, 0), "edges": (2, 0), "box": (2,)}`` for the positions stage."""
 
     def __init__(self, graphs: Sequence[nx.Graph]) -> None:
-        self.items = [
-            {"x": centred(graph_positions(g)), "edge": torch.zeros(0, 0), "edges": torch.zeros(2, 0).long()}
-            for g in graphs
-        ]
+        self.items = []
+        for g in graphs:
+            pos, box = graph_box(g, graph_positions(g))
+            self.items.append(
+                {"x": pos, "edge": torch.zeros(0, 0), "edges": torch.zeros(2, 0).long(), "box": box}
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -141,9 +234,23 @@ class PositionDataset(Dataset):
         return self.items[i]
 
 
+def candidate_conditioning(pos: Tensor, cand: Tensor) -> dict[str, Tensor]:
+    """What the edge stage is conditioned on for candidates ``cand (2, m)`` over positions ``pos (n, 2)``:
+    ``edge_cond (2m, 3)`` (:func:`candidate_geometry`), ``triangles (3, T)`` (:func:`candidate_triangles`)
+    and ``triangle_cond (T, 5)`` (:func:`triangle_geometry`)."""
+    triangles = candidate_triangles(cand, pos.shape[0])
+    layout_edges = torch.cat([cand, cand.flip(0)], dim=1)
+    return {
+        "edge_cond": candidate_geometry(pos, cand),
+        "triangles": triangles,
+        "triangle_cond": triangle_geometry(pos, layout_edges, triangles),
+    }
+
+
 class CandidateDataset(Dataset):
     """Items for the edge stage: candidates = k-NN graph of the true positions, label +1 for an edge of the
-    graph and -1 otherwise, plus the geometry of both directions of each candidate (``edge_cond``, ``(2m, 3)``)."""
+    graph and -1 otherwise, plus the conditioning of :func:`candidate_conditioning` (candidate geometry per
+    direction, the candidate graph's triangles and their geometry)."""
 
     def __init__(self, graphs: Sequence[nx.Graph], *, k: int = 10) -> None:
         self.items, self.coverage = [], []
@@ -153,14 +260,8 @@ class CandidateDataset(Dataset):
             present = {(min(u, v), max(u, v)) for u, v in g.edges}
             label = torch.tensor([1.0 if (int(u), int(v)) in present else -1.0 for u, v in cand.T])[:, None]
             self.coverage.append(float((label > 0).sum()) / max(len(present), 1))
-            self.items.append(
-                {
-                    "x": torch.zeros(len(pos), 0),
-                    "edge": label,
-                    "edges": cand,
-                    "edge_cond": candidate_geometry(pos, cand),
-                }
-            )
+            item = {"x": torch.zeros(len(pos), 0), "edge": label, "edges": cand}
+            self.items.append({**item, **candidate_conditioning(pos, cand)})
 
     def __len__(self) -> int:
         return len(self.items)
@@ -177,6 +278,7 @@ def sample_positions(
     denoiser: nn.Module,
     num_nodes: int,
     *,
+    box: tuple[float, float] | None = None,
     sampler: str = "heun",
     steps: int = 32,
     sigma_max: float = 3.0,
@@ -185,8 +287,8 @@ def sample_positions(
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """``(num_nodes, 2)`` positions: uniform in a square of area ``num_nodes`` plus ``sigma_max`` noise,
-    denoised by a :class:`PositionDenoiser` (wrapped as needed) with any sampler."""
+    """``(num_nodes, 2)`` positions in the domain ``box = (W, H)`` (default: a square of area ``num_nodes``):
+    uniform in the box plus ``sigma_max`` noise, denoised by a :class:`PositionDenoiser` with any sampler."""
     if num_nodes < 2:
         raise ValueError(f"num_nodes must be >= 2, got {num_nodes}")
     device = next(denoiser.parameters()).device
@@ -197,11 +299,14 @@ def sample_positions(
         0,
     )
     side = num_nodes**0.5
-    start = torch.rand(num_nodes, 2, generator=generator, device=device) * side
+    extent = torch.tensor(box if box is not None else (side, side), dtype=torch.float32, device=device)
+    if extent.shape != (2,) or bool((extent <= 0).any()):
+        raise ValueError(f"box must be (W, H) with W, H > 0, got {box}")
+    start = torch.rand(num_nodes, 2, generator=generator, device=device) * extent
     x = start.reshape(-1, 1) + sigma_max * torch.randn(2 * num_nodes, 1, generator=generator, device=device)
     out = sample_packed(
         denoiser, layout, x, sampler=sampler, steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
-        generator=generator, progress=progress,
+        generator=generator, progress=progress, box=extent[None],
     )  # fmt: skip
     return out.view(num_nodes, 2)
 
@@ -227,11 +332,11 @@ def sample_edges(
     batch = torch.zeros(n, dtype=torch.long, device=pos.device)
     cand = knn_edges(pos, batch, k)
     layout = GraphLayout.from_undirected(cand, batch, node_dim=0, edge_dim=1)
-    geometry = candidate_geometry(pos, cand)
+    cond = candidate_conditioning(pos, cand)
     x = torch.randn(cand.shape[1], 1, generator=generator, device=pos.device) * sigma_max
     out = sample_packed(
         denoiser, layout, x, sampler=sampler, steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
-        generator=generator, progress=progress, edge_cond=geometry,
+        generator=generator, progress=progress, **cond,
     )  # fmt: skip
     keep = cand[:, out[:, 0] > 0].cpu().numpy()
     g = nx.Graph()
@@ -243,23 +348,36 @@ def sample_edges(
 
 def position_net(**kwargs) -> GraphDenoiser:
     """A :class:`GraphDenoiser` shaped for :class:`PositionDenoiser` (other arguments: width, depth, heads)."""
-    return GraphDenoiser(node_dim=2, edge_dim=0, edge_cond_dim=3, use_node_state=False, **kwargs)
+    return GraphDenoiser(
+        node_dim=2, edge_dim=0, edge_cond_dim=POSITION_EDGE_FEATURES, node_cond_dim=WALL_FEATURES,
+        use_node_state=False, **kwargs,
+    )  # fmt: skip
 
 
 def edge_net(**kwargs) -> GraphDenoiser:
     """A :class:`GraphDenoiser` shaped for the edge stage."""
-    return GraphDenoiser(node_dim=0, edge_dim=1, edge_cond_dim=CANDIDATE_FEATURES, **kwargs)
+    return GraphDenoiser(
+        node_dim=0,
+        edge_dim=1,
+        edge_cond_dim=CANDIDATE_FEATURES,
+        triangle_cond_dim=TRIANGLE_FEATURES,
+        **kwargs,
+    )
 
 
 __all__ = [
     "CandidateDataset",
     "PositionDataset",
     "PositionDenoiser",
+    "candidate_conditioning",
     "candidate_geometry",
+    "candidate_triangles",
     "edge_net",
     "eps_weight",
     "knn_edges",
     "position_net",
     "sample_edges",
     "sample_positions",
+    "triangle_geometry",
+    "wall_features",
 ]
