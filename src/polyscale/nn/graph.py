@@ -69,6 +69,19 @@ def segment_mean(values: Tensor, index: Tensor, num_segments: int) -> Tensor:
     return total / count.clamp(min=1)[:, None]
 
 
+EDGE_CHUNK = 1 << 20  # edges per piece in inference (no autograd): bounds memory on million-node graphs
+
+
+def by_pieces(fn, edge_index: Tensor, e: Tensor, chunk: int | None) -> Tensor:
+    """``fn(src, dst, e)`` row-wise over edges, in pieces of ``chunk`` edges (None: at once)."""
+    if chunk is None or e.shape[0] <= chunk:
+        return fn(edge_index[0], edge_index[1], e)
+    return torch.cat(
+        [fn(edge_index[0, lo : lo + chunk], edge_index[1, lo : lo + chunk], e[lo : lo + chunk])
+         for lo in range(0, e.shape[0], chunk)]
+    )  # fmt: skip
+
+
 class ScaleAwareGraphAttention(nn.Module):
     """Multi-head attention of each node over its incoming edges, with edge states in keys and values and a
     learned temperature per head from ``(log(1 + deg_i), log s)``: ``(h (N, C), e (E, C)) -> (N, C)``."""
@@ -86,16 +99,39 @@ class ScaleAwareGraphAttention(nn.Module):
         nn.init.zeros_(self.temperature[-1].bias)
         self.out = nn.Linear(hidden, hidden)
 
-    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor, scale_features: Tensor) -> Tensor:
+    def forward(
+        self, h: Tensor, e: Tensor, edge_index: Tensor, scale_features: Tensor, chunk: int | None = None
+    ) -> Tensor:
+        """``chunk``: edges per piece (None: all at once). In pieces, keys and values are computed twice (for
+        the logits, then for the messages) but memory scales with the piece and ``E x heads``, not ``E x C``."""
         src, dst = edge_index  # messages flow src -> dst
         n, heads, d = h.shape[0], self.heads, self.head_dim
-        q = self.q(h)[dst].view(-1, heads, d)  # (E, H, d)
-        k, v = (self.kv(h)[src] + self.edge_kv(e)).view(-1, 2, heads, d).unbind(1)  # 2 x (E, H, d)
+        num_edges = e.shape[0]
+        step = min(chunk or num_edges, num_edges) or 1
+        q_all, kv_all = self.q(h), self.kv(h)  # (N, C), (N, 2C)
         gamma = self.temperature(scale_features).exp()  # (N, H), 1 at initialisation
-        logits = (q * k).sum(-1) / d**0.5 * gamma[dst]  # (E, H)
-        alpha = segment_softmax(logits, dst, n)  # (E, H)
-        messages = (alpha[..., None] * v).flatten(1)  # (E, C)
-        return self.out(h.new_zeros(h.shape).index_add_(0, dst, messages))  # (N, C)
+
+        def keys_values(lo: int) -> tuple[Tensor, Tensor]:
+            kv = kv_all[src[lo : lo + step]] + self.edge_kv(e[lo : lo + step])
+            return kv.view(-1, 2, heads, d).unbind(1)  # 2 x (E_piece, H, d)
+
+        def logits_of(lo: int, k: Tensor) -> Tensor:
+            t = dst[lo : lo + step]
+            return (q_all[t].view(-1, heads, d) * k).sum(-1) / d**0.5 * gamma[t]  # (E_piece, H)
+
+        pieces = range(0, num_edges, step)
+        if len(pieces) == 1:
+            k, v = keys_values(0)
+            alpha = segment_softmax(logits_of(0, k), dst, n)  # (E, H)
+            out = h.new_zeros(h.shape).index_add_(0, dst, (alpha[..., None] * v).flatten(1))
+            return self.out(out)  # (N, C)
+        logits = torch.cat([logits_of(lo, keys_values(lo)[0]) for lo in pieces])  # (E, H)
+        alpha = segment_softmax(logits, dst, n)
+        out = h.new_zeros(h.shape)
+        for lo in pieces:
+            messages = (alpha[lo : lo + step, :, None] * keys_values(lo)[1]).flatten(1)  # (E_piece, C)
+            out = out.index_add(0, dst[lo : lo + step], messages)
+        return self.out(out)  # (N, C)
 
 
 class TriangleUpdate(nn.Module):
@@ -183,19 +219,20 @@ class GraphLayer(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         if self.triangle is not None:
             e = self.triangle(e, triangles, t)
+        chunk = None if torch.is_grad_enabled() else EDGE_CHUNK  # inference: bounded memory at any size
         shift_scale = self.film(emb)  # (N, 2C) per-node noise modulation
         gain, bias = shift_scale.chunk(2, dim=1)
         x = self.norm1(h) * (1 + gain) + bias
-        h = h + self.attn(x, e, edge_index, scale)
+        h = h + self.attn(x, e, edge_index, scale, chunk)
         if self.context is not None:  # size-normalised: a mean, not a sum
             h = h + self.context(segment_mean(h, batch, num_graphs))[batch]
         h = h + self.mlp(self.norm2(h))
-        src, dst = edge_index
-        hs, hd = h[src], h[dst]
-        e = e + self.edge_mlp(
-            torch.cat([self.edge_norm(e), hs + hd, hs * hd], dim=1)
-        )  # symmetric in (src, dst)
-        return h, e
+
+        def update(src: Tensor, dst: Tensor, e_piece: Tensor) -> Tensor:
+            hs, hd = h[src], h[dst]
+            return e_piece + self.edge_mlp(torch.cat([self.edge_norm(e_piece), hs + hd, hs * hd], dim=1))
+
+        return h, by_pieces(update, edge_index, e, chunk)  # symmetric in (src, dst)
 
 
 class GraphDenoiser(nn.Module):
@@ -327,6 +364,11 @@ class GraphDenoiser(nn.Module):
         node = self.node_out(h) if cfg.node_dim else None
         edge = None
         if cfg.edge_dim:
-            hs, hd = h[src], h[dst]
-            edge = self.edge_out(torch.cat([hs + hd, hs * hd, e], dim=1))  # (E, edge_dim)
+
+            def head(s: Tensor, d: Tensor, e_piece: Tensor) -> Tensor:
+                hs, hd = h[s], h[d]
+                return self.edge_out(torch.cat([hs + hd, hs * hd, e_piece], dim=1))
+
+            chunk = None if torch.is_grad_enabled() else EDGE_CHUNK
+            edge = by_pieces(head, edge_index, e, chunk)  # (E, edge_dim)
         return node, edge
