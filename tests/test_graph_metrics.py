@@ -14,12 +14,14 @@ from polyscale.data.graphs import grid_graph, planar_graph
 from polyscale.metrics.graphs import (
     SIGMAS,
     gaussian_tv_kernel,
+    graph_power_spectrum,
     grid_dimensions,
     is_planar_valid,
     mmd2,
     mmd_table,
     node_orbit_counts,
     orbit_vector,
+    spectrum_error,
     spectrum_histogram,
     uniqueness_novelty,
 )
@@ -144,3 +146,19 @@ def test_uniqueness_novelty_and_validity():
     assert result.novel == 0.75  # the cycle is in train
     assert result.valid == 0.75  # K5 is not planar
     assert result.valid_unique_novel == 0.25  # only the first star
+
+
+def test_graph_power_spectrum_white_noise_is_flat_and_smooth_fields_are_red():
+    g = nx.grid_2d_graph(12, 12)
+    g = nx.convert_node_labels_to_integers(g, ordering="sorted")
+    rng = np.random.default_rng(0)
+    white = [graph_power_spectrum(g, rng.standard_normal((144, 1)), bins=8) for _ in range(200)]
+    mean = np.nanmean(np.stack(white), axis=0)
+    assert np.all(np.abs(mean[np.isfinite(mean)] - 1) < 0.15)  # orthonormal modes: E|c|^2 = variance
+    r, c = np.divmod(np.arange(144), 12)
+    smooth = np.cos(np.pi * r / 11)[:, None]  # the lowest non-constant mode of the grid
+    s = graph_power_spectrum(g, smooth, bins=8)
+    assert s[0] > 100 * np.nansum(s[1:])
+    assert spectrum_error(white, white) == 0
+    doubled = [2 * w for w in white]
+    assert abs(spectrum_error(doubled, white) - np.log10(2)) < 1e-9

@@ -358,6 +358,9 @@ def _feature_sets(node: Tensor, edge: Tensor, edges: Tensor) -> dict[str, Tensor
     return {"node": node, "neighbour pair": pairs, "edge": edge}
 
 
+SPECTRUM_LIMIT = 5000  # largest graph whose power spectrum evaluate_features computes (a dense eigh)
+
+
 def evaluate_features(
     model: GraphModel,
     sizes: list[int],
@@ -369,8 +372,11 @@ def evaluate_features(
 ) -> list[dict]:
     """Per size: on ``num_graphs`` graphs of the training family, sliced Wasserstein distances between the
     generated features and real smooth fields on the same graphs (node features, neighbour pairs, edge
-    features) and the neighbour correlation, beside the floor of a second independent real draw."""
+    features), the neighbour correlation, and (up to ``SPECTRUM_LIMIT`` nodes) the error of the node fields'
+    graph power spectrum (:func:`polyscale.metrics.graphs.spectrum_error`), each beside the floor of a second
+    independent real draw."""
     from polyscale.data.graphs import graph_fields
+    from polyscale.metrics.graphs import graph_power_spectrum, spectrum_error
     from polyscale.metrics.sliced_wasserstein import sliced_wasserstein
 
     cfg = model.config
@@ -379,6 +385,7 @@ def evaluate_features(
     for n in sizes:
         rng = np.random.default_rng(seed + n)
         sets: dict[str, dict[str, list[Tensor]]] = {"model": {}, "real": {}, "floor": {}}
+        spectra: dict[str, list[np.ndarray]] = {"model": [], "real": [], "floor": []}
         t0 = time.perf_counter()
         for i in range(num_graphs):
             g = family_graph(d.family, n, rng=rng)
@@ -398,6 +405,8 @@ def evaluate_features(
             for name, (x, e) in drawn.items():
                 for key, t in _feature_sets(x.float(), e.float(), data.edge_index[:, :m]).items():
                     sets[name].setdefault(key, []).append(t)
+                if n <= SPECTRUM_LIMIT:
+                    spectra[name].append(graph_power_spectrum(g, x.double().numpy()))
         seconds = time.perf_counter() - t0
         row: dict = {"nodes": n, "graphs": num_graphs, "sampling s": seconds}
         pooled = {name: {k: torch.cat(v) for k, v in s.items()} for name, s in sets.items()}
@@ -411,6 +420,9 @@ def evaluate_features(
             pairs = pooled[name]["neighbour pair"]
             k = d.node_dim
             row[f"neighbour corr ({name})"] = float((pairs[:, :k] * pairs[:, k:]).mean())
+        if spectra["real"]:
+            for name in ("model", "floor"):
+                row[f"spectrum err ({name})"] = spectrum_error(spectra[name], spectra["real"])
         rows.append(row)
     return rows
 

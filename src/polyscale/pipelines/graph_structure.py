@@ -66,7 +66,9 @@ def knn_edges(pos: Tensor, batch: Tensor, k: int) -> Tensor:
     if not keys:
         return torch.zeros(2, 0, dtype=torch.long, device=pos.device)
     ordered = np.sort(np.concatenate(keys))  # (np.unique is far slower on millions of int64 keys)
-    unique = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]  # sorted by (u, v), each pair once
+    unique = ordered[
+        np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    ]  # sorted by (u, v), each pair once
     return torch.from_numpy(np.stack([unique // n, unique % n])).long().to(pos.device)
 
 
