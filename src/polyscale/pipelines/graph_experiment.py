@@ -87,6 +87,10 @@ class GraphDiffusionConfig:
     sigma_max: float = 80.0  # features and edges start from N(0, sigma_max^2)
     position_sigma_max: float = 3.0  # positions start from uniform + N(0, position_sigma_max^2)
     position_P_mean: float = -0.8  # positions: training ln sigma ~ N(position_P_mean, P_std^2)
+    # edges: training ln sigma ~ N(edge_P_mean, edge_P_std^2). Edge existence is (nearly) decided by the
+    # geometry, so what matters is the high-noise regime where the labels are not yet visible
+    edge_P_mean: float = 1.0
+    edge_P_std: float = 1.5
 
 
 @dataclass
@@ -199,7 +203,7 @@ def train_graph_experiment(
     first = _train_one(positions, pos_loss, PositionDataset(graphs), cfg, output_dir / "positions",
                        resume=resume, role="positions")  # fmt: skip
     edges = graph_denoiser(edge_net(**_net_kwargs(cfg)), sigma_data=1.0)
-    edge_loss = GraphLoss(P_mean=diff.P_mean, P_std=diff.P_std, sigma_data=1.0)
+    edge_loss = GraphLoss(P_mean=diff.edge_P_mean, P_std=diff.edge_P_std, sigma_data=1.0)
     second = _train_one(edges, edge_loss, CandidateDataset(graphs, k=d.candidates_k), cfg, output_dir / "edges",
                         resume=resume, role="edges")  # fmt: skip
     return [first, second]
