@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 
 import torch
 
@@ -51,3 +55,15 @@ def publish(text: str, out: str | None) -> None:
     if out:
         with open(out, "w") as f:
             f.write(text)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def in_subprocess(script: str, args: list[str]) -> dict:
+    """Run ``python script *args`` in a fresh process (its own peak memory) and parse the JSON object it prints
+    on its last line."""
+    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])

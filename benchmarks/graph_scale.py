@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
-import subprocess
 import sys
 import time
 
@@ -25,11 +23,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from common import machine_description, markdown_table, publish
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+from common import in_subprocess, machine_description, markdown_table, peak_rss_mib, publish
 
 
 def worker(run: str, n: int, sampler: str, steps: int, edge_steps: int, seed: int) -> dict:
@@ -70,11 +64,6 @@ def peer(n: int, seed: int) -> dict:
             "peak RSS MiB": peak_rss_mib(), "RSS after imports MiB": base}  # fmt: skip
 
 
-def in_subprocess(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def exponent(rows: list[dict], key: str, minimum: int = 1000) -> float:
     pts = [(r["nodes"], r[key]) for r in rows if r["nodes"] >= minimum and r[key] > 0]
     if len(pts) < 2:
@@ -107,8 +96,8 @@ def main() -> None:
     rows, peers = [], []
     for n in args.sizes:
         print(f"{n} nodes ...", file=sys.stderr, flush=True)
-        rows.append(in_subprocess([*common, "--worker", "model", str(n)]))
-        peers.append(in_subprocess([*common, "--worker", "peer", str(n)]))
+        rows.append(in_subprocess(__file__, [*common, "--worker", "model", str(n)]))
+        peers.append(in_subprocess(__file__, [*common, "--worker", "peer", str(n)]))
         rows[-1]["RSS growth MiB"] = rows[-1]["peak RSS MiB"] - rows[-1]["RSS after imports MiB"]
         rows[-1]["time / peer"] = rows[-1]["total s"] / max(peers[-1]["total s"], 1e-9)
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -33,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, markdown_table, publish  # noqa: E402
+from common import in_subprocess, machine_description, markdown_table, peak_rss_mib, publish  # noqa: E402
 from polyscale.diffusion import TiledDenoiser  # noqa: E402
 from polyscale.metrics.porous import correlation_length, porosity, two_point_correlation  # noqa: E402
 from polyscale.pipelines.datasets import build_dataset  # noqa: E402
@@ -53,10 +51,6 @@ HELD_OUT = {
     "porous3d": {1: 256, 2: 32, 4: 8, 8: 8},
     "texture2d": {1: 64, 2: 64, 4: 64, 8: 64},
 }  # real test set
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def real_sets(cfg, fake: torch.Tensor, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,13 +185,6 @@ def one_call_memory(model: str, scale: int, *, tile: bool) -> dict:
     }
 
 
-def in_subprocess(args: list[str]) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return json.loads(out.splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -244,12 +231,14 @@ def main() -> None:
         rows = []
         for scale in args.scales:
             print(f"[scale] {model} {scale}x ...", file=sys.stderr, flush=True)
-            rows.append(in_subprocess(["--worker", model, str(scale), "--seed", str(args.seed), *common]))
+            rows.append(
+                in_subprocess(__file__, ["--worker", model, str(scale), "--seed", str(args.seed), *common])
+            )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         sections += [f"### {model}", "", markdown_table(rows)]
         if max(args.scales) >= args.tile_scale:
             scale = max(args.scales)
-            mem = [in_subprocess(["--memory", model, str(scale), t]) for t in ("0", "1")]
+            mem = [in_subprocess(__file__, ["--memory", model, str(scale), t]) for t in ("0", "1")]
             untiled = mem[0]["peak RSS MiB"] - mem[0]["RSS before MiB"]
             for m in mem:  # the untiled call is the peer: ratio 1
                 m["growth / untiled growth"] = (m["peak RSS MiB"] - m["RSS before MiB"]) / untiled

@@ -154,7 +154,7 @@ class TriangleUpdate(nn.Module):
         self.out = nn.Linear(2 * width, hidden)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        self.width, self.chunk = width, chunk
+        self.chunk = chunk
 
     def forward(self, e: Tensor, triangles: Tensor, t: Tensor) -> Tensor:
         p = self.edge(self.norm(e))  # (E, H)
