@@ -111,3 +111,41 @@ def test_shipped_model_samples_from_the_cli(tmp_path: Path, capsys, name: str, s
     assert samples.shape == (2, *shape) and np.isfinite(samples).all()
     assert samples.std() > 0.1  # a trained model, not an all-zero output
     assert "wrote" in capsys.readouterr().out
+
+
+def test_init_from_starts_a_run_from_another_models_ema_weights(tmp_path: Path, capsys):
+    from polyscale.io import load_weights, read_model_dir
+    from polyscale.pipelines.train import make_denoiser
+
+    cfg = load_experiment("digits2d", overrides=TINY)
+    train_experiment(cfg, tmp_path / "a")
+    source = load_weights(tmp_path / "a" / "model" / "ema.safetensors")
+    # fine-tune on other data settings with a vanishing learning rate: the weights stay the source's EMA
+    tuned_cfg = load_experiment("digits2d", overrides=[*TINY, "train.max_steps=1", "train.lr=1e-12"])
+    train_experiment(tuned_cfg, tmp_path / "b", init_from=tmp_path / "a" / "model")
+    tuned = load_weights(tmp_path / "b" / "model" / "model.safetensors")
+    fresh = make_denoiser(tuned_cfg).net.state_dict()
+    assert all(torch.allclose(tuned[k], source[k], atol=1e-8) for k in source)
+    assert any(not torch.allclose(fresh[k], source[k], atol=1e-3) for k in source)  # the check could fail
+    assert read_model_dir(tmp_path / "b" / "model").metadata["init_from"] == str(tmp_path / "a" / "model")
+
+    # a different network is refused in one line naming the field and both values
+    capsys.readouterr()  # drop the progress bars of the runs above
+    code = main(
+        [
+            "train",
+            "--preset",
+            "digits2d",
+            "--output-dir",
+            str(tmp_path / "c"),
+            "--init-from",
+            str(tmp_path / "a" / "model"),
+            *(f"--set={o}" for o in TINY),
+            "--set",
+            "model.base_channels=16",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code != 0 and "base_channels: checkpoint 8, run 16" in err and len(err.strip().splitlines()) == 1
+    code = main(["train", "--preset", "digits2d", "--output-dir", str(tmp_path / "d"), "--init-from", "nope"])
+    assert code != 0 and "nope" in capsys.readouterr().err

@@ -71,7 +71,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from polyscale.pipelines.train import train_experiment
 
     cfg = load_experiment(args.preset, overrides=args.set)
-    result = train_experiment(cfg, args.output_dir, resume=not args.no_resume)
+    result = train_experiment(cfg, args.output_dir, resume=not args.no_resume, init_from=args.init_from)
     print(f"trained {result.step} steps in {result.wall_time:.1f} s; model saved to {args.output_dir}/model")
     return 0
 
@@ -267,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3"
     )
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --output-dir")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="fine-tune: start from this model directory or shipped model (same network as the preset); "
+        "a run resuming its own checkpoint ignores it",
+    )
 
     _add_sample_command(sub)
 

@@ -40,10 +40,48 @@ def check_data_matches_model(cfg: ExperimentConfig, sample_shape: tuple[int, ...
         )
 
 
+def init_from_pretrained(denoiser: EDMPrecond, cfg: ExperimentConfig, checkpoint: str | Path) -> str:
+    """Copy the weights of a model directory or shipped model (its EMA weights when it has them) into
+    ``denoiser.net``: the start of a fine-tuning run. The checkpoint's network must be the one ``cfg.model``
+    describes; the data, diffusion and training sections may differ (that is the point of fine-tuning).
+
+    Returns the resolved checkpoint path as a string (recorded in the run's metadata).
+
+    Raises:
+        FileNotFoundError: ``checkpoint`` is neither a model directory nor a shipped model.
+        ValueError: the checkpoint's architecture differs from ``cfg.model`` (names every differing field).
+    """
+    from polyscale.pipelines.sample import load_denoiser, resolve_checkpoint
+
+    directory = resolve_checkpoint(checkpoint)
+    source, source_cfg, _ = load_denoiser(directory)
+    ours, theirs = to_dict(cfg.model), to_dict(source_cfg.model)
+    differ = [
+        f"{k}: checkpoint {theirs.get(k)!r}, run {ours.get(k)!r}" for k in ours if ours[k] != theirs.get(k)
+    ]
+    if differ:
+        raise ValueError(
+            f"--init-from {str(checkpoint)!r} has a different network than the run's model section: "
+            + "; ".join(differ)
+        )
+    denoiser.net.load_state_dict(source.net.state_dict())
+    return str(directory)
+
+
 def train_experiment(
-    cfg: ExperimentConfig, output_dir: str | Path, *, resume: bool = True, callbacks=()
+    cfg: ExperimentConfig,
+    output_dir: str | Path,
+    *,
+    resume: bool = True,
+    callbacks=(),
+    init_from: str | Path | None = None,
 ) -> TrainResult:
-    """Train ``cfg`` into ``output_dir``; the final model directory is ``output_dir/model``."""
+    """Train ``cfg`` into ``output_dir``; the final model directory is ``output_dir/model``.
+
+    ``init_from`` (a model directory or shipped model name) starts the weights, and so the EMA, from that
+    model instead of the seeded initialisation: fine-tuning, e.g. on larger volumes. A run that resumes from
+    its own checkpoint continues from that checkpoint instead.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(cfg.data, split="train")
@@ -53,11 +91,14 @@ def train_experiment(
         dataset = WithoutLabels(dataset)
 
     denoiser = make_denoiser(cfg)
+    source = init_from_pretrained(denoiser, cfg, init_from) if init_from is not None else None
     loss_fn = EDMLoss(
         P_mean=cfg.diffusion.P_mean, P_std=cfg.diffusion.P_std, sigma_data=cfg.diffusion.sigma_data
     )
     atomic_write_text(output_dir / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     metadata = {"experiment": to_dict(cfg), "sample_shape": list(sample_shape)}
+    if source is not None:
+        metadata["init_from"] = source
 
     def export(directory: Path, model: EDMPrecond, ema: EDMPrecond) -> None:
         save_pretrained(model.net, directory, ema=ema.net, metadata=metadata)
