@@ -26,6 +26,7 @@ from polyscale.pipelines.graph_structure import (
     position_net,
     sample_edges,
     sample_positions,
+    spatial_order,
     triangle_geometry,
     wall_features,
 )
@@ -184,6 +185,28 @@ def test_two_stage_sampling_shapes():
     assert g.number_of_nodes() == 30 and all((min(u, v), max(u, v)) in cands for u, v in g.edges)
     with pytest.raises(ValueError, match="num_nodes must be >= 2, got 1"):
         sample_positions(pos_den, 1)
+
+
+def test_spatial_order_is_a_permutation_that_keeps_neighbours_close():
+    pos = torch.rand(10_000, 2, generator=torch.Generator().manual_seed(0))
+    order = spatial_order(pos)
+    assert torch.equal(order.sort().values, torch.arange(10_000))
+    step = (pos[order][1:] - pos[order][:-1]).norm(dim=1).mean()
+    assert step < 0.05 < (pos[1:] - pos[:-1]).norm(dim=1).mean()  # random order: about 0.52
+    assert torch.equal(spatial_order(torch.zeros(1, 2)), torch.arange(1))
+    with pytest.raises(ValueError, match=r"pos must be \(n, 2\)"):
+        spatial_order(torch.zeros(5, 3))
+
+
+def test_sample_edges_does_not_depend_on_the_callers_node_labels():
+    pos = torch.rand(40, 2, generator=torch.Generator().manual_seed(1)) * 6
+    edge_den = graph_denoiser(randomised(edge_net(hidden=16, num_layers=1, num_heads=2)))
+    g = sample_edges(edge_den, pos, k=6, steps=3, generator=torch.Generator().manual_seed(0))
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(2))
+    h = sample_edges(edge_den, pos[perm], k=6, steps=3, generator=torch.Generator().manual_seed(0))
+    relabelled = {tuple(sorted((int(perm[u]), int(perm[v])))) for u, v in h.edges}
+    assert g.number_of_edges() > 0 and relabelled == {tuple(sorted(e)) for e in g.edges}
+    assert all(h.nodes[i]["pos"] == tuple(map(float, pos[perm[i]])) for i in range(40))
 
 
 TINY = ["--set", "optimization.max_steps=2", "--set", "optimization.batch_size=4", "--set", "data.num_graphs=8",
