@@ -16,6 +16,7 @@ from polyscale.diffusion import (
     EpsLoss,
     alphas_cumprod_from_betas,
     betas_linear,
+    block_mean,
     eps_from_denoiser,
     sigmas_from_alphas_cumprod,
     to_d,
@@ -130,6 +131,30 @@ def test_edm_loss_matches_hand_formula(dims):
     assert loss.shape == (x0.shape[0],) and torch.allclose(loss, expected, rtol=1e-5)
 
 
+def test_block_mean_and_the_low_frequency_loss_term():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float64).reshape(2, 1, 4, 4)
+    means = block_mean(x, 2)
+    assert means.shape == (2, 1, 2, 2) and means[0, 0, 0, 0] == (0 + 1 + 4 + 5) / 4
+    assert torch.allclose(block_mean(x, 4)[:, 0, 0, 0], x.flatten(1).mean(1))
+    with pytest.raises(ValueError, match="multiple of 3"):
+        block_mean(x, 3)
+
+    # a denoiser off by a constant c everywhere: the plain term sees c^2, the block means c^2 too, so the
+    # loss grows by the factor (1 + w); an error that cancels within each block adds nothing
+    x0 = torch.randn(3, 1, 8, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    checker = torch.ones(8, 8, 8, dtype=torch.float64)
+    checker[::2] = -1
+
+    def run(offset, **kw):
+        return EDMLoss(sigma_data=1.0, **kw)(
+            lambda x, s: x0 + offset, x0, generator=torch.Generator().manual_seed(1)
+        )
+
+    plain, boosted = run(0.3), run(0.3, lowpass_factor=4, lowpass_weight=10.0)
+    assert torch.allclose(boosted, 11 * plain)
+    assert torch.allclose(run(0.3 * checker, lowpass_factor=4, lowpass_weight=10.0), run(0.3 * checker))
+
+
 def test_edm_loss_of_optimal_denoiser_is_one():
     """For data ~ N(0, sigma_data^2) the optimal denoiser's error variance is sigma^2 sd^2 / (sigma^2 + sd^2),
     which lambda(sigma) turns into exactly 1 at every sigma: the mean loss must be 1 within sampling error."""
@@ -182,6 +207,8 @@ def test_losses_backpropagate():
     [
         (lambda: EDMLoss(P_std=0), "P_std"),
         (lambda: EDMLoss(sigma_data=-1.0), "sigma_data"),
+        (lambda: EDMLoss(lowpass_factor=1, lowpass_weight=1.0), "lowpass_factor"),
+        (lambda: EDMLoss(lowpass_factor=2, lowpass_weight=-1.0), "lowpass_weight"),
         (lambda: EDMPrecond(nn.Identity(), sigma_data=0), "sigma_data"),
         (lambda: EDMPrecond(lambda x, c: x)(torch.randn(3, 2), torch.ones(2)), "sigma must be"),
         (lambda: EpsLoss(torch.tensor([0.5, 0.9])), "alphas_cumprod"),

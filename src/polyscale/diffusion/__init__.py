@@ -1,6 +1,6 @@
 """Diffusion core: denoiser wrappers, schedules, losses and stateless samplers. Knows no architecture."""
 
-from polyscale.diffusion.losses import EDMLoss, EpsLoss
+from polyscale.diffusion.losses import EDMLoss, EpsLoss, block_mean
 from polyscale.diffusion.precond import (
     DiscreteEpsDenoiser,
     DiscreteVDenoiser,
@@ -45,6 +45,7 @@ __all__ = [
     "DiscreteEpsDenoiser",
     "DiscreteVDenoiser",
     "EDMLoss",
+    "block_mean",
     "EDMPrecond",
     "EpsLoss",
     "alphas_cumprod_from_betas",

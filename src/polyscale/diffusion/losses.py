@@ -27,6 +27,20 @@ def _check_x0(x0: Tensor) -> None:
         )
 
 
+def block_mean(x: Tensor, factor: int) -> Tensor:
+    """Means of ``x (B, C, *spatial)`` over non-overlapping blocks of ``factor`` positions per spatial axis:
+    ``(B, C, *(n // factor))``. Every spatial size must be a multiple of ``factor``."""
+    spatial = x.shape[2:]
+    if x.ndim < 3 or any(n % factor for n in spatial):
+        raise ValueError(
+            f"block means of {factor} per axis need (B, C, *spatial) with every spatial size a multiple of "
+            f"{factor}, got shape {tuple(x.shape)}"
+        )
+    split = [d for n in spatial for d in (n // factor, factor)]
+    blocks = x.reshape(*x.shape[:2], *split)
+    return blocks.mean(dim=tuple(range(3, blocks.ndim, 2)))
+
+
 class EDMLoss:
     """Karras et al. (2022) eq. 2 with Table 1's training choices.
 
@@ -35,14 +49,33 @@ class EDMLoss:
     with ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` (``sd = sigma_data``), which makes the effective
     target of the raw network unit-variance at every sigma. Random draws, in order: ``(B,)`` normals for
     ``ln sigma``, then ``x0.shape`` normals for ``n``.
+
+    Low-frequency term (grids only, off by default): ``lowpass_factor = f > 1`` adds
+    ``lowpass_weight * lambda(sigma) * mean |block_mean_f(D - x0)|^2``, the error of the means over
+    ``f^d`` blocks. In the plain loss the slowest components of the error, e.g. a volume's overall pore
+    fraction, are a vanishing share of the voxel-wise mean; this term weights them up.
     """
 
-    def __init__(self, *, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        P_mean: float = -1.2,
+        P_std: float = 1.2,
+        sigma_data: float = 0.5,
+        lowpass_factor: int = 0,
+        lowpass_weight: float = 0.0,
+    ) -> None:
         if P_std <= 0 or sigma_data <= 0:
             raise ValueError(
                 f"P_std and sigma_data must be positive, got P_std={P_std}, sigma_data={sigma_data}"
             )
+        if lowpass_factor == 1 or lowpass_factor < 0 or not lowpass_weight >= 0:
+            raise ValueError(
+                "lowpass_factor must be 0 (off) or >= 2 and lowpass_weight >= 0, got "
+                f"lowpass_factor={lowpass_factor}, lowpass_weight={lowpass_weight}"
+            )
         self.P_mean, self.P_std, self.sigma_data = float(P_mean), float(P_std), float(sigma_data)
+        self.lowpass_factor, self.lowpass_weight = int(lowpass_factor), float(lowpass_weight)
 
     def __call__(
         self, denoiser: Callable[..., Tensor], x0: Tensor, *, generator: torch.Generator | None = None, **cond
@@ -54,7 +87,11 @@ class EDMLoss:
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2  # lambda(sigma), (B,)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         denoised = denoiser(x0 + append_dims(sigma, x0.ndim) * noise, sigma, **cond)
-        return weight * _per_sample_mean((denoised.to(x0.dtype) - x0) ** 2)
+        err = denoised.to(x0.dtype) - x0
+        loss = _per_sample_mean(err**2)
+        if self.lowpass_factor and self.lowpass_weight:
+            loss = loss + self.lowpass_weight * _per_sample_mean(block_mean(err, self.lowpass_factor) ** 2)
+        return weight * loss
 
 
 class EpsLoss:
@@ -84,4 +121,4 @@ class EpsLoss:
         return _per_sample_mean((eps_net(x_t, t.to(x0.dtype), **cond).to(x0.dtype) - eps) ** 2)
 
 
-__all__ = ["EDMLoss", "EpsLoss"]
+__all__ = ["EDMLoss", "EpsLoss", "block_mean"]

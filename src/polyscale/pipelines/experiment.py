@@ -44,6 +44,8 @@ class DiffusionConfig:
     sigma_data: float = 0.5  # std of the data; EDM's c_skip/c_out/c_in depend on it
     P_mean: float = -1.2  # log-normal training noise: mean of log(sigma)
     P_std: float = 1.2  # log-normal training noise: std of log(sigma)
+    lowpass_factor: int = 0  # > 1: the loss also weights the error of means over f^d blocks (EDMLoss)
+    lowpass_weight: float = 0.0  # weight of that low-frequency term (0 = off)
     sigma_min: float = 0.002  # smallest non-zero sampling noise level
     sigma_max: float = 80.0  # starting noise level of samplers
     rho: float = 7.0  # Karras schedule curvature

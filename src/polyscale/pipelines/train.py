@@ -45,7 +45,7 @@ def init_from_pretrained(denoiser: EDMPrecond, cfg: ExperimentConfig, checkpoint
     ``denoiser.net``: the start of a fine-tuning run. The checkpoint's network must be the one ``cfg.model``
     describes; the data, diffusion and training sections may differ (that is the point of fine-tuning).
 
-    Returns the resolved checkpoint path as a string (recorded in the run's metadata).
+    Returns what is recorded in the run's metadata: the shipped model's name, or the directory's path.
 
     Raises:
         FileNotFoundError: ``checkpoint`` is neither a model directory nor a shipped model.
@@ -65,7 +65,7 @@ def init_from_pretrained(denoiser: EDMPrecond, cfg: ExperimentConfig, checkpoint
             + "; ".join(differ)
         )
     denoiser.net.load_state_dict(source.net.state_dict())
-    return str(directory)
+    return str(checkpoint) if not Path(checkpoint).exists() else str(directory)  # a shipped model by name
 
 
 def train_experiment(
@@ -92,9 +92,11 @@ def train_experiment(
 
     denoiser = make_denoiser(cfg)
     source = init_from_pretrained(denoiser, cfg, init_from) if init_from is not None else None
+    d = cfg.diffusion
     loss_fn = EDMLoss(
-        P_mean=cfg.diffusion.P_mean, P_std=cfg.diffusion.P_std, sigma_data=cfg.diffusion.sigma_data
-    )
+        P_mean=d.P_mean, P_std=d.P_std, sigma_data=d.sigma_data,
+        lowpass_factor=d.lowpass_factor, lowpass_weight=d.lowpass_weight,
+    )  # fmt: skip
     atomic_write_text(output_dir / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     metadata = {"experiment": to_dict(cfg), "sample_shape": list(sample_shape)}
     if source is not None:
