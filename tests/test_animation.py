@@ -65,7 +65,7 @@ def test_gif_has_one_frame_per_recorded_step(tmp_path: Path, shape):
         save_denoising_gif([], tmp_path / "b.gif")
 
 
-@pytest.mark.parametrize("dim, shape", [(1, (2, 1, 40)), (2, (2, 1, 16, 16)), (3, (2, 1, 16, 16, 16))])
+@pytest.mark.parametrize("dim, shape", [(1, (2, 1, 40)), (2, (2, 1, 16, 16)), (3, (2, 1, 32, 32, 32))])
 def test_sample_by_dim_with_animation(tmp_path: Path, capsys, dim, shape):
     out = tmp_path / "s.png"
     argv = ["sample", "--dim", str(dim), "--num-samples", "2", "--timesteps", "4", "--device", "cpu"]

@@ -95,7 +95,7 @@ def test_export_ema_writes_the_ema_weights_alone(tmp_path: Path):
     [
         ("digits2d", (1, 16, 16)),
         ("mnist1d", (1, 40)),
-        ("porous3d", (1, 16, 16, 16)),
+        ("porous3d", (1, 32, 32, 32)),
         ("texture2d", (1, 32, 32)),
     ],
 )
