@@ -131,7 +131,7 @@ class ScaleAwareGraphAttention(nn.Module):
         out = h.new_zeros(h.shape)
         for lo in pieces:
             messages = (alpha[lo : lo + step, :, None] * keys_values(lo)[1]).flatten(1)  # (E_piece, C)
-            out = out.index_add(0, dst[lo : lo + step], messages)
+            out.index_add_(0, dst[lo : lo + step], messages)  # in place: pieces run without autograd
         return self.out(out)  # (N, C)
 
 
@@ -167,8 +167,12 @@ class TriangleUpdate(nn.Module):
         for lo in range(0, max(triangles.shape[1], 1), step):
             a, b, c = triangles[:, lo : lo + step]
             msg = F.silu(p[b] + p[c] + self.tri(t[lo : lo + step]))  # (T_chunk, H)
-            peak = peak.scatter_reduce(0, a[:, None].expand_as(msg), msg, reduce="amax")
-            total = total.index_add(0, a, msg)
+            if torch.is_grad_enabled():  # one piece; out of place for autograd
+                peak = peak.scatter_reduce(0, a[:, None].expand_as(msg), msg, reduce="amax")
+                total = total.index_add(0, a, msg)
+            else:  # in place: an out-of-place update would copy (E, H) per piece, quadratic in size
+                peak.scatter_reduce_(0, a[:, None].expand_as(msg), msg, reduce="amax")
+                total.index_add_(0, a, msg)
         none = (count == 0)[:, None]  # edges that close no triangle pool to 0
         peak = peak.masked_fill(none, 0.0)
         mean = total / count.clamp(min=1)[:, None]
