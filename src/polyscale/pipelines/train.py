@@ -14,6 +14,7 @@ from polyscale.io import atomic_write_text, save_pretrained
 from polyscale.nn.unet import UNet
 from polyscale.pipelines.datasets import WithoutLabels, build_dataset
 from polyscale.pipelines.experiment import ExperimentConfig
+from polyscale.pipelines.sample import load_denoiser
 from polyscale.training import TrainResult, train
 
 
@@ -51,10 +52,7 @@ def init_from_pretrained(denoiser: EDMPrecond, cfg: ExperimentConfig, checkpoint
         FileNotFoundError: ``checkpoint`` is neither a model directory nor a shipped model.
         ValueError: the checkpoint's architecture differs from ``cfg.model`` (names every differing field).
     """
-    from polyscale.pipelines.sample import load_denoiser, resolve_checkpoint
-
-    directory = resolve_checkpoint(checkpoint)
-    source, source_cfg, _ = load_denoiser(directory)
+    source, source_cfg, _ = load_denoiser(checkpoint)  # a directory or a shipped model's name
     ours, theirs = to_dict(cfg.model), to_dict(source_cfg.model)
     differ = [
         f"{k}: checkpoint {theirs.get(k)!r}, run {ours.get(k)!r}" for k in ours if ours[k] != theirs.get(k)
@@ -65,7 +63,7 @@ def init_from_pretrained(denoiser: EDMPrecond, cfg: ExperimentConfig, checkpoint
             + "; ".join(differ)
         )
     denoiser.net.load_state_dict(source.net.state_dict())
-    return str(checkpoint) if not Path(checkpoint).exists() else str(directory)  # a shipped model by name
+    return str(checkpoint)
 
 
 def train_experiment(
