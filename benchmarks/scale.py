@@ -133,10 +133,18 @@ def two_window_tiling(denoiser, size: int, train_size: int) -> TiledDenoiser:
 
 
 def run_one(
-    model: str, scale: int, *, sampler: str, steps: int, tile: bool, seed: int, pictures: str | None = None
+    model: str,
+    scale: int,
+    *,
+    sampler: str | None,
+    steps: int | None,
+    tile: bool,
+    seed: int,
+    pictures: str | None = None,
 ) -> dict:
     torch.manual_seed(seed)
     denoiser, cfg, sample_shape = load_denoiser(model)
+    sampler, steps = sampler or cfg.diffusion.sampler, steps or cfg.diffusion.steps
     train_size = sample_shape[-1]
     size = scale * train_size
     dims = len(sample_shape) - 1
@@ -161,7 +169,13 @@ def run_one(
     if pictures:
         save_samples(fake[:4], Path(pictures) / f"{model}_{scale}x.png", data_kind=cfg.data.kind)
     floor, test = real_sets(cfg, fake, n_test)
-    row = {"model": model, "scale": f"{scale}x", "size": f"{size}^{dims}", "samples": n}
+    row = {
+        "model": model,
+        "scale": f"{scale}x",
+        "size": f"{size}^{dims}",
+        "samples": n,
+        "sampler": f"{sampler} {steps}",
+    }
     row |= (
         porous_columns(fake, floor, test) if cfg.data.kind == "porous" else texture_columns(fake, floor, test)
     )
@@ -199,8 +213,10 @@ def main() -> None:
     )
     parser.add_argument("--model", action="append", choices=MODELS, help="default: both")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4, 8], choices=[1, 2, 4, 8])
-    parser.add_argument("--sampler", default="dpmpp2m")
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument(
+        "--sampler", default=None, help="default: each model's own (its preset's diffusion.sampler)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="default: each model's own (diffusion.steps)")
     parser.add_argument("--tile-scale", type=int, default=8, help="scales at or above this are tiled")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
@@ -225,13 +241,16 @@ def main() -> None:
         print(json.dumps(one_call_memory(args.memory[0], int(args.memory[1]), tile=args.memory[2] == "1")))
         return
     models = args.model or MODELS
-    common = ["--sampler", args.sampler, "--steps", str(args.steps), "--tile-scale", str(args.tile_scale)]
+    common = ["--tile-scale", str(args.tile_scale)]
+    common += ["--sampler", args.sampler] if args.sampler else []
+    common += ["--steps", str(args.steps)] if args.steps else []
     if args.pictures:
         common += ["--pictures", args.pictures]
     sections = [
         "## Train small, sample large (`benchmarks/scale.py`)",
         "",
-        f"Machine: {machine_description()}. Sampler {args.sampler}, {args.steps} steps, Karras schedule. "
+        f"Machine: {machine_description()}. Sampler and steps in the 'sampler' column (default: each model's "
+        "own), Karras schedule. "
         "'floor' = real training-side data of the same size and count against the same held-out set.",
         "",
     ]

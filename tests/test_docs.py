@@ -4,7 +4,8 @@ in a fresh directory, ``bash`` blocks through the real CLI and ``python`` blocks
 Lines of a ``bash`` block are commands of three kinds, and nothing else is allowed there (so a new kind of
 command cannot slip into the docs untested):
 
-* ``polyscale ...`` (or ``.venv/bin/polyscale ...``): run in-process through :func:`polyscale.cli.main.main`,
+* ``polyscale ...`` (or ``.venv/bin/polyscale ...``), optionally after ``NAME=value`` environment
+  assignments (set for that command only): run in-process through :func:`polyscale.cli.main.main`,
   which must return 0 and write every file it names. To keep the suite fast, the run is capped without changing
   which code runs: at most 2 samples and 2 denoising steps, and training stops after 2 optimizer steps.
 * ``make TARGET``: the target must exist in the Makefile (``make test`` is what CI runs).
@@ -95,9 +96,18 @@ def run_page(page: Path, tmp_path: Path, monkeypatch, capsys) -> int:
             continue
         for line in commands(body):
             words = shlex.split(line)
+            env = {}
+            while re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]) and words[1:]:
+                name, value = words.pop(0).split("=", 1)
+                env[name] = value
+            if env and words[0] not in ("polyscale", ".venv/bin/polyscale"):
+                raise AssertionError(f"{page.name}: `{line}`: environment assignments only before polyscale")
             if words[0] in ("polyscale", ".venv/bin/polyscale"):
-                argv = capped(words[1:])
-                code = main(argv)
+                with monkeypatch.context() as scoped:
+                    for name, value in env.items():
+                        scoped.setenv(name, value)
+                    argv = capped(words[1:])
+                    code = main(argv)
                 out = capsys.readouterr()
                 assert code == 0, f"{page.name}: `{line}` exited {code}: {out.err}"
                 if "--output-file" in argv:

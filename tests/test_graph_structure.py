@@ -1,6 +1,7 @@
 """Structure generation: k-NN candidates against brute force, triangles against networkx, translation
 equivariance of the positions denoiser inside its box, chunked triangle updates, candidate labels, the
-two-stage sampler, and the `polyscale graph` command line end to end."""
+two-stage sampler, crossing candidates against brute force and the crossing update, and the `polyscale graph`
+command line end to end."""
 
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ from polyscale.pipelines.graph_experiment import load_graph_experiment
 from polyscale.pipelines.graph_structure import (
     CandidateDataset,
     PositionDenoiser,
+    candidate_crossings,
     candidate_geometry,
     candidate_triangles,
+    crossing_geometry,
     edge_net,
     knn_edges,
     position_net,
+    reads_crossings,
     sample_edges,
     sample_positions,
     spatial_order,
@@ -159,6 +163,87 @@ def test_triangle_update_chunked_equals_whole_and_collate_renumbers():
     torch.testing.assert_close(chunked, whole)
     cond.pop("triangles")
     with pytest.raises(ValueError, match="this model reads triangles"):
+        net(*args, **cond)
+
+
+def segments_cross(p: np.ndarray, e: tuple[int, int], f: tuple[int, int]) -> bool:
+    """Brute force: the segments share exactly one interior point (strict orientation test)."""
+
+    def turn(o, x, y) -> float:
+        return float(np.sign((x[0] - o[0]) * (y[1] - o[1]) - (x[1] - o[1]) * (y[0] - o[0])))
+
+    (a, b), (c, d) = (p[list(e)], p[list(f)])
+    return turn(a, b, c) * turn(a, b, d) < 0 and turn(c, d, a) * turn(c, d, b) < 0
+
+
+def test_candidate_crossings_match_brute_force():
+    # the unit square with both diagonals: only the diagonals cross; sides meet at corners only
+    square = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    edges = torch.tensor([[0, 0, 0, 1, 1, 2], [1, 2, 3, 2, 3, 3]])
+    assert candidate_crossings(square, edges).T.tolist() == [[1, 4]]  # (0, 2) crosses (1, 3)
+    touching = torch.tensor([[0.0, 0.0], [2.0, 0.0], [1.0, 0.0], [1.0, 1.0]])  # T-junction: not a crossing
+    assert candidate_crossings(touching, torch.tensor([[0, 2], [1, 3]])).shape == (2, 0)
+    for n, k in ((64, 10), (150, 6)):
+        pos = torch.rand(n, 2, generator=torch.Generator().manual_seed(n)) * n**0.5
+        cand = knn_edges(pos, torch.zeros(n, dtype=torch.long), k)
+        got = candidate_crossings(pos, cand)
+        pairs = cand.T.tolist()
+        p = pos.double().numpy()
+        want = [
+            [e, f]
+            for e, f in itertools.combinations(range(len(pairs)), 2)
+            if segments_cross(p, pairs[e], pairs[f])
+        ]
+        assert got.T.tolist() == want and len(want) > 50
+
+
+def test_crossing_geometry_names_the_crossing_point_in_every_direction():
+    pos = torch.rand(80, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 9
+    cand = knn_edges(pos, torch.zeros(80, dtype=torch.long), 8)
+    m = cand.shape[1]
+    tuples, f = crossing_geometry(pos, cand, candidate_crossings(pos, cand))
+    assert tuples.shape[0] == 2 and f.shape == (tuples.shape[1], 4) and tuples.shape[1] % 4 == 0
+    layout = torch.cat([cand, cand.flip(0)], dim=1)  # directed edges in the layout order
+    src, dst = pos[layout[0]], pos[layout[1]]
+    a, b = tuples
+    point_a = src[a] + f[:, :1] * (dst[a] - src[a])  # where the receiver meets the partner
+    point_b = src[b] + f[:, 1:2] * (dst[b] - src[b])
+    torch.testing.assert_close(point_a, point_b)
+    assert bool(((f[:, :2] > 0) & (f[:, :2] < 1)).all()) and bool(((f[:, 2] > 0) & (f[:, 2] <= 1)).all())
+    length = (dst - src).norm(dim=1)
+    torch.testing.assert_close(f[:, 3], (length[b] / length[a]).log())
+    assert bool(((a < m) == (b < m)).all())  # a forward receiver reads the forward partner
+
+
+def test_crossing_update_reads_crossings_and_collate_renumbers_them():
+    graphs = [planar_graph(n, rng=np.random.default_rng(n)) for n in (30, 45)]
+    ds = CandidateDataset(graphs, k=8, crossings=True)
+    assert all(item["crossings"].shape[1] > 0 for item in ds.items)
+    batch = collate_graphs([ds[0], ds[1]])
+    layout = batch["layout"]
+    pos = (
+        torch.cat([torch.tensor([g.nodes[i]["pos"] for i in range(len(g))]) for g in graphs]).double().numpy()
+    )
+    for a, b in batch["crossings"].T.tolist()[::7]:  # batched tuples still name two crossing segments
+        e, f = (tuple(layout.edge_index[:, x].tolist()) for x in (a, b))
+        assert segments_cross(pos, e, f)
+    net = randomised(edge_net(crossings=True, hidden=16, num_layers=2, num_heads=2)).double()
+    assert reads_crossings(graph_denoiser(net)) and not reads_crossings(graph_denoiser(edge_net(hidden=16)))
+    e = torch.randn(layout.num_edges, 1, dtype=torch.float64)
+    args = (torch.zeros(layout.num_nodes, 0, dtype=torch.float64), layout.edge_index, torch.cat([e, e]),
+            torch.zeros(layout.num_nodes, dtype=torch.float64))  # fmt: skip
+    cond = dict(batch=layout.batch, edge_cond=batch["edge_cond"].double(), triangles=batch["triangles"],
+                triangle_cond=batch["triangle_cond"].double(), crossings=batch["crossings"],
+                crossing_cond=batch["crossing_cond"].double())  # fmt: skip
+    with torch.no_grad():
+        out = net(*args, **cond)[1]
+        none = net(
+            *args,
+            **{**cond, "crossings": batch["crossings"][:, :0], "crossing_cond": cond["crossing_cond"][:0]},
+        )[1]
+    assert not torch.allclose(out, none)  # the crossings reach the output
+    cond.pop("crossings")
+    with pytest.raises(ValueError, match=r"this model reads crossings \(crossing_cond_dim=4\)"):
         net(*args, **cond)
 
 

@@ -341,10 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     """
     import torch
 
+    from polyscale.pipelines.allocator import apply_from_environment
+
     args, extras = build_parser().parse_known_args(argv)
     if extras:
         args.command_parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
+        apply_from_environment()  # POLYSCALE_KEEP_FREED_MEMORY=1: reuse freed memory (pipelines/allocator.py)
         return args.func(args)
     except (ValueError, OSError, torch.OutOfMemoryError) as err:
         name = f"{args.command} {args.graph_command}" if args.command == "graph" else args.command

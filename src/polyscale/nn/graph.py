@@ -49,6 +49,10 @@ class GraphDenoiserConfig:
     # clean features per triangle (edge a = i -> j, with edges i -> k and j -> k of a third node k); > 0 adds a
     # triangle update to every layer, through which an edge reads the nodes it could form a triangle with
     triangle_cond_dim: int = 0
+    # clean features per crossing (edge a and an edge b whose segment crosses a's, e.g. two candidate edges of
+    # a plane graph); > 0 adds a crossing update to every layer, through which an edge reads the edges it
+    # cannot coexist with in a planar drawing
+    crossing_cond_dim: int = 0
 
 
 def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
@@ -81,6 +85,22 @@ def by_pieces(fn, edge_index: Tensor, e: Tensor, chunk: int | None) -> Tensor:
         [fn(edge_index[0, lo : lo + chunk], edge_index[1, lo : lo + chunk], e[lo : lo + chunk])
          for lo in range(0, e.shape[0], chunk)]
     )  # fmt: skip
+
+
+def _check_tuples(name: str, rows: int, dim: int, index: Tensor | None, cond: Tensor | None) -> None:
+    """A model with ``dim > 0`` features per edge tuple needs ``index (rows, T)`` and ``cond (T, dim)``."""
+    if not dim:
+        return
+    if index is None or cond is None:
+        raise ValueError(
+            f"this model reads {name} ({name[:-1]}_cond_dim={dim}): pass {name} ({rows}, T) and {name[:-1]}_cond "
+            f"(T, {dim})"
+        )
+    if index.ndim != 2 or index.shape[0] != rows or cond.shape != (index.shape[1], dim):
+        raise ValueError(
+            f"{name} must be ({rows}, T) and {name[:-1]}_cond (T, {dim}), got {tuple(index.shape)} and "
+            f"{tuple(cond.shape)}"
+        )
 
 
 class ScaleAwareGraphAttention(nn.Module):
@@ -141,6 +161,10 @@ class TriangleUpdate(nn.Module):
     ``SiLU(P e_b + P e_c + R t)`` (width ``H``); messages are pooled per edge ``a`` by max and by mean and
     ``Linear(2H -> C)`` of the pooled vector is added to ``e_a`` (zero at initialisation).
 
+    The same update serves any set of edge tuples: ``rows (1 + P, T)`` names the receiving edge ``a`` and ``P``
+    partner edges whose projected states are summed (triangles: ``P = 2``; crossings, an edge and an edge whose
+    segment crosses it: ``P = 1``).
+
     Max pooling lets an edge find the third node that decides it (e.g. the largest opposite angle on each side,
     which decides whether an edge belongs to a Delaunay-like mesh). The message is one gather-add and a narrow
     linear map per triangle, and without autograd it runs over triangles in chunks, so a million-node graph
@@ -158,6 +182,7 @@ class TriangleUpdate(nn.Module):
         self.chunk = chunk
 
     def forward(self, e: Tensor, triangles: Tensor, t: Tensor) -> Tensor:
+        """``e (E, C)``, ``triangles (1 + P, T)`` edge ids (receiver first), ``t (T, F)`` -> ``(E, C)``."""
         p = self.edge(self.norm(e))  # (E, H)
         a = triangles[0]
         count = e.new_zeros(e.shape[0]).index_add_(0, a, e.new_ones(a.shape[0]))  # (E,)
@@ -165,8 +190,11 @@ class TriangleUpdate(nn.Module):
         peak = p.new_full(p.shape, float("-inf"))
         total = p.new_zeros(p.shape)
         for lo in range(0, max(triangles.shape[1], 1), step):
-            a, b, c = triangles[:, lo : lo + step]
-            msg = F.silu(p[b] + p[c] + self.tri(t[lo : lo + step]))  # (T_chunk, H)
+            a, *partners = triangles[:, lo : lo + step]
+            msg = self.tri(t[lo : lo + step])  # (T_chunk, H)
+            for b in partners:
+                msg = msg + p[b]
+            msg = F.silu(msg)
             if torch.is_grad_enabled():  # one piece; out of place for autograd
                 peak = peak.scatter_reduce(0, a[:, None].expand_as(msg), msg, reduce="amax")
                 total = total.index_add(0, a, msg)
@@ -191,9 +219,11 @@ class GraphLayer(nn.Module):
         global_context: bool,
         dropout: float,
         triangle_dim: int = 0,
+        crossing_dim: int = 0,
     ) -> None:
         super().__init__()
         self.triangle = TriangleUpdate(hidden, triangle_dim, hidden // 2) if triangle_dim else None
+        self.crossing = TriangleUpdate(hidden, crossing_dim, hidden // 2) if crossing_dim else None
         self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False)
         self.film = nn.Linear(emb, 2 * hidden)
         self.attn = ScaleAwareGraphAttention(hidden, num_heads)
@@ -221,9 +251,13 @@ class GraphLayer(nn.Module):
         scale: Tensor,
         triangles: Tensor | None = None,
         t: Tensor | None = None,
+        crossings: Tensor | None = None,
+        crossing_cond: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         if self.triangle is not None:
             e = self.triangle(e, triangles, t)
+        if self.crossing is not None:
+            e = self.crossing(e, crossings, crossing_cond)
         chunk = None if torch.is_grad_enabled() else EDGE_CHUNK  # inference: bounded memory at any size
         shift_scale = self.film(emb)  # (N, 2C) per-node noise modulation
         gain, bias = shift_scale.chunk(2, dim=1)
@@ -267,11 +301,12 @@ class GraphDenoiser(nn.Module):
         dropout: float = 0.0,
         use_node_state: bool = True,
         triangle_cond_dim: int = 0,
+        crossing_cond_dim: int = 0,
     ) -> None:
         super().__init__()
         self.config = GraphDenoiserConfig(
             node_dim, edge_dim, node_cond_dim, edge_cond_dim, hidden, num_layers, num_heads,
-            emb_channels, global_context, dropout, use_node_state, triangle_cond_dim,
+            emb_channels, global_context, dropout, use_node_state, triangle_cond_dim, crossing_cond_dim,
         )  # fmt: skip
         if node_dim < 0 or edge_dim < 0 or node_dim + edge_dim == 0:
             raise ValueError(f"need node_dim + edge_dim >= 1 (both >= 0), got {node_dim} and {edge_dim}")
@@ -289,7 +324,7 @@ class GraphDenoiser(nn.Module):
         self.layers = nn.ModuleList(
             GraphLayer(
                 hidden, num_heads, emb, global_context=global_context, dropout=dropout,
-                triangle_dim=triangle_cond_dim,
+                triangle_dim=triangle_cond_dim, crossing_dim=crossing_cond_dim,
             )
             for _ in range(num_layers)
         )  # fmt: skip
@@ -336,18 +371,13 @@ class GraphDenoiser(nn.Module):
         scale: Tensor | None = None,
         triangles: Tensor | None = None,
         triangle_cond: Tensor | None = None,
+        crossings: Tensor | None = None,
+        crossing_cond: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         self._check(x, edge_index, edge_attr, c_noise)
         cfg, n = self.config, x.shape[0]
-        if cfg.triangle_cond_dim:
-            if triangles is None or triangle_cond is None:
-                raise ValueError(f"this model reads triangles (triangle_cond_dim={cfg.triangle_cond_dim}): pass "
-                                 "triangles (3, T) and triangle_cond (T, triangle_cond_dim)")  # fmt: skip
-            if triangles.shape[0] != 3 or triangle_cond.shape != (triangles.shape[1], cfg.triangle_cond_dim):
-                raise ValueError(
-                    f"triangles must be (3, T) and triangle_cond (T, {cfg.triangle_cond_dim}), got "
-                    f"{tuple(triangles.shape)} and {tuple(triangle_cond.shape)}"
-                )
+        _check_tuples("triangles", 3, cfg.triangle_cond_dim, triangles, triangle_cond)
+        _check_tuples("crossings", 2, cfg.crossing_cond_dim, crossings, crossing_cond)
         batch = x.new_zeros(n, dtype=torch.long) if batch is None else batch
         num_graphs = int(batch.max()) + 1 if n else 1
         scale = x.new_ones(num_graphs) if scale is None else scale.to(x.dtype).expand(num_graphs)
@@ -365,7 +395,10 @@ class GraphDenoiser(nn.Module):
         e = self.edge_in(torch.cat(eparts, dim=1))  # (E, C)
         emb = F.silu(self.noise_embed(c_noise))  # (N, emb)
         for layer in self.layers:
-            h, e = layer(h, e, edge_index, emb, batch, num_graphs, scale_features, triangles, triangle_cond)
+            h, e = layer(
+                h, e, edge_index, emb, batch, num_graphs, scale_features,
+                triangles, triangle_cond, crossings, crossing_cond,
+            )  # fmt: skip
         node = self.node_out(h) if cfg.node_dim else None
         edge = None
         if cfg.edge_dim:

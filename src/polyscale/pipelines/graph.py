@@ -50,7 +50,8 @@ def collate_graphs(items: list[dict[str, Tensor]]) -> dict:
     Items with an ``"edge_cond"`` (clean per-edge conditioning: ``(m, F)`` for both directions alike, or
     ``(2m, F)`` with the ``m`` forward rows first) add ``"edge_cond"`` ``(2m_total, F)`` in the layout's edge
     order (all forward directions, then all reverse). Items with ``"triangles"`` (``(3, T)`` directed-edge ids
-    in the item's own layout order) and ``"triangle_cond"`` ``(T, F)`` add both, ids renumbered to the batch;
+    in the item's own layout order) and ``"triangle_cond"`` ``(T, F)`` add both, ids renumbered to the batch
+(``"crossings"`` ``(2, X)`` and ``"crossing_cond"`` likewise);
     items with a ``"box"`` ``(2,)`` add ``"box"`` ``(G, 2)``.
     """
     nodes, edges, lists, batch, offset = [], [], [], [], 0
@@ -80,15 +81,17 @@ def collate_graphs(items: list[dict[str, Tensor]]) -> dict:
         out["edge_cond"] = torch.cat(forward + reverse)
     if "box" in items[0]:  # per-graph domain (W, H) of the positions stage
         out["box"] = torch.stack([item["box"] for item in items])
-    if "triangles" in items[0]:
+    for name, cond_name in (("triangles", "triangle_cond"), ("crossings", "crossing_cond")):
+        if name not in items[0]:
+            continue
         total = layout.num_edges
         renumbered, first = [], 0  # first: the item's first forward edge in the batch
         for item in items:
-            m, t = item["edges"].shape[1], item["triangles"]
+            m, t = item["edges"].shape[1], item[name]
             renumbered.append(torch.where(t < m, t + first, t - m + total + first))
             first += m
-        out["triangles"] = torch.cat(renumbered, dim=1)
-        out["triangle_cond"] = torch.cat([item["triangle_cond"] for item in items])
+        out[name] = torch.cat(renumbered, dim=1)
+        out[cond_name] = torch.cat([item[cond_name] for item in items])
     return out
 
 

@@ -58,6 +58,7 @@ class GraphModelConfig:
     global_context: bool = True  # gated per-graph mean of node states (size-normalised)
     dropout: float = 0.0
     position_knn: int = 8  # structure task: neighbours of the graph the positions model works on
+    crossings: bool = False  # structure task: the edge model also reads which candidates cross each other
 
 
 @dataclass
@@ -202,10 +203,10 @@ def train_graph_experiment(
     pos_loss = GraphLoss(P_mean=diff.position_P_mean, P_std=diff.P_std, weight=eps_weight)
     first = _train_one(positions, pos_loss, PositionDataset(graphs), cfg, output_dir / "positions",
                        resume=resume, role="positions")  # fmt: skip
-    edges = graph_denoiser(edge_net(**_net_kwargs(cfg)), sigma_data=1.0)
+    edges = graph_denoiser(edge_net(crossings=cfg.model.crossings, **_net_kwargs(cfg)), sigma_data=1.0)
     edge_loss = GraphLoss(P_mean=diff.edge_P_mean, P_std=diff.edge_P_std, sigma_data=1.0)
-    second = _train_one(edges, edge_loss, CandidateDataset(graphs, k=d.candidates_k), cfg, output_dir / "edges",
-                        resume=resume, role="edges")  # fmt: skip
+    candidates = CandidateDataset(graphs, k=d.candidates_k, crossings=cfg.model.crossings)
+    second = _train_one(edges, edge_loss, candidates, cfg, output_dir / "edges", resume=resume, role="edges")
     return [first, second]
 
 

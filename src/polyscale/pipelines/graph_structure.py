@@ -35,6 +35,7 @@ from polyscale.pipelines.graph import sample_packed
 POSITION_EDGE_FEATURES = 3  # (dx, dy, |d|) of the source -> target vector, scaled by c_in
 CANDIDATE_FEATURES = 3  # (dx, dy, |d|) of each direction of a candidate
 TRIANGLE_FEATURES = 5  # (cos, sin) of the angle at the third node, its side, two relative side lengths
+CROSSING_FEATURES = 4  # where the crossing lies along each edge, the sine of the angle, log length ratio
 
 
 def knn_edges(pos: Tensor, batch: Tensor, k: int) -> Tensor:
@@ -145,6 +146,102 @@ def candidate_triangles(edges: Tensor, num_nodes: int, *, chunk: int = 65536) ->
         (uv, uw, vw), (vu, vw, uw), (uw, uv, wv), (wu, wv, uv), (vw, vu, wu), (wv, wu, vu),
     ]  # fmt: skip
     return torch.from_numpy(np.concatenate([np.stack(r) for r in rows], axis=1)).long().to(device)
+
+
+def candidate_crossings(pos: Tensor, edges: Tensor) -> Tensor:
+    """Every pair of undirected candidates ``edges (2, m)`` whose segments cross (share one interior point;
+    edges meeting at an endpoint or overlapping on a line do not count): ``(2, C)`` int64 candidate ids
+    ``(e, f)`` with ``e < f``, sorted, each pair once.
+
+    Segments that cross share a point, so they share a cell of any grid: each segment is listed in the square
+    cells (edge = the mean candidate length) its bounding box covers, pairs within a cell are tested with exact
+    orientation signs, and repeats (pairs sharing several cells) are dropped. For a k-NN candidate graph of
+    points in general position a segment covers a few cells and a cell holds a few dozen segments, so the
+    work is linear in the number of candidates.
+    """
+    m = edges.shape[1]
+    device = edges.device
+    if m < 2:
+        return torch.zeros(2, 0, dtype=torch.long, device=device)
+    p = pos.detach().cpu().double().numpy()
+    u, v = edges.cpu().numpy().astype(np.int64)
+    a, b = p[u], p[v]  # (m, 2) endpoints
+    cell = float(np.linalg.norm(b - a, axis=1).mean()) or 1.0
+    lo = np.floor(np.minimum(a, b) / cell).astype(np.int64)  # (m, 2) first and last cell per axis
+    hi = np.floor(np.maximum(a, b) / cell).astype(np.int64)
+    span = hi - lo + 1  # (m, 2)
+    count = span[:, 0] * span[:, 1]  # cells per segment
+    owner = np.repeat(np.arange(m), count)  # (entries,) segment of each (segment, cell) entry
+    k = np.arange(len(owner)) - np.repeat(np.cumsum(count) - count, count)  # index within the segment's box
+    cx = lo[owner, 0] + k % span[owner, 0]
+    cy = lo[owner, 1] + k // span[owner, 0]
+    key = (cx - cx.min()) * (int(cy.max() - cy.min()) + 1) + (cy - cy.min())
+    order = np.argsort(key, kind="stable")
+    key, owner = key[order], owner[order]
+    ax, ay, bx, by = a[owner, 0], a[owner, 1], b[owner, 0], b[owner, 1]  # per entry, in cell order
+
+    def side(i: np.ndarray, j: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Sign of the turn from segment i's direction to (x, y) - its start, per pair."""
+        return np.sign((bx[i] - ax[i]) * (y - ay[i]) - (by[i] - ay[i]) * (x - ax[i]))
+
+    found = []
+    i = np.arange(len(key) - 1)  # entries whose cell holds at least one more entry after them
+    for shift in range(1, len(key)):  # entry i against entry i + shift of the same cell
+        i = i[i + shift < len(key)]
+        i = i[key[i + shift] == key[i]]  # cells are contiguous runs: only these can go on
+        if len(i) == 0:
+            break
+        j = i + shift  # gathers of nearby entries: sequential in memory
+        cross = (side(i, j, ax[j], ay[j]) * side(i, j, bx[j], by[j]) < 0) & (
+            side(j, i, ax[i], ay[i]) * side(j, i, bx[i], by[i]) < 0
+        )
+        e, f = owner[i[cross]], owner[j[cross]]
+        found.append(np.minimum(e, f) * m + np.maximum(e, f))
+    pairs = np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+    pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if len(pairs) else pairs  # each once
+    return torch.from_numpy(np.stack([pairs // m, pairs % m])).long().to(device)
+
+
+def crossing_geometry(pos: Tensor, edges: Tensor, crossings: Tensor) -> tuple[Tensor, Tensor]:
+    """Directed crossing tuples and their features for :class:`~polyscale.nn.graph.GraphDenoiser`'s crossing
+    update, in the layout order of ``edges (2, m)`` (``t`` is ``u -> v``, ``m + t`` its reverse).
+
+    Each crossing ``(e, f)`` of :func:`candidate_crossings` gives four tuples ``(receiver, partner)``:
+    ``(e, f)``, ``(m + e, m + f)``, ``(f, e)``, ``(m + f, m + e)``. Features of a tuple: where the crossing
+    point lies along the receiver (0 at its source, 1 at its target) and along the partner, the sine of the
+    angle between them and ``log(|partner| / |receiver|)``. Invariant to translation, rotation and scale.
+
+    Returns:
+        ``tuples (2, 4C)`` int64 and ``features (4C, 4)``.
+    """
+    m = edges.shape[1]
+    e, f = crossings
+    pa, pb = pos[edges[0]], pos[edges[1]]  # (m, 2)
+    d = pb - pa  # (m, 2)
+    de, df = d[e], d[f]  # (C, 2)
+
+    def cross2(x: Tensor, y: Tensor) -> Tensor:
+        return x[:, 0] * y[:, 1] - x[:, 1] * y[:, 0]
+
+    denom = cross2(de, df)  # nonzero for a proper crossing
+    w = pa[f] - pa[e]
+    s = cross2(w, df) / denom  # crossing at pa[e] + s de
+    t = cross2(w, de) / denom  # and at pa[f] + t df
+    le, lf = de.norm(dim=1), df.norm(dim=1)
+    sine = denom.abs() / (le * lf)
+    ratio = (lf / le).log()
+    tuples = torch.cat(
+        [torch.stack([e, f]), torch.stack([m + e, m + f]), torch.stack([f, e]), torch.stack([m + f, m + e])], dim=1
+    )
+    feats = torch.cat(
+        [
+            torch.stack([s, t, sine, ratio], dim=1),
+            torch.stack([1 - s, 1 - t, sine, ratio], dim=1),
+            torch.stack([t, s, sine, -ratio], dim=1),
+            torch.stack([1 - t, 1 - s, sine, -ratio], dim=1),
+        ]
+    )
+    return tuples, feats.to(pos.dtype)
 
 
 def triangle_geometry(pos: Tensor, edge_index: Tensor, triangles: Tensor) -> Tensor:
@@ -258,25 +355,30 @@ class PositionDataset(Dataset):
         return self.items[i]
 
 
-def candidate_conditioning(pos: Tensor, cand: Tensor) -> dict[str, Tensor]:
+def candidate_conditioning(pos: Tensor, cand: Tensor, *, crossings: bool = False) -> dict[str, Tensor]:
     """What the edge stage is conditioned on for candidates ``cand (2, m)`` over positions ``pos (n, 2)``:
     ``edge_cond (2m, 3)`` (:func:`candidate_geometry`), ``triangles (3, T)`` (:func:`candidate_triangles`)
-    and ``triangle_cond (T, 5)`` (:func:`triangle_geometry`)."""
+    and ``triangle_cond (T, 5)`` (:func:`triangle_geometry`); with ``crossings=True`` also ``crossings (2, X)``
+    and ``crossing_cond (X, 4)`` (:func:`candidate_crossings`, :func:`crossing_geometry`)."""
     triangles = candidate_triangles(cand, pos.shape[0])
     layout_edges = torch.cat([cand, cand.flip(0)], dim=1)
-    return {
+    out = {
         "edge_cond": candidate_geometry(pos, cand),
         "triangles": triangles,
         "triangle_cond": triangle_geometry(pos, layout_edges, triangles),
     }
+    if crossings:
+        out["crossings"], out["crossing_cond"] = crossing_geometry(pos, cand, candidate_crossings(pos, cand))
+    return out
 
 
 class CandidateDataset(Dataset):
     """Items for the edge stage: candidates = k-NN graph of the true positions, label +1 for an edge of the
     graph and -1 otherwise, plus the conditioning of :func:`candidate_conditioning` (candidate geometry per
-    direction, the candidate graph's triangles and their geometry)."""
+    direction, the candidate graph's triangles and their geometry; with ``crossings=True`` the crossing
+    candidate pairs too)."""
 
-    def __init__(self, graphs: Sequence[nx.Graph], *, k: int = 10) -> None:
+    def __init__(self, graphs: Sequence[nx.Graph], *, k: int = 10, crossings: bool = False) -> None:
         self.items, self.coverage = [], []
         for g in graphs:
             pos = graph_positions(g)
@@ -285,7 +387,7 @@ class CandidateDataset(Dataset):
             label = torch.tensor([1.0 if (int(u), int(v)) in present else -1.0 for u, v in cand.T])[:, None]
             self.coverage.append(float((label > 0).sum()) / max(len(present), 1))
             item = {"x": torch.zeros(len(pos), 0), "edge": label, "edges": cand}
-            self.items.append({**item, **candidate_conditioning(pos, cand)})
+            self.items.append({**item, **candidate_conditioning(pos, cand, crossings=crossings)})
 
     def __len__(self) -> int:
         return len(self.items)
@@ -359,7 +461,7 @@ def sample_edges(
     batch = torch.zeros(n, dtype=torch.long, device=pos.device)
     cand = knn_edges(pos, batch, k)
     layout = GraphLayout.from_undirected(cand, batch, node_dim=0, edge_dim=1)
-    cond = candidate_conditioning(pos, cand)
+    cond = candidate_conditioning(pos, cand, crossings=reads_crossings(denoiser))
     x = torch.randn(cand.shape[1], 1, generator=generator, device=pos.device) * sigma_max
     out = sample_packed(
         denoiser, layout, x, sampler=sampler, steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
@@ -381,15 +483,21 @@ def position_net(**kwargs) -> GraphDenoiser:
     )  # fmt: skip
 
 
-def edge_net(**kwargs) -> GraphDenoiser:
-    """A :class:`GraphDenoiser` shaped for the edge stage."""
+def edge_net(*, crossings: bool = False, **kwargs) -> GraphDenoiser:
+    """A :class:`GraphDenoiser` shaped for the edge stage (``crossings``: it also reads crossing candidates)."""
     return GraphDenoiser(
         node_dim=0,
         edge_dim=1,
         edge_cond_dim=CANDIDATE_FEATURES,
         triangle_cond_dim=TRIANGLE_FEATURES,
+        crossing_cond_dim=CROSSING_FEATURES if crossings else 0,
         **kwargs,
     )
+
+
+def reads_crossings(denoiser: nn.Module) -> bool:
+    """Whether the edge denoiser's network reads crossing candidates (``crossing_cond_dim > 0``)."""
+    return any(isinstance(m, GraphDenoiser) and m.config.crossing_cond_dim > 0 for m in denoiser.modules())
 
 
 __all__ = [
@@ -397,12 +505,15 @@ __all__ = [
     "PositionDataset",
     "PositionDenoiser",
     "candidate_conditioning",
+    "candidate_crossings",
     "candidate_geometry",
     "candidate_triangles",
+    "crossing_geometry",
     "edge_net",
     "eps_weight",
     "knn_edges",
     "position_net",
+    "reads_crossings",
     "sample_edges",
     "sample_positions",
     "spatial_order",
