@@ -51,8 +51,8 @@ def collate_graphs(items: list[dict[str, Tensor]]) -> dict:
     ``(2m, F)`` with the ``m`` forward rows first) add ``"edge_cond"`` ``(2m_total, F)`` in the layout's edge
     order (all forward directions, then all reverse). Items with ``"triangles"`` (``(3, T)`` directed-edge ids
     in the item's own layout order) and ``"triangle_cond"`` ``(T, F)`` add both, ids renumbered to the batch
-(``"crossings"`` ``(2, X)`` and ``"crossing_cond"`` likewise);
-    items with a ``"box"`` ``(2,)`` add ``"box"`` ``(G, 2)``.
+    (``"crossings"`` ``(2, X)`` and ``"crossing_cond"`` likewise); items with a ``"box"`` ``(2,)`` add ``"box"``
+    ``(G, 2)``.
     """
     nodes, edges, lists, batch, offset = [], [], [], [], 0
     conds = [item["edge_cond"] for item in items] if "edge_cond" in items[0] else None

@@ -231,7 +231,8 @@ def crossing_geometry(pos: Tensor, edges: Tensor, crossings: Tensor) -> tuple[Te
     sine = denom.abs() / (le * lf)
     ratio = (lf / le).log()
     tuples = torch.cat(
-        [torch.stack([e, f]), torch.stack([m + e, m + f]), torch.stack([f, e]), torch.stack([m + f, m + e])], dim=1
+        [torch.stack([e, f]), torch.stack([m + e, m + f]), torch.stack([f, e]), torch.stack([m + f, m + e])],
+        dim=1,
     )
     feats = torch.cat(
         [
