@@ -38,6 +38,13 @@ TRIANGLE_FEATURES = 5  # (cos, sin) of the angle at the third node, its side, tw
 CROSSING_FEATURES = 4  # where the crossing lies along each edge, the sine of the angle, log length ratio
 
 
+def sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """The distinct values of the 1-D array ``keys``, ascending (a sort and a neighbour comparison: ``np.unique``
+    is far slower on millions of int64 keys)."""
+    ordered = np.sort(keys)
+    return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if len(ordered) else ordered
+
+
 def knn_edges(pos: Tensor, batch: Tensor, k: int) -> Tensor:
     """Undirected k-nearest-neighbour edges within each graph, ``(2, m)`` int64 with ``u < v``, each once.
 
@@ -66,10 +73,7 @@ def knn_edges(pos: Tensor, batch: Tensor, k: int) -> Tensor:
         keys.append(np.minimum(u, v).astype(np.int64) * n + np.maximum(u, v))
     if not keys:
         return torch.zeros(2, 0, dtype=torch.long, device=pos.device)
-    ordered = np.sort(np.concatenate(keys))  # (np.unique is far slower on millions of int64 keys)
-    unique = ordered[
-        np.concatenate([[True], ordered[1:] != ordered[:-1]])
-    ]  # sorted by (u, v), each pair once
+    unique = sorted_unique(np.concatenate(keys))  # sorted by (u, v), each pair once
     return torch.from_numpy(np.stack([unique // n, unique % n])).long().to(pos.device)
 
 
@@ -197,8 +201,7 @@ def candidate_crossings(pos: Tensor, edges: Tensor) -> Tensor:
         )
         e, f = owner[i[cross]], owner[j[cross]]
         found.append(np.minimum(e, f) * m + np.maximum(e, f))
-    pairs = np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-    pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if len(pairs) else pairs  # each once
+    pairs = sorted_unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
     return torch.from_numpy(np.stack([pairs // m, pairs % m])).long().to(device)
 
 
