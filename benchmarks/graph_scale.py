@@ -27,7 +27,7 @@ from common import in_subprocess, machine_description, markdown_table, peak_rss_
 
 
 def worker(run: str, n: int, sampler: str, steps: int, edge_steps: int, seed: int) -> dict:
-    from polyscale.pipelines.graph_experiment import load_graph_model, sampling_domain
+    from polyscale.pipelines.graph_experiment import candidate_options, load_graph_model, sampling_domain
     from polyscale.pipelines.graph_structure import sample_edges, sample_positions
 
     model = load_graph_model(run, device="cpu")
@@ -39,7 +39,7 @@ def worker(run: str, n: int, sampler: str, steps: int, edge_steps: int, seed: in
     pos = sample_positions(model.positions, n, box=box, sampler=sampler, steps=steps,
                            sigma_max=cfg.diffusion.position_sigma_max, generator=generator)  # fmt: skip
     t1 = time.perf_counter()
-    g = sample_edges(model.edges, pos, k=cfg.data.candidates_k, sampler=sampler, steps=edge_steps,
+    g = sample_edges(model.edges, pos, **candidate_options(cfg.data), sampler=sampler, steps=edge_steps,
                      sigma_max=cfg.diffusion.sigma_max, generator=generator)  # fmt: skip
     t2 = time.perf_counter()
     return {

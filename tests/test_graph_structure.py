@@ -1,4 +1,4 @@
-"""Structure generation: k-NN candidates against brute force, triangles against networkx, translation
+"""Structure generation: k-NN, sector and hull candidates against brute force, triangles against networkx, translation
 equivariance of the positions denoiser inside its box, chunked triangle updates, candidate labels, the
 two-stage sampler, crossing candidates against brute force and the crossing update, and the `polyscale graph`
 command line end to end."""
@@ -21,10 +21,12 @@ from polyscale.pipelines.graph_structure import (
     CandidateDataset,
     PositionDenoiser,
     candidate_crossings,
+    candidate_edges,
     candidate_geometry,
     candidate_triangles,
     crossing_geometry,
     edge_net,
+    graph_positions,
     knn_edges,
     position_net,
     reads_crossings,
@@ -42,6 +44,57 @@ def randomised(module: torch.nn.Module) -> torch.nn.Module:
         if p.abs().sum() == 0:
             torch.nn.init.normal_(p, std=0.3)
     return module
+
+
+def test_candidate_edges_equal_brute_force_union_of_knn_sectors_and_hull():
+    from scipy.spatial import ConvexHull
+
+    gen = torch.Generator().manual_seed(1)
+    pos = torch.cat([torch.rand(60, 2, generator=gen) * 8, torch.rand(25, 2, generator=gen) * 5])
+    batch = torch.cat([torch.zeros(60), torch.ones(25)]).long()
+    k, sectors, search = 3, 6, 10
+    got = {
+        tuple(e)
+        for e in candidate_edges(pos, batch, k=k, sectors=sectors, hull=True, search=search).T.tolist()
+    }
+    want = {tuple(e) for e in knn_edges(pos, batch, k).T.tolist()}
+    extra = set()
+    for g in range(2):
+        ids = torch.nonzero(batch == g).flatten().tolist()
+        p = pos[ids].double().numpy()
+        for i in range(len(ids)):
+            d = np.linalg.norm(p - p[i], axis=1)
+            d[i] = np.inf
+            near = np.argsort(d)[:search]  # the search window
+            best = {}
+            for j in near:  # nearest first: the first of each cone wins
+                angle = np.arctan2(*(p[j] - p[i])[::-1]) + np.pi
+                best.setdefault(min(int(angle / (2 * np.pi) * sectors), sectors - 1), j)
+            extra |= {(min(ids[i], ids[j]), max(ids[i], ids[j])) for j in best.values()}
+        ring = [ids[v] for v in ConvexHull(p).vertices]
+        extra |= {(min(a, b), max(a, b)) for a, b in zip(ring, ring[1:] + ring[:1], strict=True)}
+    assert extra - want  # the sectors and the hull add candidates beyond the k-NN graph
+    assert got == want | extra
+    edges = candidate_edges(pos, batch, k=k, sectors=sectors, hull=True, search=search)
+    assert bool((edges[0] < edges[1]).all())
+    assert bool((edges[0] * 85 + edges[1]).diff().gt(0).all())  # sorted, each pair once
+    with pytest.raises(ValueError, match="sectors must be >= 0"):
+        candidate_edges(pos, batch, k=k, sectors=-1)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        candidate_edges(pos, batch, k=0)
+
+
+def test_sector_and_hull_candidates_cover_more_planar_edges_with_fewer_candidates():
+    rng = np.random.default_rng(0)
+    graphs = [planar_graph(n, rng=rng) for n in (40, 50, 60, 64)]
+    plain = CandidateDataset(graphs, k=10)
+    rich = CandidateDataset(graphs, k=8, sectors=8, hull=True)
+    assert np.mean(rich.coverage) > np.mean(plain.coverage)
+    assert np.mean(rich.coverage) > 0.98
+    assert sum(it["edges"].shape[1] for it in rich.items) < sum(it["edges"].shape[1] for it in plain.items)
+    # still not a planar candidate set: crossings remain for the model to resolve
+    item = rich.items[0]
+    assert candidate_crossings(graph_positions(graphs[0]), item["edges"]).shape[1] > 0
 
 
 def test_knn_edges_equal_brute_force():
@@ -155,8 +208,8 @@ def test_triangle_update_chunked_equals_whole_and_collate_renumbers():
             torch.zeros(layout.num_nodes, dtype=torch.float64))  # fmt: skip
     cond = dict(batch=layout.batch, edge_cond=batch["edge_cond"].double(), triangles=batch["triangles"],
                 triangle_cond=batch["triangle_cond"].double())  # fmt: skip
-    with torch.no_grad():
-        whole = net(*args, **cond)[1]
+    whole = net(*args, **cond)[1].detach()  # autograd path: all triangles at once, out of place
+    with torch.no_grad():  # inference path: triangles and the pooled output in pieces
         for layer in net.layers:
             layer.triangle.chunk = 37
         chunked = net(*args, **cond)[1]

@@ -202,9 +202,19 @@ class TriangleUpdate(nn.Module):
                 peak.scatter_reduce_(0, a[:, None].expand_as(msg), msg, reduce="amax")
                 total.index_add_(0, a, msg)
         none = (count == 0)[:, None]  # edges that close no triangle pool to 0
-        peak = peak.masked_fill(none, 0.0)
-        mean = total / count.clamp(min=1)[:, None]
-        return e + self.out(torch.cat([peak, mean], dim=1))
+        if torch.is_grad_enabled():
+            mean = total / count.clamp(min=1)[:, None]
+            return e + self.out(torch.cat([peak.masked_fill(none, 0.0), mean], dim=1))
+        # inference: the output in pieces of edges, so no (E, 2H) or second (E, C) temporary exists at once
+        # (at 10^6 nodes an (E, C) float tensor is about 3 GB)
+        del p
+        out = torch.empty_like(e)
+        for lo in range(0, e.shape[0], self.chunk):
+            hi = lo + self.chunk
+            mean = total[lo:hi] / count[lo:hi].clamp(min=1)[:, None]
+            pooled = torch.cat([peak[lo:hi].masked_fill_(none[lo:hi], 0.0), mean], dim=1)
+            out[lo:hi] = e[lo:hi] + self.out(pooled)
+        return out
 
 
 class GraphLayer(nn.Module):

@@ -73,6 +73,8 @@ class GraphDataConfig:
     edge_dim: int = 1  # features task: channels of the smooth edge field
     smoothing_steps: int = 4  # features task: random-walk averaging steps of the fields
     candidates_k: int = 10  # structure task: k of the candidate k-NN graph of the positions
+    candidates_sectors: int = 0  # structure task: also the nearest candidate per angular sector (0: off)
+    candidates_hull: bool = False  # structure task: also the convex hull's edges
     seed: int = 0
 
 
@@ -180,6 +182,12 @@ def _train_one(
     )
 
 
+def candidate_options(data: GraphDataConfig) -> dict:
+    """The keyword arguments of :func:`~polyscale.pipelines.graph_structure.candidate_edges` (and of
+    ``CandidateDataset`` / ``sample_edges``) that ``data`` asks for."""
+    return {"k": data.candidates_k, "sectors": data.candidates_sectors, "hull": data.candidates_hull}
+
+
 def train_graph_experiment(
     cfg: GraphExperimentConfig, output_dir: str | Path, *, resume: bool = True
 ) -> list[TrainResult]:
@@ -205,7 +213,7 @@ def train_graph_experiment(
                        resume=resume, role="positions")  # fmt: skip
     edges = graph_denoiser(edge_net(crossings=cfg.model.crossings, **_net_kwargs(cfg)), sigma_data=1.0)
     edge_loss = GraphLoss(P_mean=diff.edge_P_mean, P_std=diff.edge_P_std, sigma_data=1.0)
-    candidates = CandidateDataset(graphs, k=d.candidates_k, crossings=cfg.model.crossings)
+    candidates = CandidateDataset(graphs, **candidate_options(d), crossings=cfg.model.crossings)
     second = _train_one(edges, edge_loss, candidates, cfg, output_dir / "edges", resume=resume, role="edges")
     return [first, second]
 
@@ -245,7 +253,16 @@ def load_graph_model(run_dir: str | Path, *, device: str = "auto") -> GraphModel
         return GraphModel(cfg, features=graph_denoiser(net, sigma_data=cfg.diffusion.sigma_data))
     if (run_dir / "positions" / "model").is_dir() and (run_dir / "edges" / "model").is_dir():
         pos_net, cfg = _load_net(run_dir / "positions" / "model", dev)
-        edge_net_, _ = _load_net(run_dir / "edges" / "model", dev)
+        edge_net_, edge_cfg = _load_net(run_dir / "edges" / "model", dev)
+        # the edge stage samples over the candidate set its own model was trained on (the two stages may
+        # have been trained apart, e.g. edges retrained with another candidate rule)
+        ed = edge_cfg.data
+        cfg = replace(
+            cfg,
+            data=replace(cfg.data, candidates_k=ed.candidates_k, candidates_sectors=ed.candidates_sectors,
+                         candidates_hull=ed.candidates_hull),
+            model=replace(cfg.model, crossings=edge_cfg.model.crossings),
+        )  # fmt: skip
         return GraphModel(cfg, positions=PositionDenoiser(pos_net, k=cfg.model.position_knn),
                           edges=graph_denoiser(edge_net_, sigma_data=1.0))  # fmt: skip
     raise FileNotFoundError(
@@ -304,7 +321,7 @@ def generate_graphs(
                 sigma_max=cfg.diffusion.position_sigma_max, generator=generator, progress=progress,
             )  # fmt: skip
             g = sample_edges(
-                model.edges, pos, k=cfg.data.candidates_k, sampler=sampler, steps=steps,
+                model.edges, pos, **candidate_options(cfg.data), sampler=sampler, steps=steps,
                 sigma_max=cfg.diffusion.sigma_max, generator=generator, progress=progress,
             )  # fmt: skip
         out.append(g)
