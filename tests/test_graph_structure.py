@@ -6,6 +6,7 @@ command line end to end."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import networkx as nx
 import numpy as np
@@ -16,7 +17,7 @@ from polyscale.cli.main import main
 from polyscale.data.graphs import planar_graph
 from polyscale.diffusion.graph import GraphLayout
 from polyscale.pipelines.graph import collate_graphs, graph_denoiser
-from polyscale.pipelines.graph_experiment import load_graph_experiment
+from polyscale.pipelines.graph_experiment import load_graph_experiment, load_graph_model
 from polyscale.pipelines.graph_structure import (
     CandidateDataset,
     PositionDenoiser,
@@ -356,6 +357,15 @@ def test_graph_cli_train_sample_evaluate(tmp_path, capsys):
     run = tmp_path / "planar"
     assert main(["graph", "train", "--preset", "graph_planar", "--output-dir", str(run), *TINY]) == 0
     assert (run / "positions" / "model" / "config.json").is_file() and (run / "edges" / "model").is_dir()
+    data = load_graph_model(run).config.data
+    assert (data.candidates_k, data.candidates_sectors, data.candidates_hull) == (8, 8, True)  # the preset's
+    # an edge model retrained with another candidate rule samples with its own rule
+    meta_file = run / "edges" / "model" / "config.json"
+    meta = json.loads(meta_file.read_text())
+    meta["metadata"]["graph_experiment"]["data"].update(candidates_k=5, candidates_sectors=0)
+    meta_file.write_text(json.dumps(meta))
+    data = load_graph_model(run).config.data
+    assert (data.candidates_k, data.candidates_sectors, data.candidates_hull) == (5, 0, True)
     out = tmp_path / "g.png"
     argv = ["graph", "sample", "--checkpoint", str(run), "--num-nodes", "150", "--num-graphs", "2"]
     assert main([*argv, "--timesteps", "2", "--output-file", str(out)]) == 0
