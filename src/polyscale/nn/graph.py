@@ -77,14 +77,19 @@ EDGE_CHUNK = 1 << 14  # edges per piece in inference (no autograd): bounded memo
 # small enough to stay in cache (2^14 instead of 2^20 halved a 100,000-node call: 31 s -> 14 s, 1 thread)
 
 
-def by_pieces(fn, edge_index: Tensor, e: Tensor, chunk: int | None) -> Tensor:
-    """``fn(src, dst, e)`` row-wise over edges, in pieces of ``chunk`` edges (None: at once)."""
+def by_pieces(fn, edge_index: Tensor, e: Tensor, chunk: int | None, out: Tensor | None = None) -> Tensor:
+    """``fn(src, dst, e)`` row-wise over edges, in pieces of ``chunk`` edges (None: at once), written into
+    ``out`` when given (which may be ``e`` itself: each piece is read before it is overwritten)."""
     if chunk is None or e.shape[0] <= chunk:
-        return fn(edge_index[0], edge_index[1], e)
-    return torch.cat(
-        [fn(edge_index[0, lo : lo + chunk], edge_index[1, lo : lo + chunk], e[lo : lo + chunk])
-         for lo in range(0, e.shape[0], chunk)]
-    )  # fmt: skip
+        whole = fn(edge_index[0], edge_index[1], e)
+        return whole if out is None else out.copy_(whole)
+    # filled piece by piece: no list of pieces next to the whole output
+    for lo in range(0, e.shape[0], chunk):
+        piece = fn(edge_index[0, lo : lo + chunk], edge_index[1, lo : lo + chunk], e[lo : lo + chunk])
+        if out is None:
+            out = piece.new_empty(e.shape[0], *piece.shape[1:])
+        out[lo : lo + piece.shape[0]] = piece
+    return out
 
 
 def _check_tuples(name: str, rows: int, dim: int, index: Tensor | None, cond: Tensor | None) -> None:
@@ -181,8 +186,9 @@ class TriangleUpdate(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.chunk = chunk
 
-    def forward(self, e: Tensor, triangles: Tensor, t: Tensor) -> Tensor:
-        """``e (E, C)``, ``triangles (1 + P, T)`` edge ids (receiver first), ``t (T, F)`` -> ``(E, C)``."""
+    def forward(self, e: Tensor, triangles: Tensor, t: Tensor, *, inplace: bool = False) -> Tensor:
+        """``e (E, C)``, ``triangles (1 + P, T)`` edge ids (receiver first), ``t (T, F)`` -> ``(E, C)``.
+        ``inplace`` (inference only): the update is added into ``e`` itself, which is returned."""
         p = self.edge(self.norm(e))  # (E, H)
         a = triangles[0]
         count = e.new_zeros(e.shape[0]).index_add_(0, a, e.new_ones(a.shape[0]))  # (E,)
@@ -205,10 +211,10 @@ class TriangleUpdate(nn.Module):
         if torch.is_grad_enabled():
             mean = total / count.clamp(min=1)[:, None]
             return e + self.out(torch.cat([peak.masked_fill(none, 0.0), mean], dim=1))
-        # inference: the output in pieces of edges, so no (E, 2H) or second (E, C) temporary exists at once
-        # (at 10^6 nodes an (E, C) float tensor is about 3 GB)
+        # inference: the output in pieces of edges, so no (E, 2H) temporary exists (and with inplace no second
+        # (E, C) one: at 10^6 nodes an (E, C) float tensor is about 3 GB)
         del p
-        out = torch.empty_like(e)
+        out = e if inplace else torch.empty_like(e)
         for lo in range(0, e.shape[0], self.chunk):
             hi = lo + self.chunk
             mean = total[lo:hi] / count[lo:hi].clamp(min=1)[:, None]
@@ -263,11 +269,15 @@ class GraphLayer(nn.Module):
         t: Tensor | None = None,
         crossings: Tensor | None = None,
         crossing_cond: Tensor | None = None,
+        *,
+        inplace: bool = False,
     ) -> tuple[Tensor, Tensor]:
+        """``inplace`` (inference only, for a caller that owns ``e``): edge states are updated inside ``e``."""
+        inplace = inplace and not torch.is_grad_enabled()
         if self.triangle is not None:
-            e = self.triangle(e, triangles, t)
+            e = self.triangle(e, triangles, t, inplace=inplace)
         if self.crossing is not None:
-            e = self.crossing(e, crossings, crossing_cond)
+            e = self.crossing(e, crossings, crossing_cond, inplace=inplace)
         chunk = None if torch.is_grad_enabled() else EDGE_CHUNK  # inference: bounded memory at any size
         shift_scale = self.film(emb)  # (N, 2C) per-node noise modulation
         gain, bias = shift_scale.chunk(2, dim=1)
@@ -281,7 +291,9 @@ class GraphLayer(nn.Module):
             hs, hd = h[src], h[dst]
             return e_piece + self.edge_mlp(torch.cat([self.edge_norm(e_piece), hs + hd, hs * hd], dim=1))
 
-        return h, by_pieces(update, edge_index, e, chunk)  # symmetric in (src, dst)
+        return h, by_pieces(
+            update, edge_index, e, chunk, out=e if inplace else None
+        )  # symmetric in (src, dst)
 
 
 class GraphDenoiser(nn.Module):
@@ -404,10 +416,11 @@ class GraphDenoiser(nn.Module):
             eparts.append(edge_cond)
         e = self.edge_in(torch.cat(eparts, dim=1))  # (E, C)
         emb = F.silu(self.noise_embed(c_noise))  # (N, emb)
+        inplace = not torch.is_grad_enabled()  # e is ours: in inference the layers update it in place
         for layer in self.layers:
             h, e = layer(
                 h, e, edge_index, emb, batch, num_graphs, scale_features,
-                triangles, triangle_cond, crossings, crossing_cond,
+                triangles, triangle_cond, crossings, crossing_cond, inplace=inplace,
             )  # fmt: skip
         node = self.node_out(h) if cfg.node_dim else None
         edge = None

@@ -311,20 +311,24 @@ def crossing_geometry(pos: Tensor, edges: Tensor, crossings: Tensor) -> tuple[Te
     return tuples, feats.to(pos.dtype)
 
 
-def triangle_geometry(pos: Tensor, edge_index: Tensor, triangles: Tensor) -> Tensor:
+def triangle_geometry(pos: Tensor, edge_index: Tensor, triangles: Tensor, *, chunk: int = 1 << 20) -> Tensor:
     """``(T, 5)`` features of directed triangles ``(a, b, c)`` (see :func:`candidate_triangles`) over
     ``edge_index (2, 2m)`` in the layout order: for edge ``a = i -> j`` and third node ``k``, the cosine and
     sine of the angle ``i k j``, the side of ``k`` (+1 left of ``i -> j``, -1 right) and ``|ik| / |ij|``,
-    ``|jk| / |ij|``. Invariant to translation, rotation and scale."""
-    i, j = edge_index[:, triangles[0]]
-    k = edge_index[1, triangles[1]]
-    ki, kj, ij = pos[i] - pos[k], pos[j] - pos[k], pos[j] - pos[i]  # (T, 2) each
-    lki, lkj, lij = ki.norm(dim=1), kj.norm(dim=1), ij.norm(dim=1).clamp(min=1e-12)
-    cos = (ki * kj).sum(1) / (lki * lkj).clamp(min=1e-12)
-    cross_k = ki[:, 0] * kj[:, 1] - ki[:, 1] * kj[:, 0]
-    sin = cross_k.abs() / (lki * lkj).clamp(min=1e-12)
-    side = torch.sign(ij[:, 0] * (pos[k] - pos[i])[:, 1] - ij[:, 1] * (pos[k] - pos[i])[:, 0])
-    return torch.stack([cos, sin, side, lki / lij, lkj / lij], dim=1)
+    ``|jk| / |ij|``. Invariant to translation, rotation and scale. Computed ``chunk`` triangles at a time, so
+    the temporaries stay small next to the output."""
+    out = pos.new_empty(triangles.shape[1], TRIANGLE_FEATURES)
+    for lo in range(0, triangles.shape[1], chunk):
+        i, j = edge_index[:, triangles[0, lo : lo + chunk]]
+        k = edge_index[1, triangles[1, lo : lo + chunk]]
+        ki, kj, ij = pos[i] - pos[k], pos[j] - pos[k], pos[j] - pos[i]  # (T, 2) each
+        lki, lkj, lij = ki.norm(dim=1), kj.norm(dim=1), ij.norm(dim=1).clamp(min=1e-12)
+        cos = (ki * kj).sum(1) / (lki * lkj).clamp(min=1e-12)
+        cross_k = ki[:, 0] * kj[:, 1] - ki[:, 1] * kj[:, 0]
+        sin = cross_k.abs() / (lki * lkj).clamp(min=1e-12)
+        side = torch.sign(ij[:, 0] * (pos[k] - pos[i])[:, 1] - ij[:, 1] * (pos[k] - pos[i])[:, 0])
+        out[lo : lo + chunk] = torch.stack([cos, sin, side, lki / lij, lkj / lij], dim=1)
+    return out
 
 
 WALL_FEATURES = 4  # squashed distances of a node to the four sides of its graph's box
