@@ -15,6 +15,7 @@ from polyscale.data.graphs import (
     family_graph,
     field_graphs,
     geometric_graph,
+    graph_fields,
     grid_graph,
     lobster_graph,
     planar_graph,
@@ -74,6 +75,23 @@ def test_smooth_field_has_unit_variance_at_every_node_and_is_smooth():
     assert corr_neighbours > 0.6  # smooth: neighbours strongly correlated
     far = np.mean(x[:, 0] * x[:, 143])
     assert abs(far) < 0.2
+
+
+def test_stationary_fields_have_bulk_statistics_at_the_border():
+    g = grid_graph(6, 8)
+    # channels are independent draws: 20,000 of them in one call
+    x, e = graph_fields(g, node_dim=20_000, edge_dim=20_000, stationary=True, rng=rng(0))  # (48, D), (m, D)
+    corner, centre = (0, 1), (3 * 8 + 3, 3 * 8 + 4)  # a corner node and its right neighbour; two central ones
+    c_corner = np.mean(x[corner[0]] * x[corner[1]])
+    c_centre = np.mean(x[centre[0]] * x[centre[1]])
+    assert abs(c_corner - c_centre) < 0.04  # the same correlation at the border as inside (s.e. about 0.01)
+    assert np.abs(x.var(1) - 1).max() < 0.05 and np.abs(e.var(1) - 1).max() < 0.05
+    plain, _ = graph_fields(g, node_dim=20_000, edge_dim=1, rng=rng(1))
+    assert (
+        np.mean(plain[corner[0]] * plain[corner[1]]) - c_centre > 0.05
+    )  # a bounded grid's corner is smoother
+    with pytest.raises(ValueError, match="stationary fields need a grid graph"):
+        graph_fields(planar_graph(30, rng=rng(0)), node_dim=1, edge_dim=1, stationary=True, rng=rng(0))
 
 
 def test_field_graphs_layout_and_unit_variance_edges():

@@ -57,6 +57,7 @@ def grid_graph(rows: int, cols: int) -> nx.Graph:
     r, c = np.divmod(np.arange(rows * cols), cols)
     _set_positions(g, np.stack([r, c], axis=1).astype(np.float64))
     g.graph["box"] = (float(rows - 1), float(cols - 1))
+    g.graph["grid_shape"] = (rows, cols)
     return g
 
 
@@ -228,31 +229,58 @@ def field_graphs(
     node_dim: int = 1,
     edge_dim: int = 1,
     steps: int = 4,
+    stationary: bool = False,
     seed: int = 0,
 ) -> FieldGraphs:
     """``num_graphs`` graphs of ``family`` with sizes uniform in ``[min_nodes, max_nodes]``, node features a
     :func:`smooth_field` with ``node_dim`` channels and edge features the mean of an independent smooth field
-    at the two ends (scaled to unit variance), ``edge_dim`` channels: local, smooth data on any connectivity."""
+    at the two ends (scaled to unit variance), ``edge_dim`` channels: local, smooth data on any connectivity
+    (``stationary``: see :func:`graph_fields`)."""
     if not 1 <= min_nodes <= max_nodes:
         raise ValueError(f"need 1 <= min_nodes <= max_nodes, got {min_nodes}, {max_nodes}")
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(num_graphs):
         g = family_graph(family, int(rng.integers(min_nodes, max_nodes + 1)), rng=rng)
-        x, e = graph_fields(g, node_dim=node_dim, edge_dim=edge_dim, steps=steps, rng=rng)
+        x, e = graph_fields(
+            g, node_dim=node_dim, edge_dim=edge_dim, steps=steps, stationary=stationary, rng=rng
+        )
         out.append(to_data(g, x=x, edge_attr=e))
     return FieldGraphs(out, node_dim, edge_dim)
 
 
 def graph_fields(
-    g: nx.Graph, *, node_dim: int, edge_dim: int, steps: int = 4, rng: np.random.Generator
+    g: nx.Graph,
+    *,
+    node_dim: int,
+    edge_dim: int,
+    steps: int = 4,
+    stationary: bool = False,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Node features ``(n, node_dim)``, a :func:`smooth_field`, and edge features ``(m, edge_dim)`` (edges in
-    ``g.edges`` order), the mean of an independent smooth field at the two ends rescaled to unit variance."""
-    op = field_operator(g, steps=steps)
-    x = op @ rng.standard_normal((g.number_of_nodes(), node_dim))  # (n, node_dim)
-    y = op @ rng.standard_normal((g.number_of_nodes(), edge_dim))
+    ``g.edges`` order), the mean of an independent smooth field at the two ends rescaled to unit variance.
+
+    ``stationary=True`` (grid graphs only): the fields are drawn on the grid padded by ``steps`` rows and
+    columns on every side and restricted to ``g``, so every node's field is that of a node in an unbounded
+    lattice (its ``steps``-hop smoothing window never meets the border): the same statistics at every node and
+    at every grid size, as in a crop of a larger texture. Without it, nodes near the border average fewer
+    neighbours and the correlations there differ from the bulk."""
+    host, inner = g, None
+    if stationary:
+        if "grid_shape" not in g.graph:
+            raise ValueError("stationary fields need a grid graph (grid_graph / family 'grid')")
+        rows, cols = g.graph["grid_shape"]
+        host = grid_graph(rows + 2 * steps, cols + 2 * steps)
+        r, c = np.divmod(np.arange(rows * cols), cols)
+        inner = (r + steps) * (cols + 2 * steps) + (c + steps)  # node of g -> node of the padded grid
+    op = field_operator(host, steps=steps)
+    n_host = host.number_of_nodes()
+    x = op @ rng.standard_normal((n_host, node_dim))  # (n_host, node_dim)
+    y = op @ rng.standard_normal((n_host, edge_dim))
     edges = _edge_array(g)  # (m, 2)
+    if inner is not None:
+        x, y, edges = x[inner], y, inner[edges]
     # the mean of the two ends has variance (1 + rho_ij) / 2, rho_ij = row_i . row_j (exact, per edge)
     rho = np.asarray(op[edges[:, 0]].multiply(op[edges[:, 1]]).sum(axis=1)).ravel()  # (m,)
     e = (y[edges[:, 0]] + y[edges[:, 1]]) / np.sqrt(2 * (1 + rho))[:, None]  # (m, edge_dim), unit variance

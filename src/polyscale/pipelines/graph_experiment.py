@@ -72,6 +72,9 @@ class GraphDataConfig:
     node_dim: int = 1  # features task: channels of the smooth node field
     edge_dim: int = 1  # features task: channels of the smooth edge field
     smoothing_steps: int = 4  # features task: random-walk averaging steps of the fields
+    # features task, grids: fields drawn on the grid padded by smoothing_steps and restricted (no border
+    # effect, the same statistics at every node and size, like crops of a larger texture)
+    stationary_fields: bool = False
     candidates_k: int = 10  # structure task: k of the candidate k-NN graph of the positions
     candidates_sectors: int = 0  # structure task: also the nearest candidate per angular sector (0: off)
     candidates_hull: bool = False  # structure task: also the convex hull's edges
@@ -200,7 +203,8 @@ def train_graph_experiment(
     torch.manual_seed(cfg.optimization.seed)
     if cfg.task == "features":
         fg = field_graphs(d.family, d.num_graphs, min_nodes=d.min_nodes, max_nodes=d.max_nodes,
-                          node_dim=d.node_dim, edge_dim=d.edge_dim, steps=d.smoothing_steps, seed=d.seed)  # fmt: skip
+                          node_dim=d.node_dim, edge_dim=d.edge_dim, steps=d.smoothing_steps,
+                          stationary=d.stationary_fields, seed=d.seed)  # fmt: skip
         dataset = GraphFeatureDataset(fg.graphs, node_dim=d.node_dim, edge_dim=d.edge_dim)
         net = GraphDenoiser(node_dim=d.node_dim, edge_dim=d.edge_dim, **_net_kwargs(cfg))
         loss = GraphLoss(P_mean=diff.P_mean, P_std=diff.P_std, sigma_data=diff.sigma_data)
@@ -421,8 +425,9 @@ def evaluate_features(
             drawn = {"model": (node, edge[:m])}
             for name in ("real", "floor"):
                 x, e = graph_fields(
-                    g, node_dim=d.node_dim, edge_dim=d.edge_dim, steps=d.smoothing_steps, rng=rng
-                )
+                    g, node_dim=d.node_dim, edge_dim=d.edge_dim, steps=d.smoothing_steps,
+                    stationary=d.stationary_fields, rng=rng,
+                )  # fmt: skip
                 drawn[name] = (torch.from_numpy(x), torch.from_numpy(e))
             for name, (x, e) in drawn.items():
                 for key, t in _feature_sets(x.float(), e.float(), data.edge_index[:, :m]).items():
