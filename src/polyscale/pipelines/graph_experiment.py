@@ -24,6 +24,7 @@ from torch import Tensor
 
 from polyscale.config import load_config, to_dict
 from polyscale.data.graphs import family_graph, field_graphs, grid_shape, to_data
+from polyscale.diffusion import SAMPLERS
 from polyscale.io import atomic_write_text, load_pretrained, read_model_dir, save_pretrained
 from polyscale.metrics.graphs import VALIDITY, mmd_table, uniqueness_novelty
 from polyscale.nn.graph import GraphDenoiser
@@ -91,6 +92,10 @@ class GraphDiffusionConfig:
     sigma_data: float = 1.0
     sampler: str = "heun"
     steps: int = 32
+    # structure task: the positions stage's own sampler and steps (None: the two above). Lattices need
+    # long stochastic sampling, whose Langevin steps let a misplaced row of nodes move before it freezes
+    position_sampler: str | None = None
+    position_steps: int | None = None
     sigma_max: float = 80.0  # features and edges start from N(0, sigma_max^2)
     position_sigma_max: float = 3.0  # positions start from uniform + N(0, position_sigma_max^2)
     position_P_mean: float = -0.8  # positions: training ln sigma ~ N(position_P_mean, P_std^2)
@@ -133,9 +138,12 @@ def load_graph_experiment(name_or_path: str | Path, overrides: list[str] | tuple
             )
         path = Path(str(resources.files("polyscale") / "presets" / "graph" / f"{name_or_path}.yaml"))
     cfg = load_config(GraphExperimentConfig, path, overrides)
-    d = cfg.data
+    d, diff = cfg.data, cfg.diffusion
     if not 2 <= d.min_nodes <= d.max_nodes:
         raise ValueError(f"need 2 <= data.min_nodes <= data.max_nodes, got {d.min_nodes} and {d.max_nodes}")
+    for key, name in (("sampler", diff.sampler), ("position_sampler", diff.position_sampler)):
+        if name is not None and name not in SAMPLERS:
+            raise ValueError(f"diffusion.{key} must be one of {sorted(SAMPLERS)}, got {name!r}")
     return cfg
 
 
@@ -300,6 +308,9 @@ def generate_graphs(
     """Structure task: ``num_graphs`` graphs of ``num_nodes`` nodes. Features task: ``num_graphs`` graphs of the
     training family at ``num_nodes`` nodes with generated node features (``x``) and edge features (``e``)."""
     cfg = model.config
+    # an explicit sampler / steps serves both stages; otherwise each stage takes its configured default
+    pos_sampler = sampler or cfg.diffusion.position_sampler or cfg.diffusion.sampler
+    pos_steps = steps or cfg.diffusion.position_steps or cfg.diffusion.steps
     sampler = sampler or cfg.diffusion.sampler
     steps = steps or cfg.diffusion.steps
     generator = torch.Generator().manual_seed(seed)
@@ -322,7 +333,7 @@ def generate_graphs(
         else:
             n, box = sampling_domain(cfg.data.family, num_nodes, rng=rng)
             pos = sample_positions(
-                model.positions, n, box=box, sampler=sampler, steps=steps,
+                model.positions, n, box=box, sampler=pos_sampler, steps=pos_steps,
                 sigma_max=cfg.diffusion.position_sigma_max, generator=generator, progress=progress,
             )  # fmt: skip
             g = sample_edges(
