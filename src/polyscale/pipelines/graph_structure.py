@@ -552,6 +552,7 @@ def sample_edges(
         generator=generator, progress=progress, **cond,
     )  # fmt: skip
     keep = order[cand[:, out[:, 0] > 0]].cpu().numpy()  # back to the caller's node labels
+    del cond, layout, cand, out, x  # the conditioning (tens of millions of tuples at 10^6 nodes) before networkx
     g = nx.Graph()
     g.add_nodes_from(range(n))
     g.add_edges_from(keep.T.tolist())
