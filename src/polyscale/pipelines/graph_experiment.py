@@ -80,6 +80,7 @@ class GraphDataConfig:
     candidates_k: int = 10  # structure task: k of the candidate k-NN graph of the positions
     candidates_sectors: int = 0  # structure task: also the nearest candidate per angular sector (0: off)
     candidates_hull: bool = False  # structure task: also the convex hull's edges
+    candidates_max_length: float | None = None  # structure task: drop longer candidates (density units)
     seed: int = 0
 
 
@@ -197,7 +198,8 @@ def _train_one(
 def candidate_options(data: GraphDataConfig) -> dict:
     """The keyword arguments of :func:`~polyscale.pipelines.graph_structure.candidate_edges` (and of
     ``CandidateDataset`` / ``sample_edges``) that ``data`` asks for."""
-    return {"k": data.candidates_k, "sectors": data.candidates_sectors, "hull": data.candidates_hull}
+    return {"k": data.candidates_k, "sectors": data.candidates_sectors, "hull": data.candidates_hull,
+            "max_length": data.candidates_max_length}  # fmt: skip
 
 
 def train_graph_experiment(
@@ -273,7 +275,7 @@ def load_graph_model(run_dir: str | Path, *, device: str = "auto") -> GraphModel
         cfg = replace(
             cfg,
             data=replace(cfg.data, candidates_k=ed.candidates_k, candidates_sectors=ed.candidates_sectors,
-                         candidates_hull=ed.candidates_hull),
+                         candidates_hull=ed.candidates_hull, candidates_max_length=ed.candidates_max_length),
             model=replace(cfg.model, crossings=edge_cfg.model.crossings),
         )  # fmt: skip
         return GraphModel(cfg, positions=PositionDenoiser(pos_net, k=cfg.model.position_knn),

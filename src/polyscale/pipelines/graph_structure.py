@@ -104,7 +104,14 @@ def knn_edges(pos: Tensor, batch: Tensor, k: int) -> Tensor:
 
 
 def candidate_edges(
-    pos: Tensor, batch: Tensor, *, k: int, sectors: int = 0, hull: bool = False, search: int = 24
+    pos: Tensor,
+    batch: Tensor,
+    *,
+    k: int,
+    sectors: int = 0,
+    hull: bool = False,
+    max_length: float | None = None,
+    search: int = 24,
 ) -> Tensor:
     """The edge stage's candidate set within each graph, ``(2, m)`` int64 with ``u < v``, sorted, each once:
     the union of
@@ -114,7 +121,11 @@ def candidate_edges(
       cones and the node is joined to its nearest neighbour in each cone, looked for among its ``search``
       nearest neighbours (so the cost stays ``O(n log n)``). This reaches across sparse directions, where the
       k nearest neighbours all lie on one side (the rim of a point set);
-    - with ``hull=True``, the edges of each graph's convex hull.
+    - with ``hull=True``, the edges of each graph's convex hull;
+    - without the candidates longer than ``max_length`` (in the units of ``pos``), when given. On a large point
+      set the hull runs along the domain's sides in a few edges of tens or hundreds of units, far longer than
+      anything in small training graphs; such a candidate's features (its length, the side ratios of its
+      triangles) are then out of distribution, and in sampling its errors spread inward from the rim.
 
     None of these is planar or connected by construction: the candidates cross (see
     :func:`candidate_crossings`) and outnumber a planar graph's edges, so validity stays up to the model. On
@@ -126,6 +137,8 @@ def candidate_edges(
         raise ValueError(f"k must be >= 1, got {k}")
     if sectors < 0 or search < 1:
         raise ValueError(f"sectors must be >= 0 and search >= 1, got sectors={sectors}, search={search}")
+    if max_length is not None and max_length <= 0:
+        raise ValueError(f"max_length must be > 0 or None, got {max_length}")
     p = pos.detach().cpu().double().numpy()
     n = len(p)
     keys = []
@@ -137,7 +150,11 @@ def candidate_edges(
             keys.append(_sector_keys(p, ids, sectors, search, n))
         if hull:
             keys.append(_hull_keys(p, ids, n))
-    return _keys_to_edges(keys, n, pos.device)
+    edges = _keys_to_edges(keys, n, pos.device)
+    if max_length is not None and edges.shape[1]:
+        length = (pos[edges[1]] - pos[edges[0]]).norm(dim=1)
+        edges = edges[:, length <= max_length]
+    return edges
 
 
 def spatial_order(pos: Tensor, *, bits: int = 16) -> Tensor:
@@ -457,13 +474,16 @@ class CandidateDataset(Dataset):
         k: int = 10,
         sectors: int = 0,
         hull: bool = False,
+        max_length: float | None = None,
         crossings: bool = False,
     ) -> None:
         self.items, self.coverage = [], []
         for g in graphs:
             pos = graph_positions(g)
             batch = torch.zeros(len(pos), dtype=torch.long)
-            cand = candidate_edges(pos, batch, k=k, sectors=sectors, hull=hull)  # (2, m)
+            cand = candidate_edges(
+                pos, batch, k=k, sectors=sectors, hull=hull, max_length=max_length
+            )  # (2, m)
             present = {(min(u, v), max(u, v)) for u, v in g.edges}
             label = torch.tensor([1.0 if (int(u), int(v)) in present else -1.0 for u, v in cand.T])[:, None]
             self.coverage.append(float((label > 0).sum()) / max(len(present), 1))
@@ -527,6 +547,7 @@ def sample_edges(
     k: int = 10,
     sectors: int = 0,
     hull: bool = False,
+    max_length: float | None = None,
     sampler: str = "heun",
     steps: int = 32,
     sigma_max: float = 80.0,
@@ -536,14 +557,14 @@ def sample_edges(
     progress: bool = False,
 ) -> nx.Graph:
     """The graph on positions ``pos (n, 2)``: candidates (:func:`candidate_edges` with ``k``, ``sectors``,
-    ``hull``), edge existence denoised by a packed edge
+    ``hull``, ``max_length``), edge existence denoised by a packed edge
     denoiser (:func:`polyscale.pipelines.graph.graph_denoiser` around a ``GraphDenoiser(node_dim=0,
     edge_dim=1, edge_cond_dim=3)``), candidates ending above 0 kept."""
     n = pos.shape[0]
     order = spatial_order(pos)  # run on Z-ordered nodes (memory locality), report the caller's labels
     pos_in, pos = pos, pos[order]
     batch = torch.zeros(n, dtype=torch.long, device=pos.device)
-    cand = candidate_edges(pos, batch, k=k, sectors=sectors, hull=hull)
+    cand = candidate_edges(pos, batch, k=k, sectors=sectors, hull=hull, max_length=max_length)
     layout = GraphLayout.from_undirected(cand, batch, node_dim=0, edge_dim=1)
     cond = candidate_conditioning(pos, cand, crossings=reads_crossings(denoiser))
     x = torch.randn(cand.shape[1], 1, generator=generator, device=pos.device) * sigma_max
@@ -552,7 +573,13 @@ def sample_edges(
         generator=generator, progress=progress, **cond,
     )  # fmt: skip
     keep = order[cand[:, out[:, 0] > 0]].cpu().numpy()  # back to the caller's node labels
-    del cond, layout, cand, out, x  # the conditioning (tens of millions of tuples at 10^6 nodes) before networkx
+    del (
+        cond,
+        layout,
+        cand,
+        out,
+        x,
+    )  # the conditioning (tens of millions of tuples at 10^6 nodes) before networkx
     g = nx.Graph()
     g.add_nodes_from(range(n))
     g.add_edges_from(keep.T.tolist())
