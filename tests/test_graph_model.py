@@ -100,24 +100,6 @@ def test_scale_aware_temperature():
     torch.testing.assert_close(one, net(x, ei, e, c)[0])  # default s = 1
 
 
-def test_without_degree_features_a_node_cannot_count_identical_neighbours():
-    # node 0 with one neighbour, then with three; every node and edge carries the same features
-    star = {1: torch.tensor([[0], [1]]), 3: torch.tensor([[0, 0, 0], [1, 2, 3]])}
-
-    def centre(net: GraphDenoiser, leaves: int) -> torch.Tensor:
-        ei = star[leaves]
-        ei = torch.cat([ei, ei.flip(0)], dim=1)
-        n = leaves + 1
-        x, c = torch.ones(n, 2, dtype=torch.float64), torch.full((n,), 0.3, dtype=torch.float64)
-        return net(x, ei, torch.ones(ei.shape[1], 1, dtype=torch.float64), c)[0][0]
-
-    for degree_features in (True, False):
-        net = randomised(GraphDenoiser(node_dim=2, edge_dim=1, hidden=16, num_layers=2, num_heads=2,
-                                       degree_features=degree_features))  # fmt: skip
-        same = torch.allclose(centre(net, 1), centre(net, 3))
-        assert same != degree_features  # with degrees the centre sees how many neighbours it has
-
-
 def test_errors_name_expected_and_received():
     net = GraphDenoiser(node_dim=2, edge_dim=3)
     x, ei, e, c = graph_inputs()

@@ -53,11 +53,6 @@ class GraphDenoiserConfig:
     # a plane graph); > 0 adds a crossing update to every layer, through which an edge reads the edges it
     # cannot coexist with in a planar drawing
     crossing_cond_dim: int = 0
-    # False: the node degree is not read (neither as an input feature nor by the attention temperature). For
-    # data with the same statistics at every node (stationary fields on a lattice), the degree only tells
-    # border nodes from bulk ones, and bulk neighbourhoods of the receptive field's size never occur in small
-    # training graphs: without it a deep-interior node of a large graph looks like nodes seen in training
-    degree_features: bool = True
 
 
 def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
@@ -329,13 +324,11 @@ class GraphDenoiser(nn.Module):
         use_node_state: bool = True,
         triangle_cond_dim: int = 0,
         crossing_cond_dim: int = 0,
-        degree_features: bool = True,
     ) -> None:
         super().__init__()
         self.config = GraphDenoiserConfig(
             node_dim, edge_dim, node_cond_dim, edge_cond_dim, hidden, num_layers, num_heads,
             emb_channels, global_context, dropout, use_node_state, triangle_cond_dim, crossing_cond_dim,
-            degree_features,
         )  # fmt: skip
         if node_dim < 0 or edge_dim < 0 or node_dim + edge_dim == 0:
             raise ValueError(f"need node_dim + edge_dim >= 1 (both >= 0), got {node_dim} and {edge_dim}")
@@ -412,7 +405,7 @@ class GraphDenoiser(nn.Module):
         scale = x.new_ones(num_graphs) if scale is None else scale.to(x.dtype).expand(num_graphs)
         src, dst = edge_index
         degree = x.new_zeros(n).index_add_(0, dst, x.new_ones(dst.shape[0]))  # in-degree (N,)
-        log_deg = degree.log1p()[:, None] if cfg.degree_features else x.new_zeros(n, 1)  # (N, 1)
+        log_deg = degree.log1p()[:, None]  # (N, 1)
         scale_features = torch.cat([log_deg, scale.log()[batch][:, None]], dim=1)  # (N, 2)
         parts = ([x] if cfg.use_node_state else []) + [log_deg] + ([node_cond] if cfg.node_cond_dim else [])
         h = self.node_in(torch.cat(parts, dim=1))  # (N, C)

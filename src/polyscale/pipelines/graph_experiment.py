@@ -57,7 +57,6 @@ class GraphModelConfig:
     num_layers: int = 6  # message-passing layers
     num_heads: int = 4  # attention heads
     global_context: bool = True  # gated per-graph mean of node states (size-normalised)
-    degree_features: bool = True  # read node degrees (see GraphDenoiserConfig.degree_features)
     dropout: float = 0.0
     position_knn: int = 8  # structure task: neighbours of the graph the positions model works on
     crossings: bool = False  # structure task: the edge model also reads which candidates cross each other
@@ -171,7 +170,7 @@ def training_graphs(cfg: GraphExperimentConfig, *, split: str = "train") -> list
 def _net_kwargs(cfg: GraphExperimentConfig) -> dict:
     m = cfg.model
     return dict(hidden=m.hidden, num_layers=m.num_layers, num_heads=m.num_heads, global_context=m.global_context,
-                dropout=m.dropout, degree_features=m.degree_features)  # fmt: skip
+                dropout=m.dropout)  # fmt: skip
 
 
 def _graph_net(module: torch.nn.Module) -> GraphDenoiser:
