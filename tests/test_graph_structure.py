@@ -16,6 +16,7 @@ import torch
 from polyscale.cli.main import main
 from polyscale.data.graphs import planar_graph
 from polyscale.diffusion.graph import GraphLayout
+from polyscale.pipelines import graph_experiment
 from polyscale.pipelines.graph import collate_graphs, graph_denoiser
 from polyscale.pipelines.graph_experiment import load_graph_experiment, load_graph_model
 from polyscale.pipelines.graph_structure import (
@@ -79,6 +80,13 @@ def test_candidate_edges_equal_brute_force_union_of_knn_sectors_and_hull():
     edges = candidate_edges(pos, batch, k=k, sectors=sectors, hull=True, search=search)
     assert bool((edges[0] < edges[1]).all())
     assert bool((edges[0] * 85 + edges[1]).diff().gt(0).all())  # sorted, each pair once
+    capped = candidate_edges(pos, batch, k=k, sectors=sectors, hull=True, search=search, max_length=2.0)
+    length = (pos[edges[1]] - pos[edges[0]]).norm(dim=1)
+    assert 0 < int((length > 2.0).sum()) and {tuple(e) for e in capped.T.tolist()} == {
+        tuple(e) for e in edges[:, length <= 2.0].T.tolist()
+    }  # exactly the candidates up to the cap
+    with pytest.raises(ValueError, match="max_length must be > 0"):
+        candidate_edges(pos, batch, k=k, max_length=0.0)
     with pytest.raises(ValueError, match="sectors must be >= 0"):
         candidate_edges(pos, batch, k=k, sectors=-1)
     with pytest.raises(ValueError, match="k must be >= 1"):
@@ -353,12 +361,13 @@ TINY = ["--set", "optimization.max_steps=2", "--set", "optimization.batch_size=4
         "--set", "optimization.log_every=1", "--set", "optimization.warmup_steps=1"]  # fmt: skip
 
 
-def test_graph_cli_train_sample_evaluate(tmp_path, capsys):
+def test_graph_cli_train_sample_evaluate(tmp_path, capsys, monkeypatch):
     run = tmp_path / "planar"
     assert main(["graph", "train", "--preset", "graph_planar", "--output-dir", str(run), *TINY]) == 0
     assert (run / "positions" / "model" / "config.json").is_file() and (run / "edges" / "model").is_dir()
     data = load_graph_model(run).config.data
     assert (data.candidates_k, data.candidates_sectors, data.candidates_hull) == (8, 8, True)  # the preset's
+    assert data.candidates_max_length == 8.0
     # an edge model retrained with another candidate rule samples with its own rule
     meta_file = run / "edges" / "model" / "config.json"
     meta = json.loads(meta_file.read_text())
@@ -366,6 +375,20 @@ def test_graph_cli_train_sample_evaluate(tmp_path, capsys):
     meta_file.write_text(json.dumps(meta))
     data = load_graph_model(run).config.data
     assert (data.candidates_k, data.candidates_sectors, data.candidates_hull) == (5, 0, True)
+    # the positions stage takes its own default sampler; an explicit one serves both stages
+    model = load_graph_model(run)
+    model.config.diffusion.position_sampler, model.config.diffusion.position_steps = "euler", 3
+    seen = []
+    real = graph_experiment.sample_positions
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["sampler"], kwargs["steps"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(graph_experiment, "sample_positions", spy)
+    graph_experiment.generate_graphs(model, 40, 1, steps=None)
+    graph_experiment.generate_graphs(model, 40, 1, sampler="ddim", steps=2)
+    assert seen == [("euler", 3), ("ddim", 2)]
     out = tmp_path / "g.png"
     argv = ["graph", "sample", "--checkpoint", str(run), "--num-nodes", "150", "--num-graphs", "2"]
     assert main([*argv, "--timesteps", "2", "--output-file", str(out)]) == 0
@@ -395,6 +418,10 @@ def test_graph_config_validation_and_cli_errors(capsys):
         load_graph_experiment("graph_planar", ["data.min_nodes=70"])
     with pytest.raises(ValueError, match="family"):
         load_graph_experiment("graph_planar", ["data.family=sbm"])
+    with pytest.raises(ValueError, match="diffusion.position_sampler must be one of"):
+        load_graph_experiment("graph_grid", ["diffusion.position_sampler=langevin"])
+    grid = load_graph_experiment("graph_grid").diffusion
+    assert (grid.position_sampler, grid.position_steps, grid.sampler) == ("pc", 1024, "heun")
     assert main(["graph", "sample", "--checkpoint", "/nonexistent"]) == 2
     assert "holds no graph model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
