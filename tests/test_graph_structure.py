@@ -420,8 +420,11 @@ def test_graph_config_validation_and_cli_errors(capsys):
         load_graph_experiment("graph_planar", ["data.family=sbm"])
     with pytest.raises(ValueError, match="diffusion.position_sampler must be one of"):
         load_graph_experiment("graph_grid", ["diffusion.position_sampler=langevin"])
-    grid = load_graph_experiment("graph_grid", ["diffusion.position_sampler=pc", "diffusion.position_steps=64"])
-    assert (grid.diffusion.position_sampler, grid.diffusion.position_steps, grid.diffusion.sampler) == ("pc", 64, "heun")
+    grid = load_graph_experiment(
+        "graph_grid", ["diffusion.position_sampler=pc", "diffusion.position_steps=64"]
+    )
+    diff = grid.diffusion
+    assert (diff.position_sampler, diff.position_steps, diff.sampler) == ("pc", 64, "heun")
     assert main(["graph", "sample", "--checkpoint", "/nonexistent"]) == 2
     assert "holds no graph model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
