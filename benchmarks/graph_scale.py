@@ -37,7 +37,8 @@ def worker(run: str, n: int, sampler: str, steps: int, edge_steps: int, seed: in
     n, box = sampling_domain(cfg.data.family, n, rng=np.random.default_rng(seed))
     t0 = time.perf_counter()
     pos = sample_positions(model.positions, n, box=box, sampler=sampler, steps=steps,
-                           sigma_max=cfg.diffusion.position_sigma_max, generator=generator)  # fmt: skip
+                           sigma_max=cfg.diffusion.position_sigma_max, start=cfg.diffusion.position_start,
+                           generator=generator)  # fmt: skip
     t1 = time.perf_counter()
     g = sample_edges(model.edges, pos, **candidate_options(cfg.data), sampler=sampler, steps=edge_steps,
                      sigma_max=cfg.diffusion.sigma_max, generator=generator)  # fmt: skip

@@ -16,7 +16,7 @@ import torch
 from polyscale.cli.main import main
 from polyscale.data.graphs import planar_graph
 from polyscale.diffusion.graph import GraphLayout
-from polyscale.pipelines import graph_experiment
+from polyscale.pipelines import graph_experiment, graph_structure
 from polyscale.pipelines.graph import collate_graphs, graph_denoiser
 from polyscale.pipelines.graph_experiment import load_graph_experiment, load_graph_model
 from polyscale.pipelines.graph_structure import (
@@ -425,6 +425,14 @@ def test_graph_config_validation_and_cli_errors(capsys):
     )
     diff = grid.diffusion
     assert (diff.position_sampler, diff.position_steps, diff.sampler) == ("pc", 64, "heun")
+    with pytest.raises(ValueError, match="diffusion.position_start must be one of"):
+        load_graph_experiment("graph_grid", ["diffusion.position_start=lattice"])
+    with pytest.raises(ValueError, match="model.position_period must be None or > 0"):
+        load_graph_experiment("graph_grid", ["model.position_period=-1"])
+    with pytest.raises(ValueError, match="stages must be a non-empty subset"):
+        graph_experiment.train_graph_experiment(
+            load_graph_experiment("graph_grid"), "unused", stages=["nodes"]
+        )
     assert main(["graph", "sample", "--checkpoint", "/nonexistent"]) == 2
     assert "holds no graph model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -433,3 +441,79 @@ def test_graph_config_validation_and_cli_errors(capsys):
     with pytest.raises(SystemExit):
         main(["graph", "sample", "--checkpoint", "x", "--sampler", "foo"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_stratified_start_puts_one_point_in_each_cell_and_matches_area_everywhere():
+    """One uniform point per cell of an equal-area partition: exactly num_nodes points inside the box, and every
+    axis-aligned region holds its area's worth of points to within its perimeter, where i.i.d. points miss by
+    about sqrt(area)."""
+    gen = torch.Generator().manual_seed(0)
+    extent = torch.tensor([60.0, 40.0])
+    n = 2400
+    strat = graph_structure.start_points(n, extent, start="stratified", generator=gen)
+    iid = graph_structure.start_points(n, extent, start="uniform", generator=gen)
+    assert strat.shape == (n, 2) and bool((strat >= 0).all()) and bool((strat <= extent).all())
+    half = (strat[:, 0] < 30).sum().item(), (iid[:, 0] < 30).sum().item()
+    assert abs(half[0] - 1200) <= 40  # the cut runs through at most one cell per strip (40 strips)
+    # 64 random rectangles of area about 100: stratified counts stay within the perimeter of the rectangle
+    rng = np.random.default_rng(0)
+    err_s, err_u = [], []
+    for _ in range(64):
+        lo = torch.tensor([rng.uniform(0, 50), rng.uniform(0, 30)])
+        for points, err in ((strat, err_s), (iid, err_u)):
+            inside = ((points >= lo) & (points < lo + 10)).all(dim=1).sum().item()  # a 10 x 10 square
+            err.append(abs(inside - 100))
+    assert max(err_s) <= 40 and np.mean(err_s) < 0.5 * np.mean(err_u)
+    # a prime count still fills the box: strips of unequal cell counts
+    odd = graph_structure.start_points(47, torch.tensor([7.0, 7.0]), start="stratified", generator=gen)
+    assert odd.shape == (47, 2) and bool((odd <= 7).all())
+    with pytest.raises(ValueError, match="start must be one of"):
+        graph_structure.start_points(4, extent, start="lattice")
+
+
+def test_periodic_features_give_the_lattice_phase_and_the_denoiser_checks_its_width():
+    """The phase features repeat with the period, tell sites from mid-cell points, and the positions denoiser
+    with a period is equivariant to whole-period shifts deep inside its box but not to half-period ones."""
+    pos = torch.tensor([[0.0, 0.0], [3.0, -2.0], [0.5, 0.25]])
+    f = graph_structure.periodic_features(pos, 1.0)
+    torch.testing.assert_close(f[0], f[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(f[2], torch.tensor([-1.0, 0.0, 0.0, 1.0]), atol=1e-6, rtol=0)
+    den = randomised(
+        PositionDenoiser(position_net(period=1.0, hidden=16, num_layers=2, num_heads=2), k=5, period=1.0)
+    ).double()
+    n = 40
+    layout = GraphLayout(torch.zeros(2, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long), 2, 0)
+    x = torch.rand(2 * n, 1, dtype=torch.float64) * 6 + 500
+    sigma = torch.full((2 * n,), 0.3, dtype=torch.float64)
+    box = torch.tensor([[1000.0, 1000.0]], dtype=torch.float64)
+    out = den(x, sigma, layout=layout, box=box)
+    whole = torch.tensor([7.0, -3.0], dtype=torch.float64).repeat(n)[:, None]
+    torch.testing.assert_close(den(x + whole, sigma, layout=layout, box=box), out + whole)
+    half = torch.full_like(x, 0.5)
+    assert (den(x + half, sigma, layout=layout, box=box) - out - half).abs().max() > 1e-4
+    with pytest.raises(ValueError, match=r"period=1.0\) needs GraphDenoiser.*node_cond_dim=8"):
+        PositionDenoiser(position_net(hidden=16, num_layers=1, num_heads=2), period=1.0)
+    with pytest.raises(ValueError, match="period must be None or > 0"):
+        PositionDenoiser(position_net(hidden=16, num_layers=1, num_heads=2), period=0.0)
+
+
+def test_grid_stages_train_apart_and_sample_with_the_phase_and_the_stratified_start(tmp_path, monkeypatch):
+    """--stage trains one stage of a run at a time (the other stays untrained until its own call); the grid
+    preset's phase period and stratified start reach the loaded model and the positions sampler."""
+    run = tmp_path / "grid"
+    base = ["graph", "train", "--preset", "graph_grid", "--output-dir", str(run), *TINY]
+    assert main([*base, "--stage", "edges"]) == 0
+    assert (run / "edges" / "model").is_dir() and not (run / "positions").exists()
+    assert main([*base, "--stage", "positions"]) == 0
+    model = load_graph_model(run)
+    assert model.positions.period == 1.0 and model.config.diffusion.position_start == "stratified"
+    seen = []
+    real = graph_experiment.sample_positions
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["start"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(graph_experiment, "sample_positions", spy)
+    (g,) = graph_experiment.generate_graphs(model, 40, 1, steps=2)
+    assert seen == ["stratified"] and g.number_of_nodes() in range(36, 45)

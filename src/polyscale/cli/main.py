@@ -111,7 +111,7 @@ def _cmd_graph_train(args: argparse.Namespace) -> int:
     from polyscale.pipelines.graph_experiment import load_graph_experiment, train_graph_experiment
 
     cfg = load_graph_experiment(args.preset, overrides=args.set)
-    results = train_graph_experiment(cfg, args.output_dir, resume=not args.no_resume)
+    results = train_graph_experiment(cfg, args.output_dir, resume=not args.no_resume, stages=args.stage)
     seconds = sum(r.wall_time for r in results)
     where = ", ".join(str(r.model_dir) for r in results)
     print(f"trained {cfg.task} model(s) in {seconds:.1f} s; saved to {where}")
@@ -306,6 +306,10 @@ def _add_graph_commands(sub: argparse._SubParsersAction) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. optimization.lr=1e-3"
     )
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --output-dir")
+    p.add_argument(
+        "--stage", choices=["positions", "edges"], action="append", default=None,
+        help="structure task: train only this stage (repeatable; default both, one after the other)",
+    )  # fmt: skip
 
     def common(p: argparse.ArgumentParser, *, num_graphs: int) -> None:
         p.add_argument("--checkpoint", required=True, help="run directory written by `polyscale graph train`")

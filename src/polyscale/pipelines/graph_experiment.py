@@ -11,6 +11,7 @@ Graph presets live in ``polyscale/presets/graph/`` (``polyscale graph train --pr
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -36,6 +37,7 @@ from polyscale.pipelines.graph import (
     sample_graph_features,
 )
 from polyscale.pipelines.graph_structure import (
+    POSITION_STARTS,
     CandidateDataset,
     PositionDataset,
     PositionDenoiser,
@@ -60,6 +62,10 @@ class GraphModelConfig:
     dropout: float = 0.0
     position_knn: int = 8  # structure task: neighbours of the graph the positions model works on
     crossings: bool = False  # structure task: the edge model also reads which candidates cross each other
+    # structure task: the positions model also reads each node's phase in a lattice of this spacing with a site
+    # at the box's origin (None: off). Grid graphs sit on the unit lattice; deep inside a large box nothing
+    # else tells a node where the sites are, and regions that chose different phases meet in defects
+    position_period: float | None = None
 
 
 @dataclass
@@ -97,7 +103,10 @@ class GraphDiffusionConfig:
     position_sampler: str | None = None
     position_steps: int | None = None
     sigma_max: float = 80.0  # features and edges start from N(0, sigma_max^2)
-    position_sigma_max: float = 3.0  # positions start from uniform + N(0, position_sigma_max^2)
+    position_sigma_max: float = 3.0  # positions start from position_start points + N(0, position_sigma_max^2)
+    # structure task: the start points (uniform: i.i.d., as planar nodes are; stratified: one per cell of an
+    # equal-area partition, so node counts match area at every scale as on a lattice, see start_points)
+    position_start: str = "uniform"
     position_P_mean: float = -0.8  # positions: training ln sigma ~ N(position_P_mean, P_std^2)
     # edges: training ln sigma ~ N(edge_P_mean, edge_P_std^2). Edge existence is (nearly) decided by the
     # geometry, so what matters is the high-noise regime where the labels are not yet visible
@@ -144,6 +153,13 @@ def load_graph_experiment(name_or_path: str | Path, overrides: list[str] | tuple
     for key, name in (("sampler", diff.sampler), ("position_sampler", diff.position_sampler)):
         if name is not None and name not in SAMPLERS:
             raise ValueError(f"diffusion.{key} must be one of {sorted(SAMPLERS)}, got {name!r}")
+    if diff.position_start not in POSITION_STARTS:
+        raise ValueError(
+            f"diffusion.position_start must be one of {POSITION_STARTS}, got {diff.position_start!r}"
+        )
+    period = cfg.model.position_period
+    if period is not None and not period > 0:
+        raise ValueError(f"model.position_period must be None or > 0, got {period}")
     return cfg
 
 
@@ -201,10 +217,22 @@ def candidate_options(data: GraphDataConfig) -> dict:
             "max_length": data.candidates_max_length}  # fmt: skip
 
 
+STRUCTURE_STAGES = ("positions", "edges")
+
+
 def train_graph_experiment(
-    cfg: GraphExperimentConfig, output_dir: str | Path, *, resume: bool = True
+    cfg: GraphExperimentConfig,
+    output_dir: str | Path,
+    *,
+    resume: bool = True,
+    stages: Sequence[str] | None = STRUCTURE_STAGES,
 ) -> list[TrainResult]:
-    """Train the task's model(s) into ``output_dir`` (see the module docstring for the layout)."""
+    """Train the task's model(s) into ``output_dir`` (see the module docstring for the layout). For the
+    structure task ``stages`` picks which of ``"positions"`` and ``"edges"`` to train (the two are
+    independent: both learn from the true graphs, so they can train in separate processes at once)."""
+    stages = STRUCTURE_STAGES if stages is None else tuple(stages)
+    if cfg.task == "structure" and (not stages or set(stages) - set(STRUCTURE_STAGES)):
+        raise ValueError(f"stages must be a non-empty subset of {STRUCTURE_STAGES}, got {tuple(stages)}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -221,15 +249,25 @@ def train_graph_experiment(
         return [_train_one(graph_denoiser(net, sigma_data=diff.sigma_data), loss, dataset, cfg, output_dir,
                            resume=resume, role="features")]  # fmt: skip
     graphs = training_graphs(cfg)
-    positions = PositionDenoiser(position_net(**_net_kwargs(cfg)), k=cfg.model.position_knn)
-    pos_loss = GraphLoss(P_mean=diff.position_P_mean, P_std=diff.P_std, weight=eps_weight)
-    first = _train_one(positions, pos_loss, PositionDataset(graphs), cfg, output_dir / "positions",
-                       resume=resume, role="positions")  # fmt: skip
-    edges = graph_denoiser(edge_net(crossings=cfg.model.crossings, **_net_kwargs(cfg)), sigma_data=1.0)
-    edge_loss = GraphLoss(P_mean=diff.edge_P_mean, P_std=diff.edge_P_std, sigma_data=1.0)
-    candidates = CandidateDataset(graphs, **candidate_options(d), crossings=cfg.model.crossings)
-    second = _train_one(edges, edge_loss, candidates, cfg, output_dir / "edges", resume=resume, role="edges")
-    return [first, second]
+    out = []
+    if "positions" in stages:
+        out.append(_train_positions(cfg, graphs, output_dir, resume=resume))
+    if "edges" in stages:
+        edges = graph_denoiser(edge_net(crossings=cfg.model.crossings, **_net_kwargs(cfg)), sigma_data=1.0)
+        edge_loss = GraphLoss(P_mean=diff.edge_P_mean, P_std=diff.edge_P_std, sigma_data=1.0)
+        candidates = CandidateDataset(graphs, **candidate_options(d), crossings=cfg.model.crossings)
+        out.append(_train_one(edges, edge_loss, candidates, cfg, output_dir / "edges", resume=resume,
+                              role="edges"))  # fmt: skip
+    return out
+
+
+def _train_positions(cfg: GraphExperimentConfig, graphs: list[nx.Graph], output_dir: Path, *, resume: bool):
+    period = cfg.model.position_period
+    positions = PositionDenoiser(position_net(period=period, **_net_kwargs(cfg)), k=cfg.model.position_knn,
+                                 period=period)  # fmt: skip
+    pos_loss = GraphLoss(P_mean=cfg.diffusion.position_P_mean, P_std=cfg.diffusion.P_std, weight=eps_weight)
+    return _train_one(positions, pos_loss, PositionDataset(graphs), cfg, output_dir / "positions",
+                      resume=resume, role="positions")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ loading/sampling
@@ -277,7 +315,8 @@ def load_graph_model(run_dir: str | Path, *, device: str = "auto") -> GraphModel
                          candidates_hull=ed.candidates_hull, candidates_max_length=ed.candidates_max_length),
             model=replace(cfg.model, crossings=edge_cfg.model.crossings),
         )  # fmt: skip
-        return GraphModel(cfg, positions=PositionDenoiser(pos_net, k=cfg.model.position_knn),
+        return GraphModel(cfg, positions=PositionDenoiser(pos_net, k=cfg.model.position_knn,
+                                                          period=cfg.model.position_period),
                           edges=graph_denoiser(edge_net_, sigma_data=1.0))  # fmt: skip
     raise FileNotFoundError(
         f"{run_dir} holds no graph model: expected model/ (features) or positions/model and edges/model (structure)"
@@ -335,7 +374,8 @@ def generate_graphs(
             n, box = sampling_domain(cfg.data.family, num_nodes, rng=rng)
             pos = sample_positions(
                 model.positions, n, box=box, sampler=pos_sampler, steps=pos_steps,
-                sigma_max=cfg.diffusion.position_sigma_max, generator=generator, progress=progress,
+                sigma_max=cfg.diffusion.position_sigma_max, start=cfg.diffusion.position_start,
+                generator=generator, progress=progress,
             )  # fmt: skip
             g = sample_edges(
                 model.edges, pos, **candidate_options(cfg.data), sampler=sampler, steps=steps,

@@ -359,24 +359,48 @@ def wall_features(pos: Tensor, box: Tensor, c_in: Tensor) -> Tensor:
     return torch.tanh(d * c_in[:, None] / 2)
 
 
+PERIODIC_FEATURES = (
+    4  # (cos, sin) of 2 pi x / period per axis: where a node sits inside the lattice's unit cell
+)
+
+
+def periodic_features(pos: Tensor, period: float) -> Tensor:
+    """``(N, 4)`` features ``cos, sin(2 pi p / period)`` of each coordinate of ``pos (N, 2)``: a node's phase
+    inside the unit cell of a lattice of spacing ``period`` whose sites sit at the integer multiples of
+    ``period`` (the box's origin is a site). Invariant to translations by whole lattice vectors only, and
+    local: it tells a node deep inside a large box where the sites are, which the side distances of
+    :func:`wall_features` cannot (they saturate there), so lattice domains of different phase do not form."""
+    angle = pos * (2 * torch.pi / period)  # (N, 2)
+    return torch.cat([angle.cos(), angle.sin()], dim=1)
+
+
+def position_cond_dim(period: float | None) -> int:
+    """Node conditioning channels of a positions network: the side distances, plus the phase with a period."""
+    return WALL_FEATURES + (PERIODIC_FEATURES if period else 0)
+
+
 class PositionDenoiser(nn.Module):
     """Denoiser of packed positions ``(2N, 1)`` (layout ``node_dim=2, edge_dim=0``) in a box per graph
     (``box (G, 2)``: the domain ``[0, W] x [0, H]``): ``D(x, sigma) = x - sigma * eps_hat``, ``eps_hat`` from
     ``net`` on the k-NN graph of the noisy positions with edge features ``c_in (x_dst - x_src, |x_dst -
-    x_src|)`` and node features :func:`wall_features`, ``c_in = 1 / sqrt(1 + sigma^2)``. ``net`` must be a
-    :class:`GraphDenoiser` with ``node_dim=2``, ``edge_cond_dim=3``, ``node_cond_dim=4`` and
-    ``use_node_state=False`` (:func:`position_net`)."""
+    x_src|)`` and node features :func:`wall_features` (with ``period``, also :func:`periodic_features`),
+    ``c_in = 1 / sqrt(1 + sigma^2)``. ``net`` must be a :class:`GraphDenoiser` with ``node_dim=2``,
+    ``edge_cond_dim=3``, ``node_cond_dim=position_cond_dim(period)`` and ``use_node_state=False``
+    (:func:`position_net`)."""
 
-    def __init__(self, net: GraphDenoiser, *, k: int = 8) -> None:
+    def __init__(self, net: GraphDenoiser, *, k: int = 8, period: float | None = None) -> None:
         super().__init__()
+        if period is not None and not period > 0:
+            raise ValueError(f"period must be None or > 0, got {period}")
         cfg = net.config
         shape = (cfg.node_dim, cfg.edge_dim, cfg.edge_cond_dim, cfg.node_cond_dim, cfg.use_node_state)
-        if shape != (2, 0, POSITION_EDGE_FEATURES, WALL_FEATURES, False):
+        want = (2, 0, POSITION_EDGE_FEATURES, position_cond_dim(period), False)
+        if shape != want:
             raise ValueError(
-                "PositionDenoiser needs GraphDenoiser(node_dim=2, edge_dim=0, edge_cond_dim=3, node_cond_dim=4, "
-                f"use_node_state=False) (see position_net), got {cfg}"
+                f"PositionDenoiser(period={period}) needs GraphDenoiser(node_dim=2, edge_dim=0, edge_cond_dim=3, "
+                f"node_cond_dim={want[3]}, use_node_state=False) (see position_net), got {cfg}"
             )
-        self.net, self.k = net, k
+        self.net, self.k, self.period = net, k, period
 
     def forward(
         self, x: Tensor, sigma: Tensor, *, layout: GraphLayout, box: Tensor, scale: Tensor | None = None
@@ -392,6 +416,8 @@ class PositionDenoiser(nn.Module):
         rel = (pos[dst] - pos[src]) * c_in[src, None]  # (2E, 2)
         edge_cond = torch.cat([rel, rel.norm(dim=1, keepdim=True)], dim=1)  # (2E, 3)
         walls = wall_features(pos, box.to(x.dtype)[layout.batch], c_in)  # (N, 4)
+        if self.period:
+            walls = torch.cat([walls, periodic_features(pos, self.period)], dim=1)  # (N, 8)
         c_noise = sigma_node.clamp(min=1e-20).log() / 4
         eps, _ = self.net(
             torch.zeros_like(pos), torch.stack([src, dst]), None, c_noise,
@@ -500,6 +526,42 @@ class CandidateDataset(Dataset):
 # ------------------------------------------------------------------------------------------------ sampling
 
 
+POSITION_STARTS = ("uniform", "stratified")
+
+
+def start_points(
+    num_nodes: int, extent: Tensor, *, start: str = "uniform", generator: torch.Generator | None = None
+) -> Tensor:
+    """``(num_nodes, 2)`` points in the box ``[0, W] x [0, H]`` (``extent = (W, H)``) that the positions
+    sampler smears by ``sigma_max``. The smeared start should match the training marginal (data plus
+    ``sigma_max`` noise) at scales above ``sigma_max`` too, where no local denoiser can fix it:
+
+    - ``"uniform"``: i.i.d. points, whose counts in a region of area ``A`` vary by ``sqrt(A)``, as the nodes of
+      planar (Delaunay of uniform points) and random geometric graphs do.
+    - ``"stratified"``: one uniform point in each cell of a partition of the box into ``num_nodes`` cells of
+      equal area (``r`` strips across ``H``, each cut into ``num_nodes // r`` or one more equal cells, ``r``
+      chosen so cells are about square). Counts in any region then match its area to within its perimeter,
+      as for a lattice. Inside a cell the point is uniform, so after ``sigma_max >= 1`` noise no trace of
+      the cells is left (their structure factor is damped by ``exp(-(2 pi sigma_max)^2 / 2)``).
+    """
+    if start not in POSITION_STARTS:
+        raise ValueError(f"start must be one of {POSITION_STARTS}, got {start!r}")
+    device = extent.device
+    if start == "uniform":
+        return torch.rand(num_nodes, 2, generator=generator, device=device) * extent
+    w, h = float(extent[0]), float(extent[1])
+    strips = min(num_nodes, max(1, round((num_nodes * h / w) ** 0.5)))
+    per_strip = torch.full((strips,), num_nodes // strips, dtype=torch.long)
+    per_strip[: num_nodes % strips] += 1  # (strips,) cells per strip, summing to num_nodes
+    strip = torch.repeat_interleave(torch.arange(strips), per_strip)  # (n,) strip of each cell
+    first = torch.cumsum(per_strip, 0) - per_strip  # (strips,) index of each strip's first cell
+    cell = torch.arange(num_nodes) - first[strip]  # (n,) cell within its strip
+    u = torch.rand(num_nodes, 2, generator=generator, device=device)
+    x = (cell.to(device) + u[:, 0]) / per_strip[strip].to(device) * w  # (n,) across the strip
+    y = (strip.to(device) + u[:, 1]) / strips * h  # (n,) strips stacked along H
+    return torch.stack([x, y], dim=1)
+
+
 @torch.no_grad()
 def sample_positions(
     denoiser: nn.Module,
@@ -511,11 +573,13 @@ def sample_positions(
     sigma_max: float = 3.0,
     sigma_min: float = 0.002,
     rho: float = 7.0,
+    start: str = "uniform",
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
     """``(num_nodes, 2)`` positions in the domain ``box = (W, H)`` (default: a square of area ``num_nodes``):
-    uniform in the box plus ``sigma_max`` noise, denoised by a :class:`PositionDenoiser` with any sampler."""
+    :func:`start_points` (``start``: ``"uniform"`` or ``"stratified"``) plus ``sigma_max`` noise, denoised by a
+    :class:`PositionDenoiser` with any sampler."""
     if num_nodes < 2:
         raise ValueError(f"num_nodes must be >= 2, got {num_nodes}")
     device = next(denoiser.parameters()).device
@@ -529,9 +593,9 @@ def sample_positions(
     extent = torch.tensor(box if box is not None else (side, side), dtype=torch.float32, device=device)
     if extent.shape != (2,) or bool((extent <= 0).any()):
         raise ValueError(f"box must be (W, H) with W, H > 0, got {box}")
-    start = torch.rand(num_nodes, 2, generator=generator, device=device) * extent
-    start = start[spatial_order(start)]  # i.i.d. points in any order: Z-order keeps neighbours' memory close
-    x = start.reshape(-1, 1) + sigma_max * torch.randn(2 * num_nodes, 1, generator=generator, device=device)
+    points = start_points(num_nodes, extent, start=start, generator=generator)
+    points = points[spatial_order(points)]  # exchangeable points: Z-order keeps neighbours' memory close
+    x = points.reshape(-1, 1) + sigma_max * torch.randn(2 * num_nodes, 1, generator=generator, device=device)
     out = sample_packed(
         denoiser, layout, x, sampler=sampler, steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
         generator=generator, progress=progress, box=extent[None],
@@ -587,10 +651,11 @@ def sample_edges(
     return g
 
 
-def position_net(**kwargs) -> GraphDenoiser:
-    """A :class:`GraphDenoiser` shaped for :class:`PositionDenoiser` (other arguments: width, depth, heads)."""
+def position_net(*, period: float | None = None, **kwargs) -> GraphDenoiser:
+    """A :class:`GraphDenoiser` shaped for :class:`PositionDenoiser` with the same ``period`` (other arguments:
+    width, depth, heads)."""
     return GraphDenoiser(
-        node_dim=2, edge_dim=0, edge_cond_dim=POSITION_EDGE_FEATURES, node_cond_dim=WALL_FEATURES,
+        node_dim=2, edge_dim=0, edge_cond_dim=POSITION_EDGE_FEATURES, node_cond_dim=position_cond_dim(period),
         use_node_state=False, **kwargs,
     )  # fmt: skip
 
@@ -625,11 +690,14 @@ __all__ = [
     "edge_net",
     "eps_weight",
     "knn_edges",
+    "periodic_features",
+    "position_cond_dim",
     "position_net",
     "reads_crossings",
     "sample_edges",
     "sample_positions",
     "spatial_order",
+    "start_points",
     "triangle_geometry",
     "wall_features",
 ]
