@@ -17,7 +17,7 @@ from polyscale.cli.main import main
 from polyscale.data.graphs import planar_graph
 from polyscale.diffusion.graph import GraphLayout
 from polyscale.pipelines import graph_experiment, graph_structure
-from polyscale.pipelines.graph import collate_graphs, graph_denoiser
+from polyscale.pipelines.graph import GraphLoss, collate_graphs, graph_denoiser
 from polyscale.pipelines.graph_experiment import load_graph_experiment, load_graph_model
 from polyscale.pipelines.graph_structure import (
     CandidateDataset,
@@ -517,3 +517,32 @@ def test_grid_stages_train_apart_and_sample_with_the_phase_and_the_stratified_st
     monkeypatch.setattr(graph_experiment, "sample_positions", spy)
     (g,) = graph_experiment.generate_graphs(model, 40, 1, steps=2)
     assert seen == ["stratified"] and g.number_of_nodes() in range(36, 45)
+
+
+def test_node_jumps_move_the_chosen_share_of_nodes_by_at_most_max_jump_and_keep_the_target():
+    n = 4000
+    layout = GraphLayout(torch.zeros(2, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long), 2, 0)
+    x = torch.rand(2 * n, 1)
+    out = graph_structure.NodeJumps(rate=0.1, max_jump=2.0)(
+        x, layout=layout, generator=torch.Generator().manual_seed(0)
+    )
+    step = (layout.unpack(out)[0] - layout.unpack(x)[0]).norm(dim=1)  # (N,)
+    moved = step > 0
+    assert 0.08 < moved.float().mean() < 0.12 and float(step.max()) <= 2.0 + 1e-5
+    assert 0.8 < float(step[moved].mean()) < 1.2  # lengths uniform in [0, 2]
+    # in the loss the jumped input meets the clean target: an identity denoiser pays exactly for the jumps
+    seen = {}
+
+    def identity(x_in, sigma, *, layout):
+        seen["x"] = x_in
+        return x_in
+
+    jumps = graph_structure.NodeJumps(rate=1.0, max_jump=1.0)
+    loss = GraphLoss(P_mean=-8.0, P_std=1e-6, weight=lambda s: torch.ones_like(s), perturb=jumps)
+    value = loss(identity, x, generator=torch.Generator().manual_seed(1), layout=layout)
+    torch.testing.assert_close(
+        value, (seen["x"] - x).pow(2).mean()[None], rtol=1e-4, atol=0
+    )  # mean over rows
+    assert 0.14 < float(value) < 0.19  # every node jumped: E|jump|^2 = 1/3 per node, 1/6 per packed row
+    with pytest.raises(ValueError, match="need 0 <= rate <= 1"):
+        graph_structure.NodeJumps(rate=2.0)

@@ -158,17 +158,23 @@ def graph_edm_loss(
     sigma_data: float = 1.0,
     generator: torch.Generator | None = None,
     weight: Callable[[Tensor], Tensor] | None = None,
+    perturb: Callable[..., Tensor] | None = None,
     **cond,
 ) -> Tensor:
     """EDM's loss with one ``ln sigma ~ N(P_mean, P_std^2)`` per graph: ``(G,)`` per-graph mean of
     ``lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2`` over the graph's rows (``x0`` packed, ``(M, 1)``).
     ``weight(sigma)`` replaces EDM's ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` when given (e.g.
-    ``1 / sigma^2`` for an eps-parametrised denoiser)."""
+    ``1 / sigma^2`` for an eps-parametrised denoiser). ``perturb(x, layout=, generator=)`` (optional) changes
+    the noisy input while the target stays ``x0``: input perturbation against exposure bias (the sampler
+    meets states the forward process never makes, and the denoiser learns to lead them back)."""
     g = layout.num_graphs
     sigma = (torch.randn(g, generator=generator, device=x0.device, dtype=x0.dtype) * P_std + P_mean).exp()
     rows = layout.expand(sigma)  # (M,)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    denoised = denoiser(x0 + rows[:, None] * noise, rows, layout=layout, **cond)
+    x = x0 + rows[:, None] * noise
+    if perturb is not None:
+        x = perturb(x, layout=layout, generator=generator)
+    denoised = denoiser(x, rows, layout=layout, **cond)
     if weight is None:
         w = (rows**2 + sigma_data**2) / (rows * sigma_data) ** 2  # lambda(sigma), (M,)
     else:

@@ -102,19 +102,20 @@ def graph_denoiser(net: GraphDenoiser, *, sigma_data: float = 1.0) -> EDMPrecond
 
 class GraphLoss:
     """The training loop's ``loss_fn`` for graphs: :func:`graph_edm_loss`, one value per graph (``weight``:
-    the loss weight as a function of sigma, default EDM's ``lambda``)."""
+    the loss weight as a function of sigma, default EDM's ``lambda``; ``perturb``: an input perturbation)."""
 
     def __init__(
-        self, *, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 1.0, weight=None
+        self, *, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 1.0, weight=None, perturb=None
     ) -> None:
         self.P_mean, self.P_std, self.sigma_data, self.weight = P_mean, P_std, sigma_data, weight
+        self.perturb = perturb
 
     def __call__(
         self, model: nn.Module, x0: Tensor, *, generator: torch.Generator, layout: GraphLayout, **cond
     ):
         return graph_edm_loss(
             model, x0, layout, P_mean=self.P_mean, P_std=self.P_std, sigma_data=self.sigma_data,
-            generator=generator, weight=self.weight, **cond,
+            generator=generator, weight=self.weight, perturb=self.perturb, **cond,
         )  # fmt: skip
 
 

@@ -39,6 +39,7 @@ from polyscale.pipelines.graph import (
 from polyscale.pipelines.graph_structure import (
     POSITION_STARTS,
     CandidateDataset,
+    NodeJumps,
     PositionDataset,
     PositionDenoiser,
     edge_net,
@@ -107,6 +108,10 @@ class GraphDiffusionConfig:
     # structure task: the start points (uniform: i.i.d., as planar nodes are; stratified: one per cell of an
     # equal-area partition, so node counts match area at every scale as on a lattice, see start_points)
     position_start: str = "uniform"
+    # structure task: share of nodes the positions stage's training moves by up to position_max_jump (their
+    # targets stay put), so the denoiser learns to undo the misplaced nodes sampling makes (0: off; NodeJumps)
+    position_jump_rate: float = 0.0
+    position_max_jump: float = 2.0
     position_P_mean: float = -0.8  # positions: training ln sigma ~ N(position_P_mean, P_std^2)
     # edges: training ln sigma ~ N(edge_P_mean, edge_P_std^2). Edge existence is (nearly) decided by the
     # geometry, so what matters is the high-noise regime where the labels are not yet visible
@@ -156,6 +161,11 @@ def load_graph_experiment(name_or_path: str | Path, overrides: list[str] | tuple
     if diff.position_start not in POSITION_STARTS:
         raise ValueError(
             f"diffusion.position_start must be one of {POSITION_STARTS}, got {diff.position_start!r}"
+        )
+    if not 0 <= diff.position_jump_rate <= 1 or not diff.position_max_jump > 0:
+        raise ValueError(
+            "need 0 <= diffusion.position_jump_rate <= 1 and diffusion.position_max_jump > 0, got "
+            f"{diff.position_jump_rate} and {diff.position_max_jump}"
         )
     period = cfg.model.position_period
     if period is not None and not period > 0:
@@ -265,7 +275,13 @@ def _train_positions(cfg: GraphExperimentConfig, graphs: list[nx.Graph], output_
     period = cfg.model.position_period
     positions = PositionDenoiser(position_net(period=period, **_net_kwargs(cfg)), k=cfg.model.position_knn,
                                  period=period)  # fmt: skip
-    pos_loss = GraphLoss(P_mean=cfg.diffusion.position_P_mean, P_std=cfg.diffusion.P_std, weight=eps_weight)
+    diff = cfg.diffusion
+    jumps = (
+        NodeJumps(rate=diff.position_jump_rate, max_jump=diff.position_max_jump)
+        if diff.position_jump_rate
+        else None
+    )
+    pos_loss = GraphLoss(P_mean=diff.position_P_mean, P_std=diff.P_std, weight=eps_weight, perturb=jumps)
     return _train_one(positions, pos_loss, PositionDataset(graphs), cfg, output_dir / "positions",
                       resume=resume, role="positions")  # fmt: skip
 

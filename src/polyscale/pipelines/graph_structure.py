@@ -426,6 +426,30 @@ class PositionDenoiser(nn.Module):
         return x - sigma[:, None] * layout.pack(eps, None)
 
 
+class NodeJumps:
+    """Input perturbation for the positions stage: each node, with probability ``rate``, moves by a distance
+    uniform in ``[0, max_jump]`` in a uniform direction, while its target stays put. Sampling makes states the
+    forward process never does (on a lattice: two nodes on one site and a hole a few sites away, frozen once
+    the noise is low); with jumped nodes in training the denoiser learns to send such a node back to the
+    free place. Packed positions ``x (2N, 1)`` in, the same shape out."""
+
+    def __init__(self, *, rate: float, max_jump: float = 2.0) -> None:
+        if not 0 <= rate <= 1 or not max_jump > 0:
+            raise ValueError(f"need 0 <= rate <= 1 and max_jump > 0, got rate={rate}, max_jump={max_jump}")
+        self.rate, self.max_jump = rate, max_jump
+
+    def __call__(self, x: Tensor, *, layout: GraphLayout, generator: torch.Generator | None = None) -> Tensor:
+        pos, _ = layout.unpack(x)  # (N, 2)
+        n = pos.shape[0]
+        u = torch.rand(
+            n, 3, generator=generator, device=x.device, dtype=x.dtype
+        )  # (N, 3): pick, length, angle
+        length = (u[:, 0] < self.rate) * u[:, 1] * self.max_jump  # (N,), 0 for nodes that stay
+        angle = u[:, 2] * 2 * torch.pi
+        jump = torch.stack([angle.cos(), angle.sin()], dim=1) * length[:, None]  # (N, 2)
+        return x + layout.pack(jump, None)
+
+
 def eps_weight(sigma: Tensor) -> Tensor:
     """Loss weight ``1 / sigma^2``: with ``D = x - sigma eps_hat`` the loss is then ``|eps_hat - eps|^2``."""
     return sigma.pow(-2)
@@ -679,6 +703,7 @@ def reads_crossings(denoiser: nn.Module) -> bool:
 
 __all__ = [
     "CandidateDataset",
+    "NodeJumps",
     "PositionDataset",
     "PositionDenoiser",
     "candidate_conditioning",
