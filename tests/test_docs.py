@@ -70,6 +70,7 @@ def capped(argv: list[str]) -> list[str]:
     if argv[0] == "graph":  # sample / evaluate: few small graphs, few steps
         for flag, cap in (("--num-graphs", 2), ("--timesteps", 2)):
             _cap_flag(argv, flag, cap)
+        _cap_flag(argv, "--position-timesteps", 2, add=False)
         for flag in ("--num-nodes", "--sizes"):
             _cap_flag(argv, flag, 120, add=False)
         return argv

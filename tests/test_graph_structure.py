@@ -517,6 +517,30 @@ def test_grid_stages_train_apart_and_sample_with_the_phase_and_the_stratified_st
     monkeypatch.setattr(graph_experiment, "sample_positions", spy)
     (g,) = graph_experiment.generate_graphs(model, 40, 1, steps=2)
     assert seen == ["stratified"] and g.number_of_nodes() in range(36, 45)
+    # --position-sampler / --position-timesteps change the positions stage only
+    calls = []
+    monkeypatch.setattr(
+        graph_experiment,
+        "sample_positions",
+        lambda *a, **k: calls.append(("pos", k["sampler"], k["steps"])) or real(*a, **k),
+    )
+    real_edges = graph_experiment.sample_edges
+    monkeypatch.setattr(
+        graph_experiment,
+        "sample_edges",
+        lambda *a, **k: calls.append(("edges", k["sampler"], k["steps"])) or real_edges(*a, **k),
+    )
+    argv = ["graph", "sample", "--checkpoint", str(run), "--num-nodes", "30", "--num-graphs", "1"]
+    argv += [
+        "--position-sampler",
+        "euler",
+        "--position-timesteps",
+        "3",
+        "--output-file",
+        str(tmp_path / "g.png"),
+    ]
+    assert main(argv) == 0
+    assert calls == [("pos", "euler", 3), ("edges", "heun", 32)]
 
 
 def test_node_jumps_move_the_chosen_share_of_nodes_by_at_most_max_jump_and_keep_the_target():

@@ -118,11 +118,21 @@ def _cmd_graph_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_position_sampler(model, args: argparse.Namespace):
+    """The model with its positions stage's default sampler / steps replaced by the flags that are given."""
+    from dataclasses import replace
+
+    diff = model.config.diffusion
+    diff = replace(diff, position_sampler=args.position_sampler or diff.position_sampler,
+                   position_steps=args.position_timesteps or diff.position_steps)  # fmt: skip
+    return replace(model, config=replace(model.config, diffusion=diff))
+
+
 def _cmd_graph_sample(args: argparse.Namespace) -> int:
     from polyscale.pipelines.graph_experiment import generate_graphs, load_graph_model
     from polyscale.viz.graphs import save_graph_grid, save_graphs_npz
 
-    model = load_graph_model(args.checkpoint, device=args.device)
+    model = _with_position_sampler(load_graph_model(args.checkpoint, device=args.device), args)
     graphs = generate_graphs(
         model, args.num_nodes, args.num_graphs, sampler=args.sampler, steps=args.timesteps, seed=args.seed,
         progress=True,
@@ -139,7 +149,7 @@ def _cmd_graph_evaluate(args: argparse.Namespace) -> int:
         load_graph_model,
     )
 
-    model = load_graph_model(args.checkpoint, device=args.device)
+    model = _with_position_sampler(load_graph_model(args.checkpoint, device=args.device), args)
     rows = evaluate_graph_model(
         model,
         args.sizes,
@@ -316,6 +326,16 @@ def _add_graph_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--num-graphs", type=positive_int, default=num_graphs, help="graphs per size")
         p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None, help="default: the experiment's")
         p.add_argument("--timesteps", type=positive_int, default=None, help="denoising steps")
+        p.add_argument(
+            "--position-sampler", choices=sorted(SAMPLERS), default=None,
+            help="structure task: the positions stage's default sampler (an explicit --sampler still sets both stages)",
+        )  # fmt: skip
+        p.add_argument(
+            "--position-timesteps",
+            type=positive_int,
+            default=None,
+            help="structure task: positions stage steps",
+        )
         p.add_argument("--seed", type=_int, default=0)
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 

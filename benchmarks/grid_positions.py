@@ -1,0 +1,76 @@
+"""The positions stage of a grid model on its own: how many generated point sets are exact lattices.
+
+A set of generated positions is an exact lattice when rounding every node to the nearest integer point gives
+each site of the ``rows x cols`` box exactly one node (the edge stage recovers a grid exactly on such
+positions). Also reported: the median over graphs of the largest distance of a node from its site, and the
+mean number of empty sites per graph (equal to the number of extra nodes on occupied ones). Rows for each
+sampler (``--samplers heun:32 pc:512``) and start (``--starts stratified uniform``), one model.
+
+    python benchmarks/grid_positions.py --run runs/graph_grid --sizes 48 64 144 --num-graphs 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import machine_description, markdown_table, publish
+
+
+def lattice_stats(pos: torch.Tensor, rows: int, cols: int) -> tuple[bool, float, int]:
+    """(exact lattice?, largest distance to the nearest site, empty sites) for positions ``pos (n, 2)``."""
+    site = pos.round()
+    inside = (site[:, 0] >= 0) & (site[:, 0] < rows) & (site[:, 1] >= 0) & (site[:, 1] < cols)
+    keys = (site[:, 0] * cols + site[:, 1])[inside].long()
+    empty = rows * cols - len(torch.unique(keys))
+    return empty == 0 and bool(inside.all()), float((pos - site).norm(dim=1).max()), empty
+
+
+def main() -> None:
+    from polyscale.pipelines.graph_experiment import _load_net, sampling_domain
+    from polyscale.pipelines.graph_structure import PositionDenoiser, sample_positions
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="grid run directory (positions/model inside)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[48, 64, 144])
+    ap.add_argument("--num-graphs", type=int, default=16)
+    ap.add_argument("--samplers", nargs="+", default=["heun:32"], help="name:steps")
+    ap.add_argument("--starts", nargs="+", default=[None], help="start points (default: the model's own)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    net, cfg = _load_net(Path(args.run) / "positions" / "model", torch.device("cpu"))
+    den = PositionDenoiser(net, k=cfg.model.position_knn, period=cfg.model.position_period)
+    rows_out = []
+    for spec in args.samplers:
+        sampler, steps = spec.split(":")
+        for start in args.starts:
+            start = start or cfg.diffusion.position_start
+            for size in args.sizes:
+                rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+                exact, worst, empty, t0 = 0, [], [], time.perf_counter()
+                for _ in range(args.num_graphs):
+                    n, box = sampling_domain("grid", size, rng=rng)
+                    pos = sample_positions(den, n, box=box, sampler=sampler, steps=int(steps), start=start,
+                                           sigma_max=cfg.diffusion.position_sigma_max, generator=gen)  # fmt: skip
+                    ok, dist, holes = lattice_stats(pos, int(box[0]) + 1, int(box[1]) + 1)
+                    exact, worst, empty = exact + ok, worst + [dist], empty + [holes]
+                rows_out.append({
+                    "nodes": size, "sampler": spec, "start": start, "graphs": args.num_graphs,
+                    "exact lattice": exact / args.num_graphs, "median max |p - site|": float(np.median(worst)),
+                    "empty sites per graph": float(np.mean(empty)),
+                    "s per graph": (time.perf_counter() - t0) / args.num_graphs,
+                })  # fmt: skip
+                print(rows_out[-1], flush=True)
+    text = (f"Machine: {machine_description()}. Model: `{args.run}`.\n\n"
+            + markdown_table(rows_out))  # fmt: skip
+    publish(text, args.out)
+
+
+if __name__ == "__main__":
+    main()
