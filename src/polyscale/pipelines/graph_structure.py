@@ -6,8 +6,10 @@ sampling time.
    k-nearest-neighbour graph of the *current noisy* positions, reading only relative positions (translation
    invariant, no absolute coordinate, no graph size), eps-parametrised so that ``D(x + t) = D(x) + t``.
    Nodes near the border of the graph's domain (a box, by default the square of area ``n``) also read their
-   squashed distances to its sides, which saturate inside. Sampling starts from uniform positions in the box
-   plus ``sigma_max`` noise: the domain is given, the local arrangement is generated.
+   squashed distances to its sides, which saturate inside. With a ``period`` (lattices) every node also reads
+   its phase in the unit cell, so the invariance is to shifts by whole lattice vectors. Sampling starts from
+   :func:`start_points` in the box (i.i.d. or stratified) plus ``sigma_max`` noise: the domain is given, the
+   local arrangement is generated.
 2. **Edges.** Over a candidate set of the generated positions (:func:`candidate_edges`: the k-nearest-neighbour
    graph, optionally with the nearest neighbour per angular sector and the convex hull), edge existence
    (+1 / -1) is denoised by a :class:`GraphDenoiser` with edge features only, conditioned on the geometry of
@@ -359,9 +361,8 @@ def wall_features(pos: Tensor, box: Tensor, c_in: Tensor) -> Tensor:
     return torch.tanh(d * c_in[:, None] / 2)
 
 
-PERIODIC_FEATURES = (
-    4  # (cos, sin) of 2 pi x / period per axis: where a node sits inside the lattice's unit cell
-)
+# (cos, sin) of 2 pi x / period per axis: where a node sits inside the lattice's unit cell
+PERIODIC_FEATURES = 4
 
 
 def periodic_features(pos: Tensor, period: float) -> Tensor:
@@ -441,9 +442,8 @@ class NodeJumps:
     def __call__(self, x: Tensor, *, layout: GraphLayout, generator: torch.Generator | None = None) -> Tensor:
         pos, _ = layout.unpack(x)  # (N, 2)
         n = pos.shape[0]
-        u = torch.rand(
-            n, 3, generator=generator, device=x.device, dtype=x.dtype
-        )  # (N, 3): pick, length, angle
+        # (N, 3) uniforms per node: whether it jumps, how far, in which direction
+        u = torch.rand(n, 3, generator=generator, device=x.device, dtype=x.dtype)
         length = (u[:, 0] < self.rate) * u[:, 1] * self.max_jump  # (N,), 0 for nodes that stay
         angle = u[:, 2] * 2 * torch.pi
         jump = torch.stack([angle.cos(), angle.sin()], dim=1) * length[:, None]  # (N, 2)
