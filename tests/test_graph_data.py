@@ -22,6 +22,7 @@ from polyscale.data.graphs import (
     smooth_field,
     to_data,
     to_networkx,
+    torus_shape,
     tree_graph,
 )
 
@@ -92,6 +93,40 @@ def test_stationary_fields_have_bulk_statistics_at_the_border():
     )  # a bounded grid's corner is smoother
     with pytest.raises(ValueError, match="stationary fields need a grid graph"):
         graph_fields(planar_graph(30, rng=rng(0)), node_dim=1, edge_dim=1, stationary=True, rng=rng(0))
+
+
+def test_periodic_grids_are_tori_with_bulk_field_statistics():
+    t = grid_graph(7, 9, periodic=True)
+    assert nx.is_isomorphic(t, nx.grid_2d_graph(7, 9, periodic=True)) and t.graph["periodic"]
+    assert set(dict(t.degree()).values()) == {4} and t.number_of_edges() == 2 * 63
+    assert grid_graph(3, 5).graph["periodic"] is False
+    with pytest.raises(ValueError, match="periodic grid needs rows >= 3 and cols >= 3, got 2 x 5"):
+        grid_graph(2, 5, periodic=True)
+    # fields on the torus: the neighbour correlation of the bulk of a large bounded grid's stationary field
+    x, _ = graph_fields(t, node_dim=20_000, edge_dim=1, rng=rng(2))
+    edges = np.array(list(t.edges))
+    c_torus = np.mean(x[edges[:, 0]] * x[edges[:, 1]])
+    big, _ = graph_fields(grid_graph(6, 8), node_dim=20_000, edge_dim=1, stationary=True, rng=rng(3))
+    c_bulk = np.mean(big[3 * 8 + 3] * big[3 * 8 + 4])
+    assert abs(c_torus - c_bulk) < 0.03 and np.abs(x.var(1) - 1).max() < 0.05
+    small, _ = graph_fields(grid_graph(4, 4, periodic=True), node_dim=20_000, edge_dim=1, rng=rng(4))
+    e4 = np.array(list(grid_graph(4, 4, periodic=True).edges))
+    assert np.mean(small[e4[:, 0]] * small[e4[:, 1]]) - c_bulk > 0.04  # why tori keep sides >= 6: wrap-around
+    shapes = [torus_shape(n, rng=rng(n)) for n in range(32, 65)]
+    assert all(min(s) >= 6 for s in shapes)
+    assert all(abs(r * c - max(n, 36)) <= 8 for (r, c), n in zip(shapes, range(32, 65), strict=True))
+    with pytest.raises(ValueError, match="min_side must be >= 3"):
+        torus_shape(40, rng=rng(), min_side=2)
+
+
+def test_field_graphs_mix_tori_in_by_share():
+    fg = field_graphs("grid", 200, min_nodes=32, max_nodes=64, periodic_share=0.5, seed=0)
+    tori = [d for d in fg.graphs if bool((torch.bincount(d.edge_index[0]) == 4).all())]
+    assert 70 < len(tori) < 130 and len(tori) < len(fg.graphs)
+    with pytest.raises(ValueError, match="periodic_share needs the grid family, got family 'planar'"):
+        field_graphs("planar", 4, min_nodes=20, max_nodes=30, periodic_share=0.5)
+    with pytest.raises(ValueError, match=r"periodic_share must be in \[0, 1\], got 1.5"):
+        field_graphs("grid", 4, min_nodes=20, max_nodes=30, periodic_share=1.5)
 
 
 def test_field_graphs_layout_and_unit_variance_edges():

@@ -334,6 +334,33 @@ def test_two_stage_sampling_shapes():
         sample_positions(pos_den, 1)
 
 
+def test_sample_edges_clamps_the_edge_estimates_to_the_labels(monkeypatch):
+    """Two generated nodes on one lattice site (0.002 apart) give triangle side ratios of 10^3 and a raw edge
+    estimate of 10^9 (a 10^5-node grid lost 73 % of its edges that way, spreading from one spot); the edge
+    stage samples with the estimate clamped to the +-1 labels."""
+    from polyscale.pipelines import graph_structure
+
+    pos = torch.rand(30, 2, generator=torch.Generator().manual_seed(3)) * 5
+    pos[1] = pos[0] + 0.002
+    net = randomised(edge_net(hidden=16, num_layers=1, num_heads=2))
+    net.edge_out.register_forward_hook(lambda module, inputs, out: out * 1e9)  # an exploding estimate
+    seen = []
+
+    def spy(denoiser, layout, x, **kwargs):
+        cond = {k: v for k, v in kwargs.items() if k in ("edge_cond", "triangles", "triangle_cond")}
+        x_in = torch.full_like(x, 3.0)
+        seen.append(
+            (denoiser(x_in, 2.0, layout=layout, **cond), denoiser.denoiser(x_in, 2.0, layout=layout, **cond))
+        )
+        return real(denoiser, layout, x, **kwargs)
+
+    real = graph_structure.sample_packed
+    monkeypatch.setattr(graph_structure, "sample_packed", spy)
+    g = sample_edges(graph_denoiser(net), pos, k=6, steps=3, generator=torch.Generator().manual_seed(0))
+    clamped, raw = seen[0]
+    assert raw.abs().max() > 1e6 and clamped.abs().max() <= 1.0 and g.number_of_nodes() == 30
+
+
 def test_spatial_order_is_a_permutation_that_keeps_neighbours_close():
     pos = torch.rand(10_000, 2, generator=torch.Generator().manual_seed(0))
     order = spatial_order(pos)
@@ -347,7 +374,10 @@ def test_spatial_order_is_a_permutation_that_keeps_neighbours_close():
 
 def test_sample_edges_does_not_depend_on_the_callers_node_labels():
     pos = torch.rand(40, 2, generator=torch.Generator().manual_seed(1)) * 6
-    edge_den = graph_denoiser(randomised(edge_net(hidden=16, num_layers=1, num_heads=2)))
+    net = randomised(edge_net(hidden=16, num_layers=1, num_heads=2))
+    # centred raw outputs (a label-free shift): both signs survive the clamp to [-1, 1], so edges are kept
+    net.edge_out.register_forward_hook(lambda module, inputs, out: out - out.mean())
+    edge_den = graph_denoiser(net)
     g = sample_edges(edge_den, pos, k=6, steps=3, generator=torch.Generator().manual_seed(0))
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(2))
     h = sample_edges(edge_den, pos[perm], k=6, steps=3, generator=torch.Generator().manual_seed(0))
@@ -427,6 +457,10 @@ def test_graph_config_validation_and_cli_errors(capsys):
     assert (diff.position_sampler, diff.position_steps, diff.sampler) == ("pc", 64, "heun")
     with pytest.raises(ValueError, match="diffusion.position_start must be one of"):
         load_graph_experiment("graph_grid", ["diffusion.position_start=lattice"])
+    with pytest.raises(ValueError, match="data.periodic_share must be in .* family 'planar'"):
+        load_graph_experiment("graph_features", ["data.periodic_share=0.5"])
+    with pytest.raises(ValueError, match=r"data.periodic_share must be in \[0, 1\].*got -0.1"):
+        load_graph_experiment("graph_grid_features", ["data.periodic_share=-0.1"])
     with pytest.raises(ValueError, match="model.position_period must be None or > 0"):
         load_graph_experiment("graph_grid", ["model.position_period=-1"])
     with pytest.raises(ValueError, match="stages must be a non-empty subset"):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from polyscale.diffusion import (
+    ClampedDenoiser,
     DiscreteEpsDenoiser,
     DiscreteVDenoiser,
     EDMLoss,
@@ -18,7 +19,9 @@ from polyscale.diffusion import (
     betas_linear,
     block_mean,
     eps_from_denoiser,
+    sample_dpmpp_2m,
     sigmas_from_alphas_cumprod,
+    sigmas_karras,
     to_d,
 )
 
@@ -81,6 +84,31 @@ def test_edm_precond_input_scaling_and_clean_end():
     assert seen[-1][0].std().item() == pytest.approx(1.0, abs=0.02) and seen[-1][1] == "a"
     x = torch.randn(3, 4, dtype=torch.float64)
     assert torch.equal(den(x, torch.zeros(3, dtype=torch.float64), label="b"), x)
+
+
+def test_clamped_denoiser_projects_onto_the_data_range_and_keeps_a_sampler_bounded():
+    x = torch.tensor([[-3.0], [0.25], [2.0]])
+
+    def shrink(x, sigma, **cond):
+        return 0.5 * x + cond.get("shift", 0.0)
+
+    clamped = ClampedDenoiser(shrink)
+    assert torch.equal(clamped(x, 1.0), torch.tensor([[-1.0], [0.125], [1.0]]))  # in range: untouched
+    assert torch.equal(clamped(x, 1.0, shift=0.5), torch.tensor([[-1.0], [0.625], [1.0]]))  # cond passes on
+    assert torch.equal(
+        ClampedDenoiser(shrink, low=0.0, high=2.0)(x, 1.0), torch.tensor([[0.0], [0.125], [1.0]])
+    )
+
+    def exploding(x, sigma):  # an estimate far outside anything trained, as on out-of-distribution inputs
+        return 1e9 * torch.ones_like(x)
+
+    sigmas = sigmas_karras(16, 0.002, 80.0)
+    start = torch.randn(5, 1, generator=torch.Generator().manual_seed(0)) * 80
+    wild = sample_dpmpp_2m(exploding, start, sigmas, disable=True)
+    tame = sample_dpmpp_2m(ClampedDenoiser(exploding), start, sigmas, disable=True)
+    assert wild.abs().min() > 1e8 and torch.allclose(tame, torch.ones_like(tame), atol=1e-3)
+    with pytest.raises(ValueError, match="need low < high, got low=1.0, high=1.0"):
+        ClampedDenoiser(shrink, low=1.0, high=1.0)
 
 
 def test_vp_adapters_recover_x0_from_exact_predictions():

@@ -2,6 +2,7 @@
 
 from polyscale.diffusion.losses import EDMLoss, EpsLoss, block_mean
 from polyscale.diffusion.precond import (
+    ClampedDenoiser,
     DiscreteEpsDenoiser,
     DiscreteVDenoiser,
     EDMPrecond,
@@ -42,6 +43,7 @@ from polyscale.diffusion.utils import append_dims, expand_sigma
 __all__ = [
     "SAMPLERS",
     "TiledDenoiser",
+    "ClampedDenoiser",
     "DiscreteEpsDenoiser",
     "DiscreteVDenoiser",
     "EDMLoss",

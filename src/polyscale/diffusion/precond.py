@@ -100,6 +100,25 @@ class DiscreteVDenoiser(_DiscreteVP):
         return sqrt_abar * x_vp - sqrt_one_minus_abar * v
 
 
+class ClampedDenoiser(nn.Module):
+    """A denoiser whose estimate is projected onto the data's range: ``clamp(D(x, sigma), low, high)``
+    (diffusers' ``clip_sample``, for data known to lie in ``[low, high]``, e.g. +-1 labels).
+
+    The true posterior mean ``E[x0 | x]`` of such data lies in the range, so the projection never moves a
+    good estimate away from it; it stops one bad estimate (an input outside anything the network was trained
+    on) from feeding values of 10^9 back into the sampler, whence through message passing to its neighbours."""
+
+    def __init__(self, denoiser: Denoiser, *, low: float = -1.0, high: float = 1.0) -> None:
+        super().__init__()
+        if not low < high:
+            raise ValueError(f"need low < high, got low={low}, high={high}")
+        self.denoiser = denoiser
+        self.low, self.high = float(low), float(high)
+
+    def forward(self, x: Tensor, sigma: Tensor | float, **cond) -> Tensor:
+        return self.denoiser(x, sigma, **cond).clamp(self.low, self.high)
+
+
 def to_d(x: Tensor, sigma: Tensor | float, denoised: Tensor) -> Tensor:
     """Probability-flow ODE derivative ``dx/dsigma = (x - D(x, sigma)) / sigma`` (= the eps estimate).
 
@@ -114,4 +133,11 @@ def eps_from_denoiser(denoiser: Denoiser, x: Tensor, sigma: Tensor | float, **co
     return to_d(x, sigma, denoiser(x, sigma, **cond))
 
 
-__all__ = ["DiscreteEpsDenoiser", "DiscreteVDenoiser", "EDMPrecond", "eps_from_denoiser", "to_d"]
+__all__ = [
+    "ClampedDenoiser",
+    "DiscreteEpsDenoiser",
+    "DiscreteVDenoiser",
+    "EDMPrecond",
+    "eps_from_denoiser",
+    "to_d",
+]

@@ -83,6 +83,9 @@ class GraphDataConfig:
     # features task, grids: fields drawn on the grid padded by smoothing_steps and restricted (no border
     # effect, the same statistics at every node and size, like crops of a larger texture)
     stationary_fields: bool = False
+    # features task, grids: share of training graphs that are tori (no border: every node sees the bulk that
+    # fills a large grid, which bounded 32-64-node grids never show a 4-layer model; see field_graphs)
+    periodic_share: float = 0.0
     candidates_k: int = 10  # structure task: k of the candidate k-NN graph of the positions
     candidates_sectors: int = 0  # structure task: also the nearest candidate per angular sector (0: off)
     candidates_hull: bool = False  # structure task: also the convex hull's edges
@@ -166,6 +169,11 @@ def load_graph_experiment(name_or_path: str | Path, overrides: list[str] | tuple
         raise ValueError(
             "need 0 <= diffusion.position_jump_rate <= 1 and diffusion.position_max_jump > 0, got "
             f"{diff.position_jump_rate} and {diff.position_max_jump}"
+        )
+    if not 0 <= d.periodic_share <= 1 or (d.periodic_share and d.family != "grid"):
+        raise ValueError(
+            f"data.periodic_share must be in [0, 1] and needs family 'grid', got {d.periodic_share} with "
+            f"family {d.family!r}"
         )
     period = cfg.model.position_period
     if period is not None and not period > 0:
@@ -252,7 +260,8 @@ def train_graph_experiment(
     if cfg.task == "features":
         fg = field_graphs(d.family, d.num_graphs, min_nodes=d.min_nodes, max_nodes=d.max_nodes,
                           node_dim=d.node_dim, edge_dim=d.edge_dim, steps=d.smoothing_steps,
-                          stationary=d.stationary_fields, seed=d.seed)  # fmt: skip
+                          stationary=d.stationary_fields, periodic_share=d.periodic_share,
+                          seed=d.seed)  # fmt: skip
         dataset = GraphFeatureDataset(fg.graphs, node_dim=d.node_dim, edge_dim=d.edge_dim)
         net = GraphDenoiser(node_dim=d.node_dim, edge_dim=d.edge_dim, **_net_kwargs(cfg))
         loss = GraphLoss(P_mean=diff.P_mean, P_std=diff.P_std, sigma_data=diff.sigma_data)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from polyscale.diffusion.graph import GraphLayout
+from polyscale.diffusion.precond import ClampedDenoiser
 from polyscale.nn.graph import GraphDenoiser
 from polyscale.pipelines.graph import sample_packed
 
@@ -647,7 +648,8 @@ def sample_edges(
     """The graph on positions ``pos (n, 2)``: candidates (:func:`candidate_edges` with ``k``, ``sectors``,
     ``hull``, ``max_length``), edge existence denoised by a packed edge
     denoiser (:func:`polyscale.pipelines.graph.graph_denoiser` around a ``GraphDenoiser(node_dim=0,
-    edge_dim=1, edge_cond_dim=3)``), candidates ending above 0 kept."""
+    edge_dim=1, edge_cond_dim=3)``) with its estimate clamped to the labels' range ``[-1, 1]``
+    (:class:`~polyscale.diffusion.precond.ClampedDenoiser`), candidates ending above 0 kept."""
     n = pos.shape[0]
     order = spatial_order(pos)  # run on Z-ordered nodes (memory locality), report the caller's labels
     pos_in, pos = pos, pos[order]
@@ -656,9 +658,11 @@ def sample_edges(
     layout = GraphLayout.from_undirected(cand, batch, node_dim=0, edge_dim=1)
     cond = candidate_conditioning(pos, cand, crossings=reads_crossings(denoiser))
     x = torch.randn(cand.shape[1], 1, generator=generator, device=pos.device) * sigma_max
+    # labels are +-1: clamping the estimate keeps one out-of-distribution spot (two generated nodes on one
+    # lattice site give triangle side ratios of 10^3, edge estimates of 10^9) from spreading through the graph
     out = sample_packed(
-        denoiser, layout, x, sampler=sampler, steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
-        generator=generator, progress=progress, **cond,
+        ClampedDenoiser(denoiser), layout, x, sampler=sampler, steps=steps, sigma_max=sigma_max,
+        sigma_min=sigma_min, rho=rho, generator=generator, progress=progress, **cond,
     )  # fmt: skip
     keep = order[cand[:, out[:, 0] > 0]].cpu().numpy()  # back to the caller's node labels
     del (
