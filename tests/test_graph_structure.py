@@ -345,6 +345,7 @@ def test_sample_edges_clamps_the_edge_estimates_to_the_labels(monkeypatch):
     net = randomised(edge_net(hidden=16, num_layers=1, num_heads=2))
     net.edge_out.register_forward_hook(lambda module, inputs, out: out * 1e9)  # an exploding estimate
     seen = []
+    real = graph_structure.sample_packed
 
     def spy(denoiser, layout, x, **kwargs):
         cond = {k: v for k, v in kwargs.items() if k in ("edge_cond", "triangles", "triangle_cond")}
@@ -354,7 +355,6 @@ def test_sample_edges_clamps_the_edge_estimates_to_the_labels(monkeypatch):
         )
         return real(denoiser, layout, x, **kwargs)
 
-    real = graph_structure.sample_packed
     monkeypatch.setattr(graph_structure, "sample_packed", spy)
     g = sample_edges(graph_denoiser(net), pos, k=6, steps=3, generator=torch.Generator().manual_seed(0))
     clamped, raw = seen[0]

@@ -67,9 +67,8 @@ def grid_graph(rows: int, cols: int, *, periodic: bool = False) -> nx.Graph:
     return g
 
 
-TORUS_MIN_SIDE = (
-    6  # below this a smooth field wraps onto itself (neighbour correlation 0.89 at 4 x 8, 0.85 bulk)
-)
+# below this side a smooth field wraps onto itself (neighbour correlation 0.89 at 4 x 8, 0.85 in the bulk)
+TORUS_MIN_SIDE = 6
 
 
 def torus_shape(
