@@ -40,6 +40,13 @@ def main() -> None:
     ap.add_argument("--num-graphs", type=int, default=16)
     ap.add_argument("--samplers", nargs="+", default=["heun:32"], help="name:steps")
     ap.add_argument("--starts", nargs="+", default=[None], help="start points (default: the model's own)")
+    ap.add_argument(
+        "--sigma-max",
+        type=float,
+        nargs="+",
+        default=[None],
+        help="start noise levels (default: the model's position_sigma_max)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -49,19 +56,20 @@ def main() -> None:
     rows_out = []
     for spec in args.samplers:
         sampler, steps = spec.split(":")
-        for start in args.starts:
+        for start, sigma_max in [(a, b) for a in args.starts for b in args.sigma_max]:
             start = start or cfg.diffusion.position_start
+            sigma_max = sigma_max or cfg.diffusion.position_sigma_max
             for size in args.sizes:
                 rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
                 exact, worst, empty, t0 = 0, [], [], time.perf_counter()
                 for _ in range(args.num_graphs):
                     n, box = sampling_domain("grid", size, rng=rng)
                     pos = sample_positions(den, n, box=box, sampler=sampler, steps=int(steps), start=start,
-                                           sigma_max=cfg.diffusion.position_sigma_max, generator=gen)  # fmt: skip
+                                           sigma_max=sigma_max, generator=gen)  # fmt: skip
                     ok, dist, holes = lattice_stats(pos, int(box[0]) + 1, int(box[1]) + 1)
                     exact, worst, empty = exact + ok, worst + [dist], empty + [holes]
                 rows_out.append({
-                    "nodes": size, "sampler": spec, "start": start, "graphs": args.num_graphs,
+                    "nodes": size, "sampler": spec, "start": start, "sigma max": sigma_max, "graphs": args.num_graphs,
                     "exact lattice": exact / args.num_graphs, "median max |p - site|": float(np.median(worst)),
                     "empty sites per graph": float(np.mean(empty)),
                     "s per graph": (time.perf_counter() - t0) / args.num_graphs,

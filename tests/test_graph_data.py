@@ -13,6 +13,7 @@ import torch
 from polyscale.data.graphs import (
     GRAPH_FAMILIES,
     family_graph,
+    field_covariance,
     field_graphs,
     geometric_graph,
     graph_fields,
@@ -93,6 +94,23 @@ def test_stationary_fields_have_bulk_statistics_at_the_border():
     )  # a bounded grid's corner is smoother
     with pytest.raises(ValueError, match="stationary fields need a grid graph"):
         graph_fields(planar_graph(30, rng=rng(0)), node_dim=1, edge_dim=1, stationary=True, rng=rng(0))
+
+
+def test_field_covariance_matches_the_drawn_fields():
+    for g, stationary in (
+        (grid_graph(5, 6), True),
+        (grid_graph(5, 6), False),
+        (planar_graph(30, rng=rng(5)), False),
+    ):
+        cov = field_covariance(g, steps=3, stationary=stationary)
+        x, _ = graph_fields(g, node_dim=40_000, edge_dim=1, steps=3, stationary=stationary, rng=rng(6))
+        empirical = x.astype(np.float64) @ x.T.astype(np.float64) / x.shape[1]  # (n, n), s.e. about 0.005
+        assert cov.shape == (g.number_of_nodes(),) * 2 and np.allclose(np.diag(cov), 1.0)
+        assert np.abs(empirical - cov).max() < 0.03
+    # the stationary field of a bounded grid is a crop of the bulk: the corner pair has the centre's correlation
+    cov = field_covariance(grid_graph(5, 6), steps=3, stationary=True)
+    assert abs(cov[0, 1] - cov[2 * 6 + 2, 2 * 6 + 3]) < 1e-12
+    assert field_covariance(grid_graph(5, 6), steps=3)[0, 1] > cov[0, 1] + 0.05
 
 
 def test_periodic_grids_are_tori_with_bulk_field_statistics():
