@@ -4,7 +4,8 @@ A set of generated positions is an exact lattice when rounding every node to the
 each site of the ``rows x cols`` box exactly one node (the edge stage recovers a grid exactly on such
 positions). Also reported: the median over graphs of the largest distance of a node from its site, and the
 mean number of empty sites per graph (equal to the number of extra nodes on occupied ones). Rows for each
-sampler (``--samplers heun:32 pc:512``) and start (``--starts stratified uniform``), one model.
+sampler (``--samplers heun:32 pc:512``), start (``--starts stratified uniform``) and start noise
+(``--sigma-max 3 1``), one model.
 
     python benchmarks/grid_positions.py --run runs/graph_grid --sizes 48 64 144 --num-graphs 16
 """
