@@ -107,6 +107,11 @@ def main() -> None:
     for run in args.run:
         model = load_graph_model(run, device="cpu")
         d, data = model.config.data, to_data(g)
+        if (d.family, d.node_dim, d.smoothing_steps) != ("grid", node_dim, args.smoothing_steps):
+            raise SystemExit(
+                f"{run}: expected a grid features model with node_dim {node_dim} and smoothing_steps "
+                f"{args.smoothing_steps}, got {d.family} / {d.node_dim} / {d.smoothing_steps}"
+            )
         t0, fields = time.perf_counter(), []
         for i in range(args.num_graphs):
             node, _ = sample_graph_features(
