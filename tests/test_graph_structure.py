@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from polyscale.cli.main import main
-from polyscale.data.graphs import planar_graph
+from polyscale.data.graphs import grid_graph, planar_graph
 from polyscale.diffusion.graph import GraphLayout
 from polyscale.pipelines import graph_experiment, graph_structure
 from polyscale.pipelines.graph import GraphLoss, collate_graphs, graph_denoiser
 from polyscale.pipelines.graph_experiment import load_graph_experiment, load_graph_model
 from polyscale.pipelines.graph_structure import (
     CandidateDataset,
+    PositionDataset,
     PositionDenoiser,
     candidate_crossings,
     candidate_edges,
@@ -30,6 +31,7 @@ from polyscale.pipelines.graph_structure import (
     edge_net,
     graph_positions,
     knn_edges,
+    periodic_offsets,
     position_net,
     reads_crossings,
     sample_edges,
@@ -158,6 +160,73 @@ def test_position_denoiser_is_translation_equivariant_inside_its_box():
     assert (moved - shift / 4).abs().max() > 1e-4
     with pytest.raises(ValueError, match=r"box must be \(num_graphs=1, 2\), got \(2,\)"):
         den(x, sigma, layout=layout, box=box[0])
+
+
+def test_periodic_knn_edges_equal_brute_force_by_the_minimum_image():
+    """On a torus the k nearest neighbours are those of the minimum-image distance, wherever the points sit
+    (wrapped or not); a plane in the same batch is unaffected."""
+    g = torch.Generator().manual_seed(1)
+    period = torch.tensor([[7.0, 5.0], [0.0, 0.0]])
+    pos = torch.cat([torch.rand(30, 2, generator=g) * period[0] + torch.tensor([-14.0, 25.0]),
+                     torch.rand(20, 2, generator=g) * 4])  # fmt: skip
+    batch = torch.cat([torch.zeros(30), torch.ones(20)]).long()
+    got = {tuple(e) for e in knn_edges(pos, batch, 4, period=period).T.tolist()}
+    d = periodic_offsets(pos[:30, None] - pos[None, :30], period[0].expand(30, 30, 2)).norm(dim=2)
+    nbr = d.fill_diagonal_(float("inf")).topk(4, largest=False).indices
+    want = {(min(i, j), max(i, j)) for i, row in enumerate(nbr.tolist()) for j in row}
+    want |= {tuple(e) for e in knn_edges(pos, batch, 4).T.tolist() if e[0] >= 30}
+    assert got == want
+    assert any(abs(pos[i, 0] - pos[j, 0]) > 3.5 for i, j in got if j < 30)  # some neighbours across the seam
+    torch.testing.assert_close(
+        periodic_offsets(torch.tensor([[6.5, -2.6]]), period[:1]), torch.tensor([[-0.5, 2.4]])
+    )
+    with pytest.raises(ValueError, match="each row of period"):
+        knn_edges(pos, batch, 4, period=torch.tensor([[7.0, 0.0], [0.0, 0.0]]))
+
+
+def test_position_denoiser_on_a_torus_has_no_seam():
+    """A torus grid's positions come with their period as box; shifting every node by any vector of the lattice
+    and wrapping some of them round the torus leaves what each node sees unchanged, so the output shifts
+    with the input, and a torus reads no sides (a bounded grid of the same nodes does)."""
+    den = randomised(
+        PositionDenoiser(position_net(hidden=16, num_layers=2, num_heads=2, period=1.0), k=8, period=1.0)
+    )
+    den = den.double()
+    torus = PositionDataset([grid_graph(6, 7, periodic=True)]).items[0]
+    assert torus["box"].tolist() == [6.0, 7.0] and bool(torus["periodic"])
+    n = 42
+    layout = GraphLayout(torch.zeros(2, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long), 2, 0)
+    pos = torus["x"].double() + 0.2 * torch.randn(n, 2, generator=torch.Generator().manual_seed(0)).double()
+    box, periodic, sigma = (
+        torus["box"][None].double(),
+        torch.tensor([True]),
+        torch.full((2 * n,), 0.4).double(),
+    )
+    out = den(pos.reshape(-1, 1), sigma, layout=layout, box=box, periodic=periodic).view(n, 2)
+    shift = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    moved = pos + shift
+    wrap = moved[:, 0] >= 6  # these nodes go round the torus once
+    moved[wrap, 0] -= 6
+    out2 = den(moved.reshape(-1, 1), sigma, layout=layout, box=box, periodic=periodic).view(n, 2)
+    torch.testing.assert_close(out2 - moved, out - pos)
+    assert (out - pos).abs().max() > 1e-3
+    bounded = den(pos.reshape(-1, 1), sigma, layout=layout, box=box, periodic=torch.tensor([False])).view(
+        n, 2
+    )
+    assert (bounded - out).abs().max() > 1e-4
+    with pytest.raises(ValueError, match=r"periodic must be \(num_graphs=1,\)"):
+        den(pos.reshape(-1, 1), sigma, layout=layout, box=box, periodic=torch.tensor([True, False]))
+
+
+def test_positions_stage_trains_on_the_tori_periodic_share_asks_for():
+    cfg = load_graph_experiment("graph_grid", ["data.periodic_share=0.5"])
+    graphs = graph_experiment.training_graphs(cfg)
+    mixed = graph_experiment.position_graphs(cfg, graphs)
+    tori = [g for g in mixed if g.graph["periodic"]]
+    assert 0.3 < len(tori) / len(mixed) < 0.7 and not any(g.graph["periodic"] for g in graphs)
+    assert all(min(g.graph["grid_shape"]) >= 6 for g in tori)
+    batch = collate_graphs([PositionDataset(mixed[:4]).items[i] for i in range(4)])
+    assert batch["periodic"].tolist() == [g.graph["periodic"] for g in mixed[:4]]
 
 
 def test_wall_features_saturate_inside_and_locate_the_border():

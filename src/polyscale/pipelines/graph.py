@@ -52,7 +52,7 @@ def collate_graphs(items: list[dict[str, Tensor]]) -> dict:
     order (all forward directions, then all reverse). Items with ``"triangles"`` (``(3, T)`` directed-edge ids
     in the item's own layout order) and ``"triangle_cond"`` ``(T, F)`` add both, ids renumbered to the batch
     (``"crossings"`` ``(2, X)`` and ``"crossing_cond"`` likewise); items with a ``"box"`` ``(2,)`` add ``"box"``
-    ``(G, 2)``.
+    ``(G, 2)``, and a ``"periodic"`` ``()`` flag ``"periodic"`` ``(G,)``.
     """
     nodes, edges, lists, batch, offset = [], [], [], [], 0
     conds = [item["edge_cond"] for item in items] if "edge_cond" in items[0] else None
@@ -79,8 +79,9 @@ def collate_graphs(items: list[dict[str, Tensor]]) -> dict:
             forward.append(cond[:m])
             reverse.append(cond[m:] if cond.shape[0] == 2 * m else cond)
         out["edge_cond"] = torch.cat(forward + reverse)
-    if "box" in items[0]:  # per-graph domain (W, H) of the positions stage
-        out["box"] = torch.stack([item["box"] for item in items])
+    for name in ("box", "periodic"):  # per-graph domain (W, H) of the positions stage, and whether a torus
+        if name in items[0]:
+            out[name] = torch.stack([item[name] for item in items])
     for name, cond_name in (("triangles", "triangle_cond"), ("crossings", "crossing_cond")):
         if name not in items[0]:
             continue
@@ -136,13 +137,16 @@ def undirected_edges(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor
 
 def sample_packed(
     denoiser: nn.Module, layout: GraphLayout, x: Tensor, *, sampler: str, steps: int, sigma_max: float,
-    sigma_min: float, rho: float, generator: torch.Generator | None, progress: bool, **cond,
+    sigma_min: float, rho: float, generator: torch.Generator | None, progress: bool,
+    sampler_options: dict | None = None, **cond,
 ) -> Tensor:  # fmt: skip
-    """Run sampler ``sampler`` from the packed start ``x (M, 1)`` (already at noise ``sigma_max``) down a
-    Karras schedule of ``steps`` levels, the denoiser called with ``layout`` and ``cond``."""
+    """Run sampler ``sampler`` (with keyword arguments ``sampler_options``, e.g. Heun's ``s_churn``) from the
+    packed start ``x (M, 1)`` (already at noise ``sigma_max``) down a Karras schedule of ``steps`` levels, the
+    denoiser called with ``layout`` and ``cond``."""
     sigmas = sigmas_karras(steps, sigma_min, sigma_max, rho=rho).to(x.device)
     fn = get_sampler(sampler)
-    return fn(denoiser, x, sigmas, generator=generator, disable=not progress, cond={"layout": layout, **cond})
+    return fn(denoiser, x, sigmas, generator=generator, disable=not progress, cond={"layout": layout, **cond},
+              **(sampler_options or {}))  # fmt: skip
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ import yaml
 from torch import Tensor
 
 from polyscale.config import load_config, to_dict
-from polyscale.data.graphs import family_graph, field_graphs, grid_shape, to_data
+from polyscale.data.graphs import family_graph, field_graphs, grid_graph, grid_shape, to_data, torus_shape
 from polyscale.diffusion import SAMPLERS
 from polyscale.io import atomic_write_text, load_pretrained, read_model_dir, save_pretrained
 from polyscale.metrics.graphs import VALIDITY, mmd_table, uniqueness_novelty
@@ -83,8 +83,9 @@ class GraphDataConfig:
     # features task, grids: fields drawn on the grid padded by smoothing_steps and restricted (no border
     # effect, the same statistics at every node and size, like crops of a larger texture)
     stationary_fields: bool = False
-    # features task, grids: share of training graphs that are tori (no border: every node sees the bulk that
-    # fills a large grid, which bounded 32-64-node grids never show a 4-layer model; see field_graphs)
+    # grids: share of training graphs that are tori (no border: every node sees the bulk that fills a large
+    # grid, which bounded 32-64-node grids never show; see field_graphs). Structure task: the positions stage
+    # only (its denoiser reads tori by the minimum image); the edge stage trains on the bounded grids
     periodic_share: float = 0.0
     candidates_k: int = 10  # structure task: k of the candidate k-NN graph of the positions
     candidates_sectors: int = 0  # structure task: also the nearest candidate per angular sector (0: off)
@@ -280,6 +281,19 @@ def train_graph_experiment(
     return out
 
 
+def position_graphs(cfg: GraphExperimentConfig, graphs: list[nx.Graph]) -> list[nx.Graph]:
+    """The positions stage's training graphs: ``graphs`` with a ``data.periodic_share`` of them replaced by
+    tori of about the same size (:func:`~polyscale.data.graphs.torus_shape`), drawn from their own seed."""
+    share = cfg.data.periodic_share
+    if not share:
+        return graphs
+    rng = np.random.default_rng(cfg.data.seed + 2_000_003)
+    return [
+        grid_graph(*torus_shape(g.number_of_nodes(), rng=rng), periodic=True) if rng.random() < share else g
+        for g in graphs
+    ]
+
+
 def _train_positions(cfg: GraphExperimentConfig, graphs: list[nx.Graph], output_dir: Path, *, resume: bool):
     period = cfg.model.position_period
     positions = PositionDenoiser(position_net(period=period, **_net_kwargs(cfg)), k=cfg.model.position_knn,
@@ -291,7 +305,7 @@ def _train_positions(cfg: GraphExperimentConfig, graphs: list[nx.Graph], output_
         else None
     )
     pos_loss = GraphLoss(P_mean=diff.position_P_mean, P_std=diff.P_std, weight=eps_weight, perturb=jumps)
-    return _train_one(positions, pos_loss, PositionDataset(graphs), cfg, output_dir / "positions",
+    return _train_one(positions, pos_loss, PositionDataset(position_graphs(cfg, graphs)), cfg, output_dir / "positions",
                       resume=resume, role="positions")  # fmt: skip
 
 

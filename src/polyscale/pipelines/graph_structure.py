@@ -68,9 +68,15 @@ def _keys_to_edges(keys: list[np.ndarray], n: int, device: torch.device) -> Tens
     return torch.from_numpy(np.stack([unique // n, unique % n])).long().to(device)
 
 
-def _knn_keys(p: np.ndarray, ids: np.ndarray, k: int, n: int) -> np.ndarray:
+def _knn_keys(p: np.ndarray, ids: np.ndarray, k: int, n: int, period: np.ndarray | None = None) -> np.ndarray:
     kk = min(k + 1, len(ids))
-    _, nbr = cKDTree(p[ids]).query(p[ids], kk)  # (n_g, kk), column 0 is the point itself
+    if period is None:
+        tree, q = cKDTree(p[ids]), p[ids]
+    else:  # on the torus [0, W) x [0, H): points wrapped in, distances by the minimum image
+        q = np.mod(p[ids], period)
+        q = np.where(q >= period, 0.0, q)  # mod can round up to the period itself
+        tree = cKDTree(q, boxsize=period)
+    _, nbr = tree.query(q, kk)  # (n_g, kk), column 0 is the point itself
     return _pair_keys(np.repeat(ids, kk - 1), ids[nbr[:, 1:].reshape(-1)], n)
 
 
@@ -97,13 +103,39 @@ def _hull_keys(p: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
     return _pair_keys(ring, np.roll(ring, 1), n)
 
 
-def knn_edges(pos: Tensor, batch: Tensor, k: int) -> Tensor:
+def knn_edges(pos: Tensor, batch: Tensor, k: int, *, period: Tensor | None = None) -> Tensor:
     """Undirected k-nearest-neighbour edges within each graph, ``(2, m)`` int64 with ``u < v``, each once.
 
     ``pos (N, 2)``, ``batch (N,)``; a graph with ``n <= k`` nodes becomes complete. Built with a k-d tree
-    per graph (``O(n log n)``), so 100,000 nodes take about a second.
+    per graph (``O(n log n)``), so 100,000 nodes take about a second. ``period (G, 2)``: graphs with a row
+    ``(W, H) > 0`` live on the torus ``[0, W) x [0, H)`` (positions taken modulo the period, distances by the
+    minimum image, see :func:`periodic_offsets`); rows of zeros are plain planes.
     """
-    return candidate_edges(pos, batch, k=k)
+    if period is None:
+        return candidate_edges(pos, batch, k=k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    if period.ndim != 2 or period.shape[1] != 2 or period.shape[0] < num_graphs:
+        raise ValueError(f"period must be (num_graphs={num_graphs}, 2), got {tuple(period.shape)}")
+    per = period.detach().cpu().double().numpy()
+    if bool((per < 0).any()) or bool(((per > 0).sum(1) == 1).any()):
+        raise ValueError("each row of period must be (W, H) with W, H > 0, or (0, 0) for a plane")
+    p, b = pos.detach().cpu().double().numpy(), batch.detach().cpu().numpy()
+    n = len(p)
+    keys = []
+    for ids in _graph_groups(batch):
+        g = int(b[ids[0]])
+        if len(ids) >= 2:
+            keys.append(_knn_keys(p, ids, k, n, per[g] if per[g, 0] > 0 else None))
+    return _keys_to_edges(keys, n, pos.device)
+
+
+def periodic_offsets(d: Tensor, period: Tensor) -> Tensor:
+    """The minimum image of displacements ``d (E, 2)`` on tori of ``period (E, 2)`` (rows of zeros: planes,
+    ``d`` unchanged): ``d - L round(d / L)``, each coordinate in ``[-L/2, L/2]``."""
+    safe = torch.where(period > 0, period, torch.ones_like(period))
+    return torch.where(period > 0, d - safe * torch.round(d / safe), d)
 
 
 def candidate_edges(
@@ -405,19 +437,38 @@ class PositionDenoiser(nn.Module):
         self.net, self.k, self.period = net, k, period
 
     def forward(
-        self, x: Tensor, sigma: Tensor, *, layout: GraphLayout, box: Tensor, scale: Tensor | None = None
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        *,
+        layout: GraphLayout,
+        box: Tensor,
+        periodic: Tensor | None = None,
+        scale: Tensor | None = None,
     ) -> Tensor:
         pos, _ = layout.unpack(x)  # (N, 2)
         if box.shape != (layout.num_graphs, 2):
             raise ValueError(f"box must be (num_graphs={layout.num_graphs}, 2), got {tuple(box.shape)}")
+        if periodic is not None and periodic.shape != (layout.num_graphs,):
+            raise ValueError(
+                f"periodic must be (num_graphs={layout.num_graphs},), got {tuple(periodic.shape)}"
+            )
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
         sigma_node = layout.per_graph(sigma)[layout.batch]  # (N,)
-        edges = knn_edges(pos, layout.batch, self.k)
+        box = box.to(x.dtype)
+        # tori (periodic graphs): box is the period, k-NN and offsets by the minimum image, no sides
+        period = None if periodic is None or not bool(periodic.any()) else box * periodic.to(x.dtype)[:, None]
+        edges = knn_edges(pos, layout.batch, self.k, period=period)
         src, dst = torch.cat([edges, edges.flip(0)], dim=1)  # (2E,) both directions
         c_in = (1 + sigma_node**2).rsqrt()  # (N,)
-        rel = (pos[dst] - pos[src]) * c_in[src, None]  # (2E, 2)
+        rel = pos[dst] - pos[src]  # (2E, 2)
+        if period is not None:
+            rel = periodic_offsets(rel, period[layout.batch[src]])
+        rel = rel * c_in[src, None]
         edge_cond = torch.cat([rel, rel.norm(dim=1, keepdim=True)], dim=1)  # (2E, 3)
-        walls = wall_features(pos, box.to(x.dtype)[layout.batch], c_in)  # (N, 4)
+        walls = wall_features(pos, box[layout.batch], c_in)  # (N, 4)
+        if period is not None:  # a torus has no sides: every node reads what a node deep inside a box reads
+            walls = torch.where(periodic[layout.batch, None], torch.ones_like(walls), walls)
         if self.period:
             walls = torch.cat([walls, periodic_features(pos, self.period)], dim=1)  # (N, 8)
         c_noise = sigma_node.clamp(min=1e-20).log() / 4
@@ -477,15 +528,22 @@ def graph_box(g: nx.Graph, pos: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class PositionDataset(Dataset):
-    """Items ``{"x": pos (n, 2), "edge": (0, 0), "edges": (2, 0), "box": (2,)}`` for the positions stage."""
+    """Items ``{"x": pos (n, 2), "edge": (0, 0), "edges": (2, 0), "box": (2,), "periodic": ()}`` for the
+    positions stage. A torus grid (``g.graph["periodic"]``, :func:`~polyscale.data.graphs.grid_graph`) has as
+    box its period ``(rows, cols)``, so its nodes fill the box at one per unit area like a bounded grid's."""
 
     def __init__(self, graphs: Sequence[nx.Graph]) -> None:
         self.items = []
         for g in graphs:
-            pos, box = graph_box(g, graph_positions(g))
+            periodic = bool(g.graph.get("periodic", False))
+            if periodic:
+                pos, box = graph_positions(g), torch.tensor(g.graph["grid_shape"], dtype=torch.float32)
+            else:
+                pos, box = graph_box(g, graph_positions(g))
             self.items.append(
-                {"x": pos, "edge": torch.zeros(0, 0), "edges": torch.zeros(2, 0).long(), "box": box}
-            )
+                {"x": pos, "edge": torch.zeros(0, 0), "edges": torch.zeros(2, 0).long(), "box": box,
+                 "periodic": torch.tensor(periodic)}
+            )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.items)
@@ -599,12 +657,13 @@ def sample_positions(
     sigma_min: float = 0.002,
     rho: float = 7.0,
     start: str = "uniform",
+    sampler_options: dict | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
     """``(num_nodes, 2)`` positions in the domain ``box = (W, H)`` (default: a square of area ``num_nodes``):
     :func:`start_points` (``start``: ``"uniform"`` or ``"stratified"``) plus ``sigma_max`` noise, denoised by a
-    :class:`PositionDenoiser` with any sampler."""
+    :class:`PositionDenoiser` with any sampler (``sampler_options``: its keyword arguments)."""
     if num_nodes < 2:
         raise ValueError(f"num_nodes must be >= 2, got {num_nodes}")
     device = next(denoiser.parameters()).device
@@ -623,7 +682,7 @@ def sample_positions(
     x = points.reshape(-1, 1) + sigma_max * torch.randn(2 * num_nodes, 1, generator=generator, device=device)
     out = sample_packed(
         denoiser, layout, x, sampler=sampler, steps=steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
-        generator=generator, progress=progress, box=extent[None],
+        generator=generator, progress=progress, sampler_options=sampler_options, box=extent[None],
     )  # fmt: skip
     return out.view(num_nodes, 2)
 

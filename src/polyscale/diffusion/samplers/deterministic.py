@@ -12,7 +12,15 @@ import torch
 from torch import Tensor
 
 from polyscale.diffusion.precond import to_d
-from polyscale.diffusion.samplers._common import Callback, Denoiser, prepare, report, sigma_batch, steps
+from polyscale.diffusion.samplers._common import (
+    Callback,
+    Denoiser,
+    noise_like,
+    prepare,
+    report,
+    sigma_batch,
+    steps,
+)
 
 
 @torch.no_grad()
@@ -50,14 +58,32 @@ def sample_heun(
     callback: Callback | None = None,
     disable: bool | None = None,
     cond: dict[str, Any] | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
 ) -> Tensor:
-    """Heun's 2nd-order method (Karras et al. 2022, Alg. 1 with ``S_churn = 0``).
+    """Heun's 2nd-order method (Karras et al. 2022, Alg. 1; with ``s_churn > 0`` their stochastic Alg. 2).
 
+    Churn: at each level ``s`` with ``s_tmin <= s <= s_tmax`` the state is first raised to
+    ``s_hat = s (1 + gamma)``, ``gamma = min(s_churn / N, sqrt(2) - 1)``, by fresh noise of variance
+    ``s_noise^2 (s_hat^2 - s^2)``, and the step runs from ``s_hat``. That noise lets samples leave states a
+    deterministic path has frozen in, at no extra denoiser calls. ``s_churn = 0`` (the default) is Alg. 1.
     The last step to sigma = 0 is plain Euler (Alg. 1, line 7), so NFE = 2N - 1.
     """
     sigmas, cond = prepare(x, sigmas), cond or {}
+    if s_churn < 0 or s_noise < 0 or s_tmin > s_tmax:
+        raise ValueError(
+            f"need s_churn >= 0, s_noise >= 0 and s_tmin <= s_tmax, got s_churn={s_churn}, s_noise={s_noise}, "
+            f"s_tmin={s_tmin}, s_tmax={s_tmax}"
+        )
+    gamma_max = min(s_churn / max(len(sigmas) - 1, 1), 2**0.5 - 1)
     for i in steps(sigmas, disable):
         s, s_next = sigmas[i], sigmas[i + 1]
+        if gamma_max > 0 and s_tmin <= float(s) <= s_tmax:  # Alg. 2, lines 4-6
+            s_hat = s * (1 + gamma_max)
+            x = x + (s_hat**2 - s**2).sqrt() * s_noise * noise_like(x, generator)
+            s = s_hat
         denoised = denoiser(x, sigma_batch(s, x), **cond)
         report(callback, i, s, s_next, x, denoised)
         d = to_d(x, s, denoised)  # Alg. 1, line 5
