@@ -64,6 +64,13 @@ def main() -> None:
         help="start noise levels (default: the model's position_sigma_max)",
     )
     ap.add_argument(
+        "--margins",
+        type=float,
+        nargs="+",
+        default=[None],
+        help="start margins (default: the model's position_start_margin)",
+    )
+    ap.add_argument(
         "--churn",
         nargs="+",
         default=[None],
@@ -81,9 +88,14 @@ def main() -> None:
     rows_out = []
     for spec in args.samplers:
         sampler, steps = spec.split(":")
-        for start, sigma_max, churn in [
-            (a, b, c) for a in args.starts for b in args.sigma_max for c in args.churn
+        for start, sigma_max, churn, margin in [
+            (a, b, c, m)
+            for a in args.starts
+            for b in args.sigma_max
+            for c in args.churn
+            for m in args.margins
         ]:
+            margin = cfg.diffusion.position_start_margin if margin is None else margin
             options = None
             if churn:
                 s_churn, s_tmin, s_tmax = (float(v) for v in churn.split(":"))
@@ -97,7 +109,8 @@ def main() -> None:
                 for _ in range(args.num_graphs):
                     n, box = sampling_domain("grid", size, rng=rng)
                     pos = sample_positions(den, n, box=box, sampler=sampler, steps=int(steps), start=start,
-                                           sigma_max=sigma_max, sampler_options=options, generator=gen)  # fmt: skip
+                                           sigma_max=sigma_max, start_margin=margin, sampler_options=options,
+                                           generator=gen)  # fmt: skip
                     rows, cols = int(box[0]) + 1, int(box[1]) + 1
                     ok, dist, holes, h_near, h_deep = lattice_stats(pos, rows, cols, args.band)
                     exact, worst, empty = exact + ok, worst + [dist], empty + [holes]
@@ -109,7 +122,8 @@ def main() -> None:
                         deep_sites + s_deep,
                     )
                 rows_out.append({
-                    "nodes": size, "sampler": spec, "churn": churn or "-", "start": start, "sigma max": sigma_max,
+                    "nodes": size, "sampler": spec, "churn": churn or "-", "start": start, "margin": margin,
+                    "sigma max": sigma_max,
                     "graphs": args.num_graphs,
                     "exact lattice": exact / args.num_graphs, "median max |p - site|": float(np.median(worst)),
                     "empty sites per graph": float(np.mean(empty)),

@@ -574,6 +574,37 @@ def test_stratified_start_puts_one_point_in_each_cell_and_matches_area_everywher
         graph_structure.start_points(4, extent, start="lattice")
 
 
+class _Still(torch.nn.Module):
+    """D(x) = x: a sampler leaves the start where it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, sigma, **cond):
+        return x
+
+
+def test_start_margin_grows_the_start_box_to_the_lattice_cells():
+    """A 12 x 12 grid's sites fill [0, 11]^2; with a margin of 0.5 the stratified cells are exactly the sites'
+    unit cells (rounding the start gives every site once), without it the start is squeezed inside."""
+    box = (11.0, 11.0)
+    common = dict(box=box, sampler="euler", steps=1, sigma_max=1e-6, sigma_min=1e-7, start="stratified")
+    grown = graph_structure.sample_positions(
+        _Still(), 144, start_margin=0.5, generator=torch.Generator().manual_seed(0), **common
+    )
+    sites = grown.round().long()
+    assert bool((sites >= 0).all() and (sites <= 11).all())
+    assert len(torch.unique(sites[:, 0] * 12 + sites[:, 1])) == 144
+    squeezed = graph_structure.sample_positions(
+        _Still(), 144, generator=torch.Generator().manual_seed(0), **common
+    )
+    assert bool((squeezed >= 0).all() and (squeezed <= 11).all())
+    assert len(torch.unique(squeezed.round().long()[:, 0] * 12 + squeezed.round().long()[:, 1])) < 144
+    with pytest.raises(ValueError, match="start_margin must be >= 0"):
+        graph_structure.sample_positions(_Still(), 144, start_margin=-1.0, **common)
+
+
 def test_periodic_features_give_the_lattice_phase_and_the_denoiser_checks_its_width():
     """The phase features repeat with the period, tell sites from mid-cell points, and the positions denoiser
     with a period is equivariant to whole-period shifts deep inside its box but not to half-period ones."""

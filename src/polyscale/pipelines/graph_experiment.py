@@ -112,6 +112,9 @@ class GraphDiffusionConfig:
     # structure task: the start points (uniform: i.i.d., as planar nodes are; stratified: one per cell of an
     # equal-area partition, so node counts match area at every scale as on a lattice, see start_points)
     position_start: str = "uniform"
+    # structure task: the start points fill the box grown by this on every side (grids: 0.5, as their sites
+    # on the sides fill the box grown by half a spacing at one node per unit area; see sample_positions)
+    position_start_margin: float = 0.0
     # structure task: share of nodes the positions stage's training moves by up to position_max_jump (their
     # targets stay put), so the denoiser learns to undo the misplaced nodes sampling makes (0: off; NodeJumps)
     position_jump_rate: float = 0.0
@@ -176,6 +179,8 @@ def load_graph_experiment(name_or_path: str | Path, overrides: list[str] | tuple
             f"data.periodic_share must be in [0, 1] and needs family 'grid', got {d.periodic_share} with "
             f"family {d.family!r}"
         )
+    if diff.position_start_margin < 0:
+        raise ValueError(f"diffusion.position_start_margin must be >= 0, got {diff.position_start_margin}")
     period = cfg.model.position_period
     if period is not None and not period > 0:
         raise ValueError(f"model.position_period must be None or > 0, got {period}")
@@ -414,6 +419,7 @@ def generate_graphs(
             pos = sample_positions(
                 model.positions, n, box=box, sampler=pos_sampler, steps=pos_steps,
                 sigma_max=cfg.diffusion.position_sigma_max, start=cfg.diffusion.position_start,
+                start_margin=cfg.diffusion.position_start_margin,
                 generator=generator, progress=progress,
             )  # fmt: skip
             g = sample_edges(

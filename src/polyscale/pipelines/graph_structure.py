@@ -657,13 +657,20 @@ def sample_positions(
     sigma_min: float = 0.002,
     rho: float = 7.0,
     start: str = "uniform",
+    start_margin: float = 0.0,
     sampler_options: dict | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
     """``(num_nodes, 2)`` positions in the domain ``box = (W, H)`` (default: a square of area ``num_nodes``):
     :func:`start_points` (``start``: ``"uniform"`` or ``"stratified"``) plus ``sigma_max`` noise, denoised by a
-    :class:`PositionDenoiser` with any sampler (``sampler_options``: its keyword arguments)."""
+    :class:`PositionDenoiser` with any sampler (``sampler_options``: its keyword arguments).
+
+    ``start_margin``: the start points fill the box grown by this much on every side. A lattice whose sites
+    lie on the box's sides (grids: ``rows x cols`` sites in ``[0, rows - 1] x [0, cols - 1]``) fills the box
+    grown by half a spacing at one node per unit area, so ``0.5`` matches it; a start squeezed into the box
+    itself is denser than the lattice inside (by 19 % for 12 x 12, 6 % for 32 x 32), a surplus no local
+    denoiser can carry out to the sides."""
     if num_nodes < 2:
         raise ValueError(f"num_nodes must be >= 2, got {num_nodes}")
     device = next(denoiser.parameters()).device
@@ -677,7 +684,11 @@ def sample_positions(
     extent = torch.tensor(box if box is not None else (side, side), dtype=torch.float32, device=device)
     if extent.shape != (2,) or bool((extent <= 0).any()):
         raise ValueError(f"box must be (W, H) with W, H > 0, got {box}")
-    points = start_points(num_nodes, extent, start=start, generator=generator)
+    if start_margin < 0:
+        raise ValueError(f"start_margin must be >= 0, got {start_margin}")
+    points = (
+        start_points(num_nodes, extent + 2 * start_margin, start=start, generator=generator) - start_margin
+    )
     points = points[spatial_order(points)]  # exchangeable points: Z-order keeps neighbours' memory close
     x = points.reshape(-1, 1) + sigma_max * torch.randn(2 * num_nodes, 1, generator=generator, device=device)
     out = sample_packed(
