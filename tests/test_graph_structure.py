@@ -481,13 +481,28 @@ def test_graph_cli_train_sample_evaluate(tmp_path, capsys, monkeypatch):
     real = graph_experiment.sample_positions
 
     def spy(*args, **kwargs):
-        seen.append((kwargs["sampler"], kwargs["steps"]))
+        seen.append((kwargs["sampler"], kwargs["steps"], kwargs["sampler_options"], kwargs["start_margin"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(graph_experiment, "sample_positions", spy)
     graph_experiment.generate_graphs(model, 40, 1, steps=None)
     graph_experiment.generate_graphs(model, 40, 1, sampler="ddim", steps=2)
-    assert seen == [("euler", 3), ("ddim", 2)]
+    assert seen == [("euler", 3, None, 0.0), ("ddim", 2, None, 0.0)]
+    # sampling overrides: churn reaches a Heun positions sampler only, the margin any sampler
+    churned = graph_experiment.with_sampling_overrides(
+        model, ["diffusion.position_s_churn=10", "diffusion.position_start_margin=0.5"]
+    )
+    assert model.config.diffusion.position_s_churn == 0  # the original is left alone
+    graph_experiment.generate_graphs(churned, 40, 1, sampler="heun", steps=2)
+    graph_experiment.generate_graphs(churned, 40, 1, sampler="euler", steps=2)
+    assert seen[2:] == [
+        ("heun", 2, {"s_churn": 10.0, "s_tmin": 0.05, "s_tmax": 1.0}, 0.5),
+        ("euler", 2, None, 0.5),
+    ]
+    with pytest.raises(ValueError, match=r"diffusion.\* fields only, got \['model.hidden=8'\]"):
+        graph_experiment.with_sampling_overrides(model, ["model.hidden=8"])
+    with pytest.raises(ValueError, match="position_s_churn >= 0"):
+        graph_experiment.with_sampling_overrides(model, ["diffusion.position_s_churn=-1"])
     out = tmp_path / "g.png"
     argv = ["graph", "sample", "--checkpoint", str(run), "--num-nodes", "150", "--num-graphs", "2"]
     assert main([*argv, "--timesteps", "2", "--output-file", str(out)]) == 0
@@ -495,7 +510,8 @@ def test_graph_cli_train_sample_evaluate(tmp_path, capsys, monkeypatch):
     assert int(saved["num_nodes_0"]) == 150 and saved["pos_1"].shape == (150, 2)
     capsys.readouterr()
     argv = ["graph", "evaluate", "--checkpoint", str(run), "--sizes", "40", "90", "--num-graphs", "2"]
-    assert main([*argv, "--timesteps", "2"]) == 0
+    assert main([*argv, "--timesteps", "2", "--set", "diffusion.position_start_margin=0.5"]) == 0
+    assert seen[-1][3] == 0.5
     table = capsys.readouterr().out
     assert "degree MMD2" in table and "orbit floor" in table and "valid" in table
     features = tmp_path / "features"

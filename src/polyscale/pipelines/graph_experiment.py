@@ -107,6 +107,12 @@ class GraphDiffusionConfig:
     # long stochastic sampling, whose Langevin steps let a misplaced row of nodes move before it freezes
     position_sampler: str | None = None
     position_steps: int | None = None
+    # structure task: Heun's churn in the positions stage (Karras et al. 2022, Alg. 2; the positions sampler
+    # must be heun, other samplers take no churn): fresh noise at the levels in [position_s_tmin,
+    # position_s_tmax] lets a node leave a doubly-claimed site before the lattice freezes (0: off)
+    position_s_churn: float = 0.0
+    position_s_tmin: float = 0.05
+    position_s_tmax: float = 1.0
     sigma_max: float = 80.0  # features and edges start from N(0, sigma_max^2)
     position_sigma_max: float = 3.0  # positions start from position_start points + N(0, position_sigma_max^2)
     # structure task: the start points (uniform: i.i.d., as planar nodes are; stratified: one per cell of an
@@ -158,7 +164,11 @@ def load_graph_experiment(name_or_path: str | Path, overrides: list[str] | tuple
                 f"unknown graph preset {str(name_or_path)!r}; expected one of {graph_preset_names()} or a .yaml path"
             )
         path = Path(str(resources.files("polyscale") / "presets" / "graph" / f"{name_or_path}.yaml"))
-    cfg = load_config(GraphExperimentConfig, path, overrides)
+    return check_graph_experiment(load_config(GraphExperimentConfig, path, overrides))
+
+
+def check_graph_experiment(cfg: GraphExperimentConfig) -> GraphExperimentConfig:
+    """``cfg`` if its values fit together, else a ValueError naming the field, what it needs and what it got."""
     d, diff = cfg.data, cfg.diffusion
     if not 2 <= d.min_nodes <= d.max_nodes:
         raise ValueError(f"need 2 <= data.min_nodes <= data.max_nodes, got {d.min_nodes} and {d.max_nodes}")
@@ -178,6 +188,11 @@ def load_graph_experiment(name_or_path: str | Path, overrides: list[str] | tuple
         raise ValueError(
             f"data.periodic_share must be in [0, 1] and needs family 'grid', got {d.periodic_share} with "
             f"family {d.family!r}"
+        )
+    if diff.position_s_churn < 0 or not 0 <= diff.position_s_tmin <= diff.position_s_tmax:
+        raise ValueError(
+            "need diffusion.position_s_churn >= 0 and 0 <= position_s_tmin <= position_s_tmax, got "
+            f"{diff.position_s_churn}, {diff.position_s_tmin}, {diff.position_s_tmax}"
         )
     if diff.position_start_margin < 0:
         raise ValueError(f"diffusion.position_start_margin must be >= 0, got {diff.position_start_margin}")
@@ -338,6 +353,20 @@ def _load_net(directory: Path, device: torch.device) -> tuple[GraphDenoiser, Gra
     return net, load_config(GraphExperimentConfig, meta)
 
 
+def with_sampling_overrides(model: GraphModel, overrides: Sequence[str]) -> GraphModel:
+    """``model`` with ``diffusion.KEY=VALUE`` overrides applied to its configuration (how it samples: the
+    sampler, steps, start, churn); anything outside ``diffusion`` would not match the trained weights and is
+    an error. Values are validated like the preset's."""
+    outside = [o for o in overrides if not o.startswith("diffusion.")]
+    if outside:
+        raise ValueError(f"sampling overrides must set diffusion.* fields only, got {outside}")
+    if not overrides:
+        return model
+    cfg = load_config(GraphExperimentConfig, to_dict(model.config), list(overrides))
+    check_graph_experiment(cfg)
+    return replace(model, config=replace(model.config, diffusion=cfg.diffusion))
+
+
 def load_graph_model(run_dir: str | Path, *, device: str = "auto") -> GraphModel:
     """Load the EMA model(s) of a run directory written by :func:`train_graph_experiment`."""
     run_dir = Path(run_dir)
@@ -395,6 +424,12 @@ def generate_graphs(
     # an explicit sampler / steps serves both stages; otherwise each stage takes its configured default
     pos_sampler = sampler or cfg.diffusion.position_sampler or cfg.diffusion.sampler
     pos_steps = steps or cfg.diffusion.position_steps or cfg.diffusion.steps
+    diff = cfg.diffusion
+    pos_options = (
+        {"s_churn": diff.position_s_churn, "s_tmin": diff.position_s_tmin, "s_tmax": diff.position_s_tmax}
+        if diff.position_s_churn and pos_sampler == "heun"
+        else None
+    )
     sampler = sampler or cfg.diffusion.sampler
     steps = steps or cfg.diffusion.steps
     generator = torch.Generator().manual_seed(seed)
@@ -419,7 +454,7 @@ def generate_graphs(
             pos = sample_positions(
                 model.positions, n, box=box, sampler=pos_sampler, steps=pos_steps,
                 sigma_max=cfg.diffusion.position_sigma_max, start=cfg.diffusion.position_start,
-                start_margin=cfg.diffusion.position_start_margin,
+                start_margin=cfg.diffusion.position_start_margin, sampler_options=pos_options,
                 generator=generator, progress=progress,
             )  # fmt: skip
             g = sample_edges(
