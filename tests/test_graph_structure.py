@@ -457,7 +457,8 @@ def test_sample_edges_does_not_depend_on_the_callers_node_labels():
 
 TINY = ["--set", "optimization.max_steps=2", "--set", "optimization.batch_size=4", "--set", "data.num_graphs=8",
         "--set", "model.hidden=16", "--set", "model.num_layers=1", "--set", "optimization.checkpoint_every=2",
-        "--set", "optimization.log_every=1", "--set", "optimization.warmup_steps=1"]  # fmt: skip
+        "--set", "optimization.log_every=1", "--set", "optimization.warmup_steps=1",
+        "--set", "diffusion.position_max_steps=2"]  # fmt: skip
 
 
 def test_graph_cli_train_sample_evaluate(tmp_path, capsys, monkeypatch):
@@ -720,3 +721,48 @@ def test_node_jumps_move_the_chosen_share_of_nodes_by_at_most_max_jump_and_keep_
     assert 0.14 < float(value) < 0.19  # every node jumped: E|jump|^2 = 1/3 per node, 1/6 per packed row
     with pytest.raises(ValueError, match="need 0 <= rate <= 1"):
         graph_structure.NodeJumps(rate=2.0)
+
+
+def test_node_jumps_follow_their_schedule_step_by_step():
+    n = 2000
+    layout = GraphLayout(torch.zeros(2, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long), 2, 0)
+    x = torch.rand(2 * n, 1)
+    jumps = graph_structure.NodeJumps(rate=0.5, max_jump=9.0, schedule=[[0, 0.0], [10, 1.0], [20, 4.0]])
+
+    def longest(step: int) -> float:
+        jumps.set_step(step)
+        out = jumps(x, layout=layout, generator=torch.Generator().manual_seed(0))
+        return float((layout.unpack(out)[0] - layout.unpack(x)[0]).norm(dim=1).max())
+
+    assert longest(0) == 0.0 and longest(9) == 0.0  # the first stretch has no jumps at all
+    assert 0.9 < longest(10) <= 1.0 + 1e-5 and 0.9 < longest(19) <= 1.0 + 1e-5
+    assert 3.6 < longest(20) <= 4.0 + 1e-5 and 3.6 < longest(10_000) <= 4.0 + 1e-5
+    fixed = graph_structure.NodeJumps(rate=0.5, max_jump=9.0)  # without a schedule max_jump holds throughout
+    fixed.set_step(10_000)
+    out = fixed(x, layout=layout, generator=torch.Generator().manual_seed(0))
+    assert 8 < float((layout.unpack(out)[0] - layout.unpack(x)[0]).norm(dim=1).max()) <= 9.0 + 1e-5
+    # the loss passes the loop's step on to its perturbation
+    loss = GraphLoss(perturb=jumps)
+    loss.set_step(12)
+    assert jumps.current == 1.0
+    for bad, match in (
+        ([[1, 2.0]], "start at 0 and increase"),
+        ([[0, 1.0], [0, 2.0]], "start at 0 and increase"),
+        ([[0, -1.0]], "max_jump >= 0"),
+        ([[0, 1.0, 3]], r"\[from_step, max_jump\] pairs"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            graph_structure.NodeJumps(rate=0.1, schedule=bad)
+    with pytest.raises(ValueError, match="start at 0"):
+        graph_experiment.load_graph_experiment("graph_grid", ["diffusion.position_jump_schedule=[[5, 1.0]]"])
+    with pytest.raises(ValueError, match="position_max_steps must be None or >= 1"):
+        graph_experiment.load_graph_experiment("graph_grid", ["diffusion.position_max_steps=0"])
+
+
+def test_positions_stage_takes_its_own_step_count(tmp_path):
+    run = tmp_path / "grid"
+    argv = ["graph", "train", "--preset", "graph_grid", "--output-dir", str(run), *TINY]
+    argv += ["--set", "diffusion.position_max_steps=3", "--set", "optimization.checkpoint_every=1"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (run / "positions" / "checkpoints").iterdir())[-1] == "step_00000003"
+    assert sorted(p.name for p in (run / "edges" / "checkpoints").iterdir())[-1] == "step_00000002"

@@ -202,6 +202,29 @@ def test_loss_decreases(tmp_path):
     assert math.isfinite(result.final_loss) and result.final_loss < first
 
 
+class StepAwareLoss:
+    """``denoise_loss`` that records the steps the loop reports through ``set_step``."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def set_step(self, step: int) -> None:
+        self.steps.append(step)
+
+    def __call__(self, model, x0, **kw):
+        return denoise_loss(model, x0, **kw)
+
+
+def test_loop_tells_a_step_aware_loss_each_step_also_after_a_resume(tmp_path):
+    loss = StepAwareLoss()
+    cfg = config(tmp_path, max_steps=4, checkpoint_every=2)
+    train(make_model(0), loss, make_dataset(), cfg)
+    assert loss.steps == [0, 1, 2, 3]
+    resumed = StepAwareLoss()  # a fresh process picks up at the checkpointed step, not at 0
+    train(make_model(0), resumed, make_dataset(), replace(cfg, max_steps=6))
+    assert resumed.steps == [4, 5]
+
+
 def stop_at(step: int):
     def crash(s: int, model, metrics) -> None:
         if s == step:

@@ -111,6 +111,11 @@ class GraphLoss:
         self.P_mean, self.P_std, self.sigma_data, self.weight = P_mean, P_std, sigma_data, weight
         self.perturb = perturb
 
+    def set_step(self, step: int) -> None:
+        """Passed on to ``perturb`` when it follows the training step (``NodeJumps`` with a schedule)."""
+        if hasattr(self.perturb, "set_step"):
+            self.perturb.set_step(step)
+
     def __call__(
         self, model: nn.Module, x0: Tensor, *, generator: torch.Generator, layout: GraphLayout, **cond
     ):

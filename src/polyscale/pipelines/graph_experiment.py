@@ -42,6 +42,7 @@ from polyscale.pipelines.graph_structure import (
     NodeJumps,
     PositionDataset,
     PositionDenoiser,
+    check_jump_schedule,
     edge_net,
     eps_weight,
     position_net,
@@ -125,6 +126,12 @@ class GraphDiffusionConfig:
     # targets stay put), so the denoiser learns to undo the misplaced nodes sampling makes (0: off; NodeJumps)
     position_jump_rate: float = 0.0
     position_max_jump: float = 2.0
+    # structure task: a jump curriculum, [from_step, max_jump] pairs from step 0 on, that replaces
+    # position_max_jump step by step (0: no jumps in that stretch); empty: position_max_jump throughout
+    position_jump_schedule: list[tuple[int, float]] = field(default_factory=list)
+    # structure task: the positions stage's own number of optimizer steps (None: optimization.max_steps,
+    # which the edge stage always takes)
+    position_max_steps: int | None = None
     position_P_mean: float = -0.8  # positions: training ln sigma ~ N(position_P_mean, P_std^2)
     # edges: training ln sigma ~ N(edge_P_mean, edge_P_std^2). Edge existence is (nearly) decided by the
     # geometry, so what matters is the high-noise regime where the labels are not yet visible
@@ -189,6 +196,9 @@ def check_graph_experiment(cfg: GraphExperimentConfig) -> GraphExperimentConfig:
             f"data.periodic_share must be in [0, 1] and needs family 'grid', got {d.periodic_share} with "
             f"family {d.family!r}"
         )
+    check_jump_schedule(diff.position_jump_schedule)
+    if diff.position_max_steps is not None and diff.position_max_steps < 1:
+        raise ValueError(f"diffusion.position_max_steps must be None or >= 1, got {diff.position_max_steps}")
     if diff.position_s_churn < 0 or not 0 <= diff.position_s_tmin <= diff.position_s_tmax:
         raise ValueError(
             "need diffusion.position_s_churn >= 0 and 0 <= position_s_tmin <= position_s_tmax, got "
@@ -320,13 +330,21 @@ def _train_positions(cfg: GraphExperimentConfig, graphs: list[nx.Graph], output_
                                  period=period)  # fmt: skip
     diff = cfg.diffusion
     jumps = (
-        NodeJumps(rate=diff.position_jump_rate, max_jump=diff.position_max_jump)
+        NodeJumps(
+            rate=diff.position_jump_rate,
+            max_jump=diff.position_max_jump,
+            schedule=diff.position_jump_schedule,
+        )  # fmt: skip
         if diff.position_jump_rate
         else None
     )
     pos_loss = GraphLoss(P_mean=diff.position_P_mean, P_std=diff.P_std, weight=eps_weight, perturb=jumps)
-    return _train_one(positions, pos_loss, PositionDataset(position_graphs(cfg, graphs)), cfg, output_dir / "positions",
-                      resume=resume, role="positions")  # fmt: skip
+    steps = diff.position_max_steps
+    stage_cfg = (
+        cfg if steps is None else replace(cfg, optimization=replace(cfg.optimization, max_steps=steps))
+    )
+    return _train_one(positions, pos_loss, PositionDataset(position_graphs(cfg, graphs)), stage_cfg,
+                      output_dir / "positions", resume=resume, role="positions")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ loading/sampling

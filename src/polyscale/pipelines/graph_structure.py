@@ -484,22 +484,56 @@ class NodeJumps:
     uniform in ``[0, max_jump]`` in a uniform direction, while its target stays put. Sampling makes states the
     forward process never does (on a lattice: two nodes on one site and a hole a few sites away, frozen once
     the noise is low); with jumped nodes in training the denoiser learns to send such a node back to the
-    free place. Packed positions ``x (2N, 1)`` in, the same shape out."""
+    free place. Packed positions ``x (2N, 1)`` in, the same shape out.
 
-    def __init__(self, *, rate: float, max_jump: float = 2.0) -> None:
+    ``schedule``: a curriculum of ``(from_step, max_jump)`` pairs, steps increasing from 0, that replaces
+    ``max_jump`` from each step on (0: no jumps then). The training loop reports the step through
+    :meth:`set_step` (via :class:`~polyscale.pipelines.graph.GraphLoss`), so a resumed run picks up the
+    stage it was in."""
+
+    def __init__(
+        self, *, rate: float, max_jump: float = 2.0, schedule: Sequence[Sequence[float]] = ()
+    ) -> None:
         if not 0 <= rate <= 1 or not max_jump > 0:
             raise ValueError(f"need 0 <= rate <= 1 and max_jump > 0, got rate={rate}, max_jump={max_jump}")
+        self.schedule = check_jump_schedule(schedule)
         self.rate, self.max_jump = rate, max_jump
+        self.set_step(0)
+
+    def set_step(self, step: int) -> None:
+        """Take the ``max_jump`` the schedule gives for ``step`` (no schedule: keep the fixed one)."""
+        for start, jump in self.schedule:
+            if step >= start:
+                self.current = jump
+        if not self.schedule:
+            self.current = self.max_jump
 
     def __call__(self, x: Tensor, *, layout: GraphLayout, generator: torch.Generator | None = None) -> Tensor:
         pos, _ = layout.unpack(x)  # (N, 2)
         n = pos.shape[0]
-        # (N, 3) uniforms per node: whether it jumps, how far, in which direction
+        # (N, 3) uniforms per node: whether it jumps, how far, in which direction (drawn even when no node
+        # jumps, so the noise that follows is the same at every stage of a schedule)
         u = torch.rand(n, 3, generator=generator, device=x.device, dtype=x.dtype)
-        length = (u[:, 0] < self.rate) * u[:, 1] * self.max_jump  # (N,), 0 for nodes that stay
+        length = (u[:, 0] < self.rate) * u[:, 1] * self.current  # (N,), 0 for nodes that stay
         angle = u[:, 2] * 2 * torch.pi
         jump = torch.stack([angle.cos(), angle.sin()], dim=1) * length[:, None]  # (N, 2)
         return x + layout.pack(jump, None)
+
+
+def check_jump_schedule(schedule: Sequence[Sequence[float]]) -> list[tuple[int, float]]:
+    """``schedule`` as ``[(from_step, max_jump), ...]`` if it is a valid jump curriculum (pairs, the first
+    from step 0, steps strictly increasing, jumps >= 0), else a ValueError saying what is wrong."""
+    out = []
+    for item in schedule:
+        if len(item) != 2:
+            raise ValueError(f"a jump schedule holds [from_step, max_jump] pairs, got {list(item)!r}")
+        start, jump = item
+        if start != int(start) or jump < 0:
+            raise ValueError(f"a jump schedule needs integer steps and max_jump >= 0, got {list(item)!r}")
+        out.append((int(start), float(jump)))
+    if out and (out[0][0] != 0 or any(b[0] <= a[0] for a, b in zip(out, out[1:], strict=False))):
+        raise ValueError(f"a jump schedule's steps must start at 0 and increase, got {[a for a, _ in out]}")
+    return out
 
 
 def eps_weight(sigma: Tensor) -> Tensor:
@@ -778,6 +812,7 @@ def reads_crossings(denoiser: nn.Module) -> bool:
 __all__ = [
     "CandidateDataset",
     "NodeJumps",
+    "check_jump_schedule",
     "PositionDataset",
     "PositionDenoiser",
     "candidate_conditioning",

@@ -170,7 +170,8 @@ def train(
         loss_fn: ``loss_fn(model, x0, *, generator, **cond) -> (B,)`` per-sample loss; ``x0`` is
             ``batch["x"]`` ``(B, C, *spatial)``, ``cond`` the other keys (e.g. ``class_labels`` ``(B,)``).
             Draw noise from ``generator`` (seeded per step and micro-batch) for exact resume. The loop takes
-            the mean.
+            the mean. A ``loss_fn.set_step(step)`` method, if it has one, is called before each optimizer step
+            with the number of steps done, so a curriculum resumes exactly where it was.
         dataset: map-style, items ``{"x": (C, *spatial), ...}``; an optional ``set_epoch(epoch)`` is honoured.
         config: the knobs (see :class:`TrainConfig`); ``output_dir`` receives ``checkpoints/step_*``,
             ``metrics.csv``, ``tb/`` and, with ``export_fn``, ``model/``.
@@ -244,7 +245,10 @@ def train(
         losses: list[float] = []
         t_log, steps_since_log = time.perf_counter(), 0
         model.train()
+        set_step = getattr(loss_fn, "set_step", None)
         for step in range(start_step, cfg.max_steps):
+            if set_step is not None:  # a loss whose settings follow the step (a curriculum) learns which
+                set_step(step)
             step_loss, lr, grad_norm = _optimizer_step(
                 accelerator,
                 model,
