@@ -46,9 +46,19 @@ def band_sites(rows: int, cols: int, band: int) -> tuple[int, int]:
     return rows * cols - deep, deep
 
 
+def positions_denoiser(args: argparse.Namespace):
+    """The positions denoiser and config of ``args.run`` (torch set to ``args.threads`` threads)."""
+    from polyscale.pipelines.graph_experiment import _load_net
+    from polyscale.pipelines.graph_structure import PositionDenoiser
+
+    torch.set_num_threads(args.threads)
+    net, cfg = _load_net(Path(args.run) / "positions" / "model", torch.device("cpu"))
+    return PositionDenoiser(net, k=cfg.model.position_knn, period=cfg.model.position_period), cfg
+
+
 def main() -> None:
-    from polyscale.pipelines.graph_experiment import _load_net, sampling_domain
-    from polyscale.pipelines.graph_structure import PositionDenoiser, sample_positions
+    from polyscale.pipelines.graph_experiment import sampling_domain
+    from polyscale.pipelines.graph_structure import sample_positions
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="grid run directory (positions/model inside)")
@@ -82,9 +92,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    net, cfg = _load_net(Path(args.run) / "positions" / "model", torch.device("cpu"))
-    den = PositionDenoiser(net, k=cfg.model.position_knn, period=cfg.model.position_period)
+    den, cfg = positions_denoiser(args)
     rows_out = []
     for spec in args.samplers:
         sampler, steps = spec.split(":")

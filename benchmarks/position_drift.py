@@ -17,13 +17,12 @@ that size is what leaves the holes.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from common import machine_description, markdown_table, publish
-from grid_positions import lattice_stats
+from grid_positions import lattice_stats, positions_denoiser
 
 SIGMAS = (3.0, 2.0, 1.4, 1.0, 0.7, 0.5, 0.3, 0.15, 0.07, 0.03)
 DEPTH_EDGES = (0.0, 1.0, 2.0, 3.0, 5.0)  # bins: < 0 (outside), [0, 1), ..., [3, 5), >= 5
@@ -94,8 +93,8 @@ class DriftCorrected(torch.nn.Module):
 
 
 def main() -> None:
-    from polyscale.pipelines.graph_experiment import _load_net, sampling_domain
-    from polyscale.pipelines.graph_structure import PositionDenoiser, sample_positions
+    from polyscale.pipelines.graph_experiment import sampling_domain
+    from polyscale.pipelines.graph_structure import sample_positions
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="grid run directory (positions/model inside)")
@@ -108,9 +107,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    net, cfg = _load_net(Path(args.run) / "positions" / "model", torch.device("cpu"))
-    den = PositionDenoiser(net, k=cfg.model.position_knn, period=cfg.model.position_period)
+    den, cfg = positions_denoiser(args)
     rows, cols = args.shape
     mean, se = measure(den, rows, cols, args.draws)
     inner = [f"{a:g}-{b:g}" for a, b in zip(DEPTH_EDGES, DEPTH_EDGES[1:], strict=False)]
