@@ -74,11 +74,20 @@ class _StrictLoader(yaml.SafeLoader):
 
 # Mantissa with at least one digit, optional dot, exponent with optional sign: 1e3, -2E+4, .5e-1, 1.e2.
 # Forms with a dot and a signed exponent are already floats under PyYAML's own resolver, which runs first.
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
-    list("-+.0123456789"),
-)
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
+
+
+class _StrictDumper(yaml.SafeDumper):
+    """SafeDumper that quotes strings :func:`yaml_load` would read as exponent floats (``"0E0"``, ``"1e3"``)."""
+
+
+_StrictDumper.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
+
+
+def yaml_dump(data: Any, **kwargs) -> str:
+    """YAML text of plain ``data`` that :func:`yaml_load` reads back as the same values."""
+    return yaml.dump(data, Dumper=_StrictDumper, **kwargs)
 
 
 def yaml_load(text: str) -> Any:

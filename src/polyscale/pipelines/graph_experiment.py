@@ -20,10 +20,9 @@ from typing import Literal
 import networkx as nx
 import numpy as np
 import torch
-import yaml
 from torch import Tensor
 
-from polyscale.config import load_config, to_dict
+from polyscale.config import load_config, to_dict, yaml_dump
 from polyscale.data.graphs import family_graph, field_graphs, grid_graph, grid_shape, to_data, torus_shape
 from polyscale.diffusion import SAMPLERS
 from polyscale.io import atomic_write_text, load_pretrained, read_model_dir, save_pretrained
@@ -284,7 +283,7 @@ def train_graph_experiment(
         raise ValueError(f"stages must be a non-empty subset of {STRUCTURE_STAGES}, got {tuple(stages)}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output_dir / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(output_dir / "experiment.yaml", yaml_dump(to_dict(cfg), sort_keys=False))
     _device(cfg)
     d, diff = cfg.data, cfg.diffusion
     torch.manual_seed(cfg.optimization.seed)

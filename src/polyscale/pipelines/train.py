@@ -6,9 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
-from polyscale.config import to_dict
+from polyscale.config import to_dict, yaml_dump
 from polyscale.diffusion import EDMLoss, EDMPrecond
 from polyscale.io import atomic_write_text, save_pretrained
 from polyscale.nn.unet import UNet
@@ -95,7 +94,7 @@ def train_experiment(
         P_mean=d.P_mean, P_std=d.P_std, sigma_data=d.sigma_data,
         lowpass_factor=d.lowpass_factor, lowpass_weight=d.lowpass_weight,
     )  # fmt: skip
-    atomic_write_text(output_dir / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(output_dir / "experiment.yaml", yaml_dump(to_dict(cfg), sort_keys=False))
     metadata = {"experiment": to_dict(cfg), "sample_shape": list(sample_shape)}
     if source is not None:
         metadata["init_from"] = source
