@@ -502,11 +502,7 @@ class NodeJumps:
 
     def set_step(self, step: int) -> None:
         """Take the ``max_jump`` the schedule gives for ``step`` (no schedule: keep the fixed one)."""
-        for start, jump in self.schedule:
-            if step >= start:
-                self.current = jump
-        if not self.schedule:
-            self.current = self.max_jump
+        self.current = next((j for start, j in reversed(self.schedule) if step >= start), self.max_jump)
 
     def __call__(self, x: Tensor, *, layout: GraphLayout, generator: torch.Generator | None = None) -> Tensor:
         pos, _ = layout.unpack(x)  # (N, 2)
