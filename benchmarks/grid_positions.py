@@ -48,12 +48,11 @@ def band_sites(rows: int, cols: int, band: int) -> tuple[int, int]:
 
 def positions_denoiser(args: argparse.Namespace):
     """The positions denoiser and config of ``args.run`` (torch set to ``args.threads`` threads)."""
-    from polyscale.pipelines.graph_experiment import _load_net
-    from polyscale.pipelines.graph_structure import PositionDenoiser
+    from polyscale.pipelines.graph_experiment import _load_net, position_denoiser
 
     torch.set_num_threads(args.threads)
     net, cfg = _load_net(Path(args.run) / "positions" / "model", torch.device("cpu"))
-    return PositionDenoiser(net, k=cfg.model.position_knn, period=cfg.model.position_period), cfg
+    return position_denoiser(cfg, net), cfg
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import networkx as nx
 import numpy as np
@@ -642,7 +643,9 @@ def test_periodic_features_give_the_lattice_phase_and_the_denoiser_checks_its_wi
     torch.testing.assert_close(den(x + whole, sigma, layout=layout, box=box), out + whole)
     half = torch.full_like(x, 0.5)
     assert (den(x + half, sigma, layout=layout, box=box) - out - half).abs().max() > 1e-4
-    with pytest.raises(ValueError, match=r"period=1.0\) needs GraphDenoiser.*node_cond_dim=8"):
+    with pytest.raises(
+        ValueError, match=r"period=1.0, density_scales=\[\]\) needs GraphDenoiser.*node_cond_dim=8"
+    ):
         PositionDenoiser(position_net(hidden=16, num_layers=1, num_heads=2), period=1.0)
     with pytest.raises(ValueError, match="period must be None or > 0"):
         PositionDenoiser(position_net(hidden=16, num_layers=1, num_heads=2), period=0.0)
@@ -766,3 +769,94 @@ def test_positions_stage_takes_its_own_step_count(tmp_path):
     assert main(argv) == 0
     assert sorted(p.name for p in (run / "positions" / "checkpoints").iterdir())[-1] == "step_00000003"
     assert sorted(p.name for p in (run / "edges" / "checkpoints").iterdir())[-1] == "step_00000002"
+
+
+def test_density_features_count_the_surplus_and_the_shortfall_by_hand():
+    """On an exact grid (sites on the box's sides, margin 0.5) the excess is 0 at every node; moving the node
+    of one site onto another two sites away gives the crowded node the hand-computed excess
+    ``1 - exp(-d^2 / 2 r^2)`` and gradient ``(d / r) exp(-d^2 / 2 r^2)`` (through asinh)."""
+    rows, cols = 12, 9
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    pos = torch.stack([r.flatten(), c.flatten()], 1).double()
+    box = torch.tensor([[rows - 1.0, cols - 1.0]], dtype=torch.float64)
+    batch = torch.zeros(len(pos), dtype=torch.long)
+    tiny = torch.tensor([1e-4], dtype=torch.float64)
+    f = graph_structure.density_features(pos, batch, box, tiny, [2, 4], margin=0.5)
+    assert f.shape == (rows * cols, 6) and f.abs().max() < 1e-9
+    # without the half-spacing margin the box's edges read as a shortfall
+    assert graph_structure.density_features(pos, batch, box, tiny, [2], margin=0.0).abs().max() > 0.5
+    moved = pos.clone()
+    k = 5 * cols + 4
+    moved[k] = torch.tensor([7.0, 4.0], dtype=torch.float64)  # from site (5, 4) to (7, 4)
+    f = graph_structure.density_features(moved, batch, box, tiny, [2, 4], margin=0.5)
+    for i, scale in enumerate((2.0, 4.0)):
+        near = math.exp(-(2.0**2) / (2 * scale**2))
+        want = torch.tensor([1 - near, 2 / scale * near, 0.0], dtype=torch.float64).asinh()
+        torch.testing.assert_close(f[k, 3 * i : 3 * i + 3], want, atol=1e-9, rtol=0)
+    assert f[4 * cols + 4, 0] < -0.4  # the node beside the hole reads the shortfall
+
+
+def test_density_features_are_the_same_alone_and_in_a_batch_and_check_their_input():
+    """Each graph's features depend on its own nodes, box and noise level only, whatever else is in the batch;
+    the positions denoiser needs the matching width and bounded boxes."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(30, 2, generator=g) * 5, torch.rand(50, 2, generator=g) * 7
+    boxes = torch.tensor([[5.0, 5.0], [7.0, 7.0]])
+    sigma = torch.tensor([0.3, 1.5])
+    alone = [
+        graph_structure.density_features(p, torch.zeros(len(p), dtype=torch.long), boxes[i : i + 1],
+                                         sigma[i : i + 1], [1.5, 3])
+        for i, p in enumerate((a, b))
+    ]  # fmt: skip
+    batch = torch.cat([torch.zeros(30), torch.ones(50)]).long()
+    both = graph_structure.density_features(torch.cat([a, b]), batch, boxes, sigma, [1.5, 3])
+    torch.testing.assert_close(both, torch.cat(alone))
+    assert alone[0].abs().max() > 0.1
+    with pytest.raises(ValueError, match="density scales must be a non-empty list of values > 0"):
+        graph_structure.density_features(a, batch[:30], boxes[:1], sigma[:1], [0.0])
+    net = position_net(hidden=16, num_layers=1, num_heads=2, density_scales=[2, 4])
+    with pytest.raises(ValueError, match=r"density_scales=\[2.0\]\) needs GraphDenoiser.*node_cond_dim=7"):
+        PositionDenoiser(net, density_scales=[2])
+    den = PositionDenoiser(net, k=4, density_scales=[2, 4], density_margin=0.5)
+    n = 30
+    layout = GraphLayout(torch.zeros(2, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long), 2, 0)
+    x, s = a.reshape(-1, 1), torch.full((2 * n,), 0.5)
+    assert den(x, s, layout=layout, box=boxes[:1]).shape == (2 * n, 1)
+    with pytest.raises(ValueError, match="density features need bounded boxes"):
+        den(x, s, layout=layout, box=boxes[:1], periodic=torch.tensor([True]))
+
+
+def test_positions_denoiser_with_density_features_is_permutation_equivariant():
+    """The density features are a function of the node set: relabelling the nodes relabels the output."""
+    den = randomised(
+        PositionDenoiser(position_net(hidden=16, num_layers=2, num_heads=2, density_scales=[2]), k=5,
+                         density_scales=[2], density_margin=0.5)
+    ).double()  # fmt: skip
+    n = 36
+    layout = GraphLayout(torch.zeros(2, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long), 2, 0)
+    pos = torch.rand(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 6
+    box = torch.tensor([[6.0, 6.0]], dtype=torch.float64)
+    sigma = torch.full((2 * n,), 0.4, dtype=torch.float64)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(4))
+    out = den(pos.reshape(-1, 1), sigma, layout=layout, box=box).view(n, 2)
+    out_p = den(pos[perm].reshape(-1, 1), sigma, layout=layout, box=box).view(n, 2)
+    torch.testing.assert_close(out_p, out[perm])
+    assert (out - pos).abs().max() > 1e-3
+
+
+def test_density_scales_reach_the_trained_model_and_exclude_tori(tmp_path, capsys):
+    """model.position_density_scales trains a positions model that loads back with the same features; tori
+    (data.periodic_share) cannot be read that way and are refused before training."""
+    run = tmp_path / "grid"
+    base = ["graph", "train", "--preset", "graph_grid", "--output-dir", str(run), *TINY]
+    dens = ["--set", "model.position_density_scales=[2, 4]", "--set", "model.position_density_margin=0.5"]
+    assert main([*base, "--stage", "positions", *dens]) == 0
+    assert main([*base, "--stage", "edges"]) == 0
+    model = load_graph_model(run)
+    assert model.positions.density_scales == (2.0, 4.0) and model.positions.density_margin == 0.5
+    (g,) = graph_experiment.generate_graphs(model, 40, 1, steps=2, seed=0)
+    assert 30 <= g.number_of_nodes() <= 50 and all(
+        "pos" in g.nodes[i] for i in g
+    )  # grids: a near rows x cols
+    assert main([*base, "--stage", "positions", *dens, "--set", "data.periodic_share=0.5"]) != 0
+    assert "position_density_scales needs bounded boxes" in capsys.readouterr().err

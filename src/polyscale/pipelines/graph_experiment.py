@@ -67,6 +67,12 @@ class GraphModelConfig:
     # at the box's origin (None: off). Grid graphs sit on the unit lattice; deep inside a large box nothing
     # else tells a node where the sites are, and regions that chose different phases meet in defects
     position_period: float | None = None
+    # structure task: the positions model also reads, at each of these window scales (density units), how many
+    # nodes surround each node beyond what unit density on the box grown by position_density_margin would put
+    # there, and in which direction (see density_features; empty: off). Message passing averages and cannot
+    # count: a doubly-claimed site and the hole a few sites away look alike to it without these
+    position_density_scales: list[float] = field(default_factory=list)
+    position_density_margin: float = 0.0
 
 
 @dataclass
@@ -208,6 +214,16 @@ def check_graph_experiment(cfg: GraphExperimentConfig) -> GraphExperimentConfig:
     period = cfg.model.position_period
     if period is not None and not period > 0:
         raise ValueError(f"model.position_period must be None or > 0, got {period}")
+    m = cfg.model
+    if any(not r > 0 for r in m.position_density_scales) or m.position_density_margin < 0:
+        raise ValueError(
+            "need model.position_density_scales > 0 and position_density_margin >= 0, got "
+            f"{m.position_density_scales}, {m.position_density_margin}"
+        )
+    if m.position_density_scales and d.periodic_share:
+        raise ValueError(
+            "model.position_density_scales needs bounded boxes, but data.periodic_share > 0 trains on tori"
+        )
     return cfg
 
 
@@ -323,10 +339,24 @@ def position_graphs(cfg: GraphExperimentConfig, graphs: list[nx.Graph]) -> list[
     ]
 
 
+def position_denoiser(cfg: GraphExperimentConfig, net: GraphDenoiser | None = None) -> PositionDenoiser:
+    """The positions stage's denoiser as ``cfg.model`` describes it, around ``net`` (None: a fresh one)."""
+    m = cfg.model
+    if net is None:
+        net = position_net(
+            period=m.position_period, density_scales=m.position_density_scales, **_net_kwargs(cfg)
+        )
+    return PositionDenoiser(
+        net,
+        k=m.position_knn,
+        period=m.position_period,
+        density_scales=m.position_density_scales,
+        density_margin=m.position_density_margin,
+    )
+
+
 def _train_positions(cfg: GraphExperimentConfig, graphs: list[nx.Graph], output_dir: Path, *, resume: bool):
-    period = cfg.model.position_period
-    positions = PositionDenoiser(position_net(period=period, **_net_kwargs(cfg)), k=cfg.model.position_knn,
-                                 period=period)  # fmt: skip
+    positions = position_denoiser(cfg)
     diff = cfg.diffusion
     jumps = (
         NodeJumps(
@@ -405,8 +435,7 @@ def load_graph_model(run_dir: str | Path, *, device: str = "auto") -> GraphModel
                          candidates_hull=ed.candidates_hull, candidates_max_length=ed.candidates_max_length),
             model=replace(cfg.model, crossings=edge_cfg.model.crossings),
         )  # fmt: skip
-        return GraphModel(cfg, positions=PositionDenoiser(pos_net, k=cfg.model.position_knn,
-                                                          period=cfg.model.position_period),
+        return GraphModel(cfg, positions=position_denoiser(cfg, pos_net),
                           edges=graph_denoiser(edge_net_, sigma_data=1.0))  # fmt: skip
     raise FileNotFoundError(
         f"{run_dir} holds no graph model: expected model/ (features) or positions/model and edges/model (structure)"
