@@ -653,7 +653,7 @@ def test_periodic_features_give_the_lattice_phase_and_the_denoiser_checks_its_wi
 
 def test_grid_stages_train_apart_and_sample_with_the_phase_and_the_stratified_start(tmp_path, monkeypatch):
     """--stage trains one stage of a run at a time (the other stays untrained until its own call); the grid
-    preset's phase period and stratified start reach the loaded model and the positions sampler."""
+    preset's phase period, density windows and stratified start reach the loaded model and the positions sampler."""
     run = tmp_path / "grid"
     base = ["graph", "train", "--preset", "graph_grid", "--output-dir", str(run), *TINY]
     assert main([*base, "--stage", "edges"]) == 0
@@ -661,6 +661,7 @@ def test_grid_stages_train_apart_and_sample_with_the_phase_and_the_stratified_st
     assert main([*base, "--stage", "positions"]) == 0
     model = load_graph_model(run)
     assert model.positions.period == 1.0 and model.config.diffusion.position_start == "stratified"
+    assert model.positions.density_scales == (2.0, 4.0) and model.positions.density_margin == 0.5
     seen = []
     real = graph_experiment.sample_positions
 
