@@ -761,6 +761,8 @@ def test_node_jumps_follow_their_schedule_step_by_step():
         graph_experiment.load_graph_experiment("graph_grid", ["diffusion.position_jump_schedule=[[5, 1.0]]"])
     with pytest.raises(ValueError, match="position_max_steps must be None or >= 1"):
         graph_experiment.load_graph_experiment("graph_grid", ["diffusion.position_max_steps=0"])
+    with pytest.raises(ValueError, match="position_jump_schedule needs diffusion.position_jump_rate > 0"):
+        graph_experiment.load_graph_experiment("graph_grid", ["diffusion.position_jump_rate=0"])
 
 
 def test_positions_stage_takes_its_own_step_count(tmp_path):

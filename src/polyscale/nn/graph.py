@@ -128,18 +128,23 @@ class ScaleAwareGraphAttention(nn.Module):
     def forward(
         self, h: Tensor, e: Tensor, edge_index: Tensor, scale_features: Tensor, chunk: int | None = None
     ) -> Tensor:
-        """``chunk``: edges per piece (None: all at once). In pieces, keys and values are computed twice (for
-        the logits, then for the messages) but memory scales with the piece and ``E x heads``, not ``E x C``."""
+        """``chunk``: edges per piece (None: all at once). In pieces, the keys are computed for the logits and
+        the values afterwards for the messages, each from its half of ``kv`` and ``edge_kv``, so memory scales
+        with the piece and ``E x heads``, not ``E x C``."""
         src, dst = edge_index  # messages flow src -> dst
-        n, heads, d = h.shape[0], self.heads, self.head_dim
+        n, heads, d, c = h.shape[0], self.heads, self.head_dim, h.shape[1]
         num_edges = e.shape[0]
         step = min(chunk or num_edges, num_edges) or 1
         q_all, kv_all = self.q(h), self.kv(h)  # (N, C), (N, 2C)
+        k_all, v_all = kv_all[:, :c], kv_all[:, c:]
+        edge_k, edge_v = self.edge_kv.weight[:c], self.edge_kv.weight[c:]  # rows of keys, then of values
         gamma = self.temperature(scale_features).exp()  # (N, H), 1 at initialisation
 
-        def keys_values(lo: int) -> tuple[Tensor, Tensor]:
-            kv = kv_all[src[lo : lo + step]] + self.edge_kv(e[lo : lo + step])
-            return kv.view(-1, 2, heads, d).unbind(1)  # 2 x (E_piece, H, d)
+        def keys(lo: int) -> Tensor:  # (E_piece, H, d)
+            return (k_all[src[lo : lo + step]] + F.linear(e[lo : lo + step], edge_k)).view(-1, heads, d)
+
+        def values(lo: int) -> Tensor:  # (E_piece, H, d)
+            return (v_all[src[lo : lo + step]] + F.linear(e[lo : lo + step], edge_v)).view(-1, heads, d)
 
         def logits_of(lo: int, k: Tensor) -> Tensor:
             t = dst[lo : lo + step]
@@ -147,15 +152,14 @@ class ScaleAwareGraphAttention(nn.Module):
 
         pieces = range(0, num_edges, step)
         if len(pieces) == 1:
-            k, v = keys_values(0)
-            alpha = segment_softmax(logits_of(0, k), dst, n)  # (E, H)
-            out = h.new_zeros(h.shape).index_add_(0, dst, (alpha[..., None] * v).flatten(1))
+            alpha = segment_softmax(logits_of(0, keys(0)), dst, n)  # (E, H)
+            out = h.new_zeros(h.shape).index_add_(0, dst, (alpha[..., None] * values(0)).flatten(1))
             return self.out(out)  # (N, C)
-        logits = torch.cat([logits_of(lo, keys_values(lo)[0]) for lo in pieces])  # (E, H)
+        logits = torch.cat([logits_of(lo, keys(lo)) for lo in pieces])  # (E, H)
         alpha = segment_softmax(logits, dst, n)
         out = h.new_zeros(h.shape)
         for lo in pieces:
-            messages = (alpha[lo : lo + step, :, None] * keys_values(lo)[1]).flatten(1)  # (E_piece, C)
+            messages = (alpha[lo : lo + step, :, None] * values(lo)).flatten(1)  # (E_piece, C)
             out.index_add_(0, dst[lo : lo + step], messages)  # in place: pieces run without autograd
         return self.out(out)  # (N, C)
 

@@ -202,6 +202,11 @@ def check_graph_experiment(cfg: GraphExperimentConfig) -> GraphExperimentConfig:
             f"family {d.family!r}"
         )
     check_jump_schedule(diff.position_jump_schedule)
+    if diff.position_jump_schedule and not diff.position_jump_rate > 0:
+        raise ValueError(
+            "diffusion.position_jump_schedule needs diffusion.position_jump_rate > 0 (the share of nodes that "
+            f"jump), got rate {diff.position_jump_rate} with schedule {diff.position_jump_schedule}"
+        )
     if diff.position_max_steps is not None and diff.position_max_steps < 1:
         raise ValueError(f"diffusion.position_max_steps must be None or >= 1, got {diff.position_max_steps}")
     if diff.position_s_churn < 0 or not 0 <= diff.position_s_tmin <= diff.position_s_tmax:
