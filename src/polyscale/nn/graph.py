@@ -140,11 +140,14 @@ class ScaleAwareGraphAttention(nn.Module):
         edge_k, edge_v = self.edge_kv.weight[:c], self.edge_kv.weight[c:]  # rows of keys, then of values
         gamma = self.temperature(scale_features).exp()  # (N, H), 1 at initialisation
 
-        def keys(lo: int) -> Tensor:  # (E_piece, H, d)
-            return (k_all[src[lo : lo + step]] + F.linear(e[lo : lo + step], edge_k)).view(-1, heads, d)
+        def project(lo: int, node: Tensor, weight: Tensor) -> Tensor:  # keys or values, (E_piece, H, d)
+            return (node[src[lo : lo + step]] + F.linear(e[lo : lo + step], weight)).view(-1, heads, d)
 
-        def values(lo: int) -> Tensor:  # (E_piece, H, d)
-            return (v_all[src[lo : lo + step]] + F.linear(e[lo : lo + step], edge_v)).view(-1, heads, d)
+        def keys(lo: int) -> Tensor:
+            return project(lo, k_all, edge_k)
+
+        def values(lo: int) -> Tensor:
+            return project(lo, v_all, edge_v)
 
         def logits_of(lo: int, k: Tensor) -> Tensor:
             t = dst[lo : lo + step]

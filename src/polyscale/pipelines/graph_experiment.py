@@ -132,7 +132,8 @@ class GraphDiffusionConfig:
     position_jump_rate: float = 0.0
     position_max_jump: float = 2.0
     # structure task: a jump curriculum, [from_step, max_jump] pairs from step 0 on, that replaces
-    # position_max_jump step by step (0: no jumps in that stretch); empty: position_max_jump throughout
+    # position_max_jump step by step (0: no jumps in that stretch); empty: position_max_jump throughout;
+    # needs position_jump_rate > 0
     position_jump_schedule: list[tuple[int, float]] = field(default_factory=list)
     # structure task: the positions stage's own number of optimizer steps (None: optimization.max_steps,
     # which the edge stage always takes)
