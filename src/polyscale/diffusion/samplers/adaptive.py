@@ -104,6 +104,7 @@ def sample_ode_adaptive(
         ratio = (err / scale).reshape(x.shape[0], -1).pow(2).mean(dim=1).sqrt().max().item()  # (B,) -> worst
         if ratio <= 1.0:
             u_next = u_end if reaches_end else u + h  # land on u_end exactly
+            before = x.clone() if callback is not None else x
             report(
                 callback,
                 accepted,
@@ -114,6 +115,8 @@ def sample_ode_adaptive(
                 nfe=nfe,
                 rejected=rejected,
             )
+            moved = x - before  # a callback's in-place edit of x carries over to the accepted step
+            x_new, d_last = x_new + moved, d_last + moved
             x, u, k_first, denoised = x_new, u_next, ks[-1], d_last  # FSAL: stage 7 was at (x_new, u + h)
             accepted += 1
             bar.update(100.0 * -h / span)

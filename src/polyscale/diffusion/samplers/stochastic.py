@@ -140,9 +140,10 @@ def sample_pc(
     for i in steps(sigmas, disable):
         s, s_next = sigmas[i], sigmas[i + 1]
         abar, abar_next = 1 / (1 + s**2), 1 / (1 + s_next**2)
-        x_vp = x * abar.sqrt()
-        g, denoised = score(x_vp, s)
+        g, denoised = score(x * abar.sqrt(), s)
         report(callback, i, s, s_next, x, denoised)
+        # after the callback, which may have moved x (and denoised with it, leaving g unchanged)
+        x_vp = x * abar.sqrt()
         if s_next == 0:
             x = denoised
             continue

@@ -1,0 +1,198 @@
+"""The kernel-operator interface every Sinkhorn backend meets, and the exact dense operator.
+
+One convention for the whole package: ``k(x, y) = exp(-|x - y|^2 / epsilon)`` with the squared Euclidean
+cost ``C(x, y) = |x - y|^2``. An operator holds the geometry of a batch of ``B`` problems with ``n`` source and
+``m`` target points and knows how to apply ``K`` in the log domain:
+
+``log_apply(h)[b, i] = log sum_j k(x_bi, y_bj) exp(h[b, j])``  (``(B, m) -> (B, n)``)
+
+and its transpose. Sinkhorn (``polyscale.ot.sinkhorn``) only ever calls these, so a new backend is one new
+class.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def as_batch(points: Tensor, name: str) -> Tensor:
+    """``(n, d)`` or ``(B, n, d)`` floating points as ``(B, n, d)``."""
+    if not points.is_floating_point() or points.ndim not in (2, 3) or points.shape[-2] == 0:
+        raise ValueError(
+            f"{name} must be a non-empty floating tensor (n, d) or (B, n, d), got {points.dtype} "
+            f"{tuple(points.shape)}"
+        )
+    return points if points.ndim == 3 else points.unsqueeze(0)
+
+
+def check_epsilon(epsilon: float) -> float:
+    """``epsilon`` as a positive finite float, or a ``ValueError``."""
+    epsilon = float(epsilon)
+    if not math.isfinite(epsilon) or epsilon <= 0:
+        raise ValueError(f"epsilon must be a positive finite number, got {epsilon}")
+    return epsilon
+
+
+def squared_distances(x: Tensor, y: Tensor) -> Tensor:
+    """``|x_i - y_j|^2`` for ``x (B, n, d)``, ``y (B, m, d)`` -> ``(B, n, m)``, clamped at 0 (the expanded
+    form ``|x|^2 + |y|^2 - 2 x.y`` can round below 0)."""
+    xx = x.pow(2).sum(-1, keepdim=True)  # (B, n, 1)
+    yy = y.pow(2).sum(-1).unsqueeze(-2)  # (B, 1, m)
+    return (xx + yy - 2 * x @ y.transpose(-1, -2)).clamp_(min=0)
+
+
+def pick_side(kernel: KernelOperator, side: str) -> Tensor:
+    """The source or the target points of ``kernel``."""
+    if side not in ("source", "target"):
+        raise ValueError(f"side must be 'source' or 'target', got {side!r}")
+    return kernel.source_points() if side == "source" else kernel.target_points()
+
+
+class KernelOperator:
+    """Base class: the Gaussian kernel between the source points and the target points of ``B`` problems.
+
+    Subclasses set ``epsilon``, ``shape = (B, n, m)`` and implement ``log_apply``, ``log_apply_t``,
+    ``with_epsilon``, ``source_points``, ``target_points`` and ``log_kernel_matrix``; ``average`` has a generic
+    implementation on top of ``log_apply`` that subclasses may replace by a faster exact one.
+    """
+
+    epsilon: float
+    shape: tuple[int, int, int]
+
+    def log_apply(self, h: Tensor) -> Tensor:
+        """``(B, m)`` log-weights on the targets -> ``(B, n)``: ``log sum_j k(x_i, y_j) exp(h_j)``."""
+        raise NotImplementedError
+
+    def log_apply_t(self, h: Tensor) -> Tensor:
+        """``(B, n)`` log-weights on the sources -> ``(B, m)``: ``log sum_i k(x_i, y_j) exp(h_i)``."""
+        raise NotImplementedError
+
+    def with_epsilon(self, epsilon: float) -> KernelOperator:
+        """The same geometry (and the same random draws, for randomised backends) at another epsilon."""
+        raise NotImplementedError
+
+    def symmetric(self, side: str) -> KernelOperator:
+        """The same backend between the ``side`` ("source" or "target") points and themselves (the
+        symmetric problems of the Sinkhorn divergence)."""
+        raise NotImplementedError
+
+    def source_points(self) -> Tensor:
+        """``(B, n, d)`` source coordinates."""
+        raise NotImplementedError
+
+    def target_points(self) -> Tensor:
+        """``(B, m, d)`` target coordinates."""
+        raise NotImplementedError
+
+    def log_kernel_matrix(self) -> Tensor:
+        """``(B, n, m)`` ``log k`` as this backend represents it (approximate for low-rank backends). Dense in
+        memory: for small problems, tests and plots."""
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.source_points().dtype
+
+    def squared_diameter(self) -> float:
+        """An upper bound of ``max |x - y|^2`` over all pairs, the first epsilon of epsilon-scaling."""
+        pts = torch.cat([self.source_points(), self.target_points()], dim=1)  # (B, n + m, d)
+        span = pts.amax(dim=1) - pts.amin(dim=1)  # (B, d): bounding-box sides
+        return float(span.pow(2).sum(-1).max())
+
+    def average(self, h: Tensor, values: Tensor) -> Tensor:
+        """Kernel-weighted mean of target ``values``: ``sum_j w_ij values_j`` with
+        ``w_ij = k(x_i, y_j) exp(h_j) / sum_j' k(x_i, y_j') exp(h_j')``; ``h (B, m)``, ``values (B, m, c)`` ->
+        ``(B, n, c)``. With ``h = log b + g / epsilon`` this is the barycentric projection of the plan.
+
+        Generic version: each channel is shifted to be >= 1 so its log exists, averaged with ``log_apply`` and
+        shifted back (``c + 1`` kernel applications).
+        """
+        base = self.log_apply(h)  # (B, n)
+        low = values.amin(dim=1, keepdim=True)  # (B, 1, c)
+        shifted = (values - low + 1).log()  # (B, m, c), >= 0
+        out = []
+        for c in range(values.shape[-1]):
+            out.append((self.log_apply(h + shifted[..., c]) - base).exp())  # (B, n)
+        return torch.stack(out, dim=-1) + low - 1
+
+
+class Dense(KernelOperator):
+    """Exact kernel on the full ``n x m`` cost matrix, every reduction a log-sum-exp (stable at any epsilon).
+
+    Memory: the cost matrix ``(B, n, m)`` is kept when it has at most ``max_entries`` entries; above that it is
+    recomputed block by block at every application (``O(n + m)`` memory, the time of the stored version times a
+    small factor). ``block`` is the number of rows (or columns) reduced at once.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        epsilon: float,
+        *,
+        max_entries: int = 2**28,
+        block: int = 2048,
+        _cost: Tensor | None = None,
+    ) -> None:
+        self.x, self.y = as_batch(x, "x"), as_batch(y, "y")
+        if self.x.shape[0] != self.y.shape[0] or self.x.shape[-1] != self.y.shape[-1]:
+            raise ValueError(
+                f"x and y must share batch size and dimension, got {tuple(self.x.shape)} and {tuple(self.y.shape)}"
+            )
+        self.epsilon = check_epsilon(epsilon)
+        self.shape = (self.x.shape[0], self.x.shape[1], self.y.shape[1])
+        self.max_entries, self.block = max_entries, block
+        b, n, m = self.shape
+        self.cost = (
+            _cost
+            if _cost is not None
+            else (squared_distances(self.x, self.y) if b * n * m <= max_entries else None)
+        )
+
+    def with_epsilon(self, epsilon: float) -> Dense:
+        return Dense(self.x, self.y, epsilon, max_entries=self.max_entries, block=self.block, _cost=self.cost)
+
+    def symmetric(self, side: str) -> Dense:
+        p = pick_side(self, side)
+        return Dense(p, p, self.epsilon, max_entries=self.max_entries, block=self.block)
+
+    def source_points(self) -> Tensor:
+        return self.x
+
+    def target_points(self) -> Tensor:
+        return self.y
+
+    def _cost_rows(self, start: int, stop: int, transpose: bool) -> Tensor:
+        """Rows ``start:stop`` of ``C`` (or of ``C^T``): ``(B, rows, m)`` (or ``(B, rows, n)``)."""
+        if self.cost is not None:
+            c = self.cost.transpose(-1, -2) if transpose else self.cost
+            return c[:, start:stop]
+        if transpose:
+            return squared_distances(self.y[:, start:stop], self.x)
+        return squared_distances(self.x[:, start:stop], self.y)
+
+    def _reduce(self, h: Tensor, transpose: bool, values: Tensor | None = None) -> Tensor:
+        rows = self.shape[2] if transpose else self.shape[1]
+        out = []
+        for start in range(0, rows, self.block):
+            logits = h.unsqueeze(1) - self._cost_rows(start, start + self.block, transpose) / self.epsilon
+            if values is None:
+                out.append(torch.logsumexp(logits, dim=-1))  # (B, rows)
+            else:
+                out.append(torch.softmax(logits, dim=-1) @ values)  # (B, rows, c)
+        return torch.cat(out, dim=1)
+
+    def log_apply(self, h: Tensor) -> Tensor:
+        return self._reduce(h, transpose=False)
+
+    def log_apply_t(self, h: Tensor) -> Tensor:
+        return self._reduce(h, transpose=True)
+
+    def average(self, h: Tensor, values: Tensor) -> Tensor:
+        return self._reduce(h, transpose=False, values=values)
+
+    def log_kernel_matrix(self) -> Tensor:
+        return -self._cost_rows(0, self.shape[1], transpose=False) / self.epsilon
