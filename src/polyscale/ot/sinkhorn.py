@@ -7,7 +7,8 @@ Convention (GeomLoss's): with weights ``a (n,)``, ``b (m,)`` of equal mass and p
 
 and Sinkhorn alternates the two soft-min updates
 
-``f_i = -epsilon log sum_j b_j exp((g_j - C_ij) / epsilon)``,  ``g_j = -epsilon log sum_i a_i exp((f_i - C_ij) / epsilon)``,
+``f_i = -epsilon log sum_j b_j exp((g_j - C_ij) / epsilon)``,
+``g_j = -epsilon log sum_i a_i exp((f_i - C_ij) / epsilon)``,
 
 each one a ``KernelOperator.log_apply`` of ``log b + g / epsilon`` (or its transpose). After a ``g`` update the
 column marginal is exact; the row marginal is ``a_i exp((f_i - f_i') / epsilon)`` with ``f'`` the next
