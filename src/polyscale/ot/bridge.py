@@ -60,7 +60,8 @@ class SinkhornBridge:
     ) -> None:
         if reference.ndim < 2 or reference.shape[0] < 2 or not reference.is_floating_point():
             raise ValueError(
-                f"reference must be a floating (M, ...) batch with M >= 2, got {reference.dtype} {tuple(reference.shape)}"
+                "reference must be a floating (M, ...) batch with M >= 2, "
+                f"got {reference.dtype} {tuple(reference.shape)}"
             )
         if not 0 <= step_size <= 1:
             raise ValueError(f"step_size must be in [0, 1], got {step_size}")
