@@ -146,6 +146,7 @@ class Dense(KernelOperator):
         self.shape = (self.x.shape[0], self.x.shape[1], self.y.shape[1])
         self.max_entries, self.block = max_entries, block
         b, n, m = self.shape
+        self._scaled: Tensor | None = None
         self.cost = (
             _cost
             if _cost is not None
@@ -165,20 +166,23 @@ class Dense(KernelOperator):
     def target_points(self) -> Tensor:
         return self.y
 
-    def _cost_rows(self, start: int, stop: int, transpose: bool) -> Tensor:
-        """Rows ``start:stop`` of ``C`` (or of ``C^T``): ``(B, rows, m)`` (or ``(B, rows, n)``)."""
+    def _logits_rows(self, start: int, stop: int, transpose: bool) -> Tensor:
+        """Rows ``start:stop`` of ``-C / epsilon`` (or of ``-C^T / epsilon``): ``(B, rows, m)`` (or
+        ``(B, rows, n)``); the stored version is scaled once per epsilon."""
         if self.cost is not None:
-            c = self.cost.transpose(-1, -2) if transpose else self.cost
+            if self._scaled is None:
+                self._scaled = self.cost / -self.epsilon
+            c = self._scaled.transpose(-1, -2) if transpose else self._scaled
             return c[:, start:stop]
         if transpose:
-            return squared_distances(self.y[:, start:stop], self.x)
-        return squared_distances(self.x[:, start:stop], self.y)
+            return squared_distances(self.y[:, start:stop], self.x) / -self.epsilon
+        return squared_distances(self.x[:, start:stop], self.y) / -self.epsilon
 
     def _reduce(self, h: Tensor, transpose: bool, values: Tensor | None = None) -> Tensor:
         rows = self.shape[2] if transpose else self.shape[1]
         out = []
         for start in range(0, rows, self.block):
-            logits = h.unsqueeze(1) - self._cost_rows(start, start + self.block, transpose) / self.epsilon
+            logits = h.unsqueeze(1) + self._logits_rows(start, start + self.block, transpose)
             if values is None:
                 out.append(torch.logsumexp(logits, dim=-1))  # (B, rows)
             else:
@@ -195,4 +199,4 @@ class Dense(KernelOperator):
         return self._reduce(h, transpose=False, values=values)
 
     def log_kernel_matrix(self) -> Tensor:
-        return -self._cost_rows(0, self.shape[1], transpose=False) / self.epsilon
+        return self._logits_rows(0, self.shape[1], transpose=False)
