@@ -50,6 +50,21 @@ def test_marginals_hold_for_weighted_batched_problems():
     assert torch.allclose(alone.plan(), plan[1], atol=1e-10)
 
 
+def test_dense_absorbed_applications_equal_plain_log_sum_exp():
+    """The absorbed matrix-vector path (small moves of h), re-absorption (large moves) and zero weights."""
+    x, y = clouds()
+    op = Dense(x, y, 0.01)
+    log_k = -(torch.cdist(x, y) ** 2) / 0.01  # (n, m)
+    g = torch.Generator().manual_seed(8)
+    h = torch.randn(1, 80, generator=g, dtype=D64) * 3
+    h[0, :7] = -float("inf")
+    for step in (0.0, 0.5, 4.0, 30.0, 0.1):  # the third and fourth exceed ABSORB in places
+        h = h + step * torch.randn(1, 80, generator=g, dtype=D64)
+        assert torch.allclose(op.log_apply(h), torch.logsumexp(h[:, None, :] + log_k, -1), atol=1e-10)
+        hx = torch.randn(1, 60, generator=g, dtype=D64) * step
+        assert torch.allclose(op.log_apply_t(hx), torch.logsumexp(hx[:, :, None] + log_k, -2), atol=1e-10)
+
+
 def test_cost_and_map_match_the_dense_plan():
     x, y = clouds()
     r = sinkhorn(Dense(x, y, 0.05), tol=1e-10)
@@ -276,3 +291,28 @@ def test_bridge_on_grid_samples_checks_shapes():
                 "denoised": torch.zeros(8, 2, 4, 4),
             }
         )
+
+
+def test_debiased_bridge_leaves_a_batch_drawn_like_the_reference_in_place():
+    """The plain barycentric map contracts a batch toward local means (entropic blur); the debiased step
+    subtracts the batch's own blur, so a batch equal to the reference does not move."""
+    g = torch.Generator().manual_seed(11)
+    ref = torch.randn(200, 2, generator=g, dtype=D64)
+    info = {"i": 0, "sigma": torch.tensor(1e-8), "sigma_next": torch.tensor(0.0)}
+    moves = {}
+    for debias in (True, False):
+        bridge = SinkhornBridge(
+            ref,
+            kernel=KernelConfig(epsilon=0.3),
+            steps=[0],
+            step_size=1.0,
+            iterations=500,
+            tol=1e-8,
+            debias=debias,
+            generator=torch.Generator().manual_seed(0),
+        )
+        x = ref.clone()
+        bridge({**info, "x": x, "denoised": torch.zeros_like(x)})
+        moves[debias] = float((x - ref).norm(dim=1).mean())
+        assert bridge.history[0]["converged"]
+    assert moves[True] < 1e-6 < 0.05 < moves[False]
