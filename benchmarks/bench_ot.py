@@ -50,14 +50,14 @@ DENSE_ONLY = {
 }  # need n x m memory
 
 
-def points(n: int, d: int):
+def points(n: int, d: int, factor: float = 0.05):
     import torch
 
     g = torch.Generator().manual_seed(1000 * d + n % 997)
     x = torch.rand(n, d, generator=g)
     y = torch.rand(n, d, generator=g)
     y[:, 0] += 0.25
-    eps = 0.05 * (d / 6 + 0.0625)  # E|x - y|^2 = d / 6 + 0.25^2
+    eps = factor * (d / 6 + 0.0625)  # E|x - y|^2 = d / 6 + 0.25^2
     return x, y, eps
 
 
@@ -77,13 +77,13 @@ def dense_cost(x, y, f, g, eps, block=1024):
     return total
 
 
-def run_point_case(method: str, n: int, d: int) -> dict:
+def run_point_case(method: str, n: int, d: int, factor: float = 0.05) -> dict:
     import numpy as np
     import torch
 
     from polyscale.ot import Dense, Nystrom, RandomFeatures, sinkhorn
 
-    x, y, eps = points(n, d)
+    x, y, eps = points(n, d, factor)
     base = peak_rss_mib()
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
@@ -242,18 +242,18 @@ def worker(args: list[str], timeout: float) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def bench_points(sizes, dims, timeout) -> str:
+def bench_points(sizes, dims, timeout, methods=POINT_METHODS, factor=0.05) -> str:
     rows = []
     for d in dims:
         for n in sizes:
             exact = None
-            for method in POINT_METHODS:
+            for method in methods:
                 row = {"n": n, "d": d, "method": method}
                 if method in DENSE_ONLY and n > 10_000:
                     row["status"] = "n x m does not fit (80 GB)"
                     rows.append(row)
                     continue
-                res = worker(["points", method, str(n), str(d)], timeout)
+                res = worker(["points", method, str(n), str(d), str(factor)], timeout)
                 row.update(res)
                 if method == "exact" and "cost" in res:
                     exact = res["cost"]
@@ -331,7 +331,8 @@ def main() -> None:
         torch.set_num_threads(2)
         kind, method = sys.argv[2], sys.argv[3]
         if kind == "points":
-            res = run_point_case(method, int(sys.argv[4]), int(sys.argv[5]))
+            factor = float(sys.argv[6]) if len(sys.argv) > 6 else 0.05
+            res = run_point_case(method, int(sys.argv[4]), int(sys.argv[5]), factor)
         else:
             res = run_grid_case(method, tuple(int(s) for s in sys.argv[4].split("x")), float(sys.argv[5]))
         print(json.dumps(res))
@@ -341,11 +342,13 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     p.add_argument("--dims", type=int, nargs="+", default=[2, 3, 64])
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--methods", nargs="+", default=POINT_METHODS, choices=POINT_METHODS)
+    p.add_argument("--eps-factor", type=float, default=0.05, help="epsilon = factor * E|x - y|^2")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     head = f"Machine: {machine_description()}\n\n"
     table = (
-        bench_points(args.sizes, args.dims, args.timeout)
+        bench_points(args.sizes, args.dims, args.timeout, args.methods, args.eps_factor)
         if args.what == "points"
         else bench_grids(args.timeout)
     )

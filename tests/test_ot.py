@@ -274,6 +274,18 @@ def test_bridge_moves_every_sampler_toward_the_reference(name):
     assert outs[0.5].mean(0).sub(3).abs().max() < plain.mean(0).sub(3).abs().max() - 1.0
 
 
+def test_bridge_on_grid_data_inside_a_sampler():
+    """Images (B, C, H, W) are flattened to points in R^(C H W) and moved in their own shape."""
+    ref = torch.randn(64, 1, 4, 4) * 0.5 + 2.0
+    sigmas = sigmas_karras(6, sigma_min=0.02, sigma_max=10.0)
+    x0 = torch.randn(32, 1, 4, 4, generator=torch.Generator().manual_seed(3)) * 10
+    plain = SAMPLERS["heun"](gaussian_denoiser(0.0), x0.clone(), sigmas, disable=True)
+    bridge = SinkhornBridge(ref, kernel=KernelConfig(epsilon=2.0), step_size=1.0)
+    out = SAMPLERS["heun"](gaussian_denoiser(0.0), x0.clone(), sigmas, callback=bridge, disable=True)
+    assert out.shape == plain.shape and len(bridge.history) == 5
+    assert (out.mean() - 2.0).abs() < (plain.mean() - 2.0).abs() - 1.0
+
+
 def test_bridge_on_grid_samples_checks_shapes():
     ref = torch.randn(16, 1, 4, 4)
     bridge = SinkhornBridge(ref, kernel=KernelConfig(epsilon=1.0), steps=[0])
