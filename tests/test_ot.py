@@ -234,6 +234,8 @@ def test_kernel_config_and_auto_choice():
         KernelConfig()
     with pytest.raises(ValueError, match="kind must be one of"):
         KernelConfig(kind="sparse", epsilon=1.0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        KernelConfig(epsilon=1.0, backend="cuda")
     with pytest.raises(ValueError, match="equal positive mass"):
         sinkhorn(Dense(x, y, 0.1), torch.ones(60, dtype=D64))
     with pytest.raises(ValueError, match=r"shape \(60,\)"):

@@ -13,6 +13,7 @@ from polyscale.ot.kernels import Dense, KernelOperator, as_batch
 from polyscale.ot.lowrank import Nystrom, RandomFeatures
 
 KINDS = ("auto", "dense", "grid", "random_features", "nystrom")
+BACKENDS = ("auto", "fft", "matmul", "log")
 
 
 @dataclass
@@ -24,13 +25,15 @@ class KernelConfig:
     bandwidth: float | None = (
         None  # alternative to epsilon: the length at which k = 1/e, epsilon = bandwidth^2
     )
-    backend: str = "auto"  # grid passes: auto | fft | log (polyscale.ot.grid explains the switch)
+    backend: str = "auto"  # grid passes: auto | fft | matmul | log (polyscale.ot.grid explains the switch)
     rank: int = 512  # random features or Nystrom landmarks
     dense_limit: int = 10**8  # auto: dense up to this many (batch x n x m) pairs, random features above
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if (self.epsilon is None) == (self.bandwidth is None):
             raise ValueError(
                 f"give exactly one of epsilon and bandwidth, got epsilon={self.epsilon}, bandwidth={self.bandwidth}"
