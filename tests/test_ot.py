@@ -338,3 +338,23 @@ def test_debiased_bridge_leaves_a_batch_drawn_like_the_reference_in_place():
         moves[debias] = float((x - ref).norm(dim=1).mean())
         assert bridge.history[0]["converged"]
     assert moves[True] < 1e-6 < 0.05 < moves[False]
+
+
+@pytest.mark.parametrize("backend", ["dense", "random_features", "nystrom"])
+def test_a_batch_equals_its_problems_solved_alone(backend):
+    g = torch.Generator().manual_seed(12)
+    x, y = torch.rand(2, 30, 2, generator=g, dtype=D64), torch.rand(2, 40, 2, generator=g, dtype=D64)
+    cfg = KernelConfig(kind=backend, epsilon=1.0, rank=24)
+    both = sinkhorn(make_kernel(cfg, x, y, generator=torch.Generator().manual_seed(0)), tol=1e-7)
+    for i in range(2):
+        # the same random draws for problem i alone: the batch's draws are per problem
+        op = make_kernel(cfg, x, y, generator=torch.Generator().manual_seed(0))
+        if backend == "random_features":
+            op = RandomFeatures(x[i], y[i], 1.0, rank=24, _draws=op.draws[i : i + 1])
+        elif backend == "nystrom":
+            op = Nystrom(x[i], y[i], 1.0, rank=24, _landmarks=op.landmarks[i : i + 1])
+        else:
+            op = Dense(x[i], y[i], 1.0)
+        alone = sinkhorn(op, tol=1e-7)
+        assert torch.allclose(alone.plan(), both.plan()[i], atol=1e-7)
+        assert torch.allclose(alone.cost, both.cost[i], rtol=1e-6)
