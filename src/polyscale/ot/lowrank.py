@@ -89,11 +89,16 @@ class RandomFeatures(KernelOperator):
         self.fx, self.sx = self._factor(self.x.double(), u, log_u)
         self.fy, self.sy = self._factor(self.y.double(), u, log_u)
 
-    def _factor(self, p: Tensor, u: Tensor, log_u: Tensor) -> tuple[Tensor, Tensor]:
-        """Row-normalised ``exp(log phi - row max)`` ``(B, n, r)`` and the row maxima ``(B, n)``."""
-        log_phi = log_u.unsqueeze(1) - 2 * squared_distances(p, u) / self.epsilon  # (B, n, r)
-        scale = log_phi.amax(dim=-1)
-        return (log_phi - scale.unsqueeze(-1)).exp_(), scale
+    def _factor(self, p: Tensor, u: Tensor, log_u: Tensor, block: int = 8192) -> tuple[Tensor, Tensor]:
+        """Row-normalised ``exp(log phi - row max)`` ``(B, n, r)`` and the row maxima ``(B, n)``, built
+        ``block`` rows at a time so the temporaries stay small next to the result."""
+        out = p.new_empty(p.shape[0], p.shape[1], self.rank)
+        scale = p.new_empty(p.shape[0], p.shape[1])
+        for s in range(0, p.shape[1], block):
+            log_phi = log_u.unsqueeze(1) - 2 * squared_distances(p[:, s : s + block], u) / self.epsilon
+            scale[:, s : s + block] = log_phi.amax(dim=-1)  # (B, rows)
+            out[:, s : s + block] = (log_phi - scale[:, s : s + block].unsqueeze(-1)).exp_()
+        return out, scale
 
     def with_epsilon(self, epsilon: float) -> RandomFeatures:
         return RandomFeatures(self.x, self.y, epsilon, rank=self.rank, _draws=self.draws)
