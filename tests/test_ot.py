@@ -65,6 +65,14 @@ def test_dense_absorbed_applications_equal_plain_log_sum_exp():
         assert torch.allclose(op.log_apply_t(hx), torch.logsumexp(hx[:, :, None] + log_k, -2), atol=1e-10)
 
 
+def test_float32_problems_match_float64():
+    x, y = clouds()
+    r64 = sinkhorn(Dense(x, y, 0.02), tol=1e-6)
+    r32 = sinkhorn(Dense(x.float(), y.float(), 0.02), tol=1e-5)
+    assert r32.f.dtype == torch.float32 and r32.converged
+    assert torch.allclose(r32.cost.double(), r64.cost, rtol=1e-4)
+
+
 def test_cost_and_map_match_the_dense_plan():
     x, y = clouds()
     r = sinkhorn(Dense(x, y, 0.05), tol=1e-10)

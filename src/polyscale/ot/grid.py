@@ -149,14 +149,16 @@ class Grid(KernelOperator):
     def _matmul_pass(self, field: Tensor) -> Tensor:
         for axis, lk in enumerate(self.log_k):
             moved = field.movedim(axis + 1, -1).double()  # (B, ..., N_a)
-            top = moved.amax(dim=-1, keepdim=True).clamp(min=-1e300)  # per line; all -inf stays -inf
+            top = moved.amax(dim=-1, keepdim=True).clamp(
+                min=torch.finfo(moved.dtype).min
+            )  # per line; all -inf stays -inf
             summed = (moved - top).exp() @ lk.double().exp().T  # (B, ..., N_a): sum_j e^{h_j - top} k_ij
             field = (summed.log() + top).to(field.dtype).movedim(-1, axis + 1)
         return field
 
     def _fft_pass(self, field: Tensor) -> Tensor:
         flat = field.flatten(1)
-        top = flat.amax(dim=1).clamp(min=-1e300)  # (B,); a field of all -inf stays -inf
+        top = flat.amax(dim=1).clamp(min=torch.finfo(flat.dtype).min)  # (B,); a field of all -inf stays -inf
         value = (field - top.reshape(-1, *[1] * len(self.grid))).exp()
         for axis, k_hat in enumerate(self.k_hat):
             n = field.shape[axis + 1]

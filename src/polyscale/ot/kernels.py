@@ -207,11 +207,15 @@ class Dense(KernelOperator):
             delta = torch.where(torch.isneginf(h0), torch.zeros_like(h), h - h0)
             if bool(same_inf.all()) and float(delta.abs().max()) <= ABSORB:
                 return c + (kt @ delta.exp().unsqueeze(-1)).squeeze(-1).log()  # (B, rows)
-        logits = h.unsqueeze(1) + self._logits_rows(
-            0, self.shape[2] if transpose else self.shape[1], transpose
-        )
-        c = torch.logsumexp(logits, dim=-1)  # (B, rows)
-        kt = (logits - c.unsqueeze(-1)).exp_()  # (B, rows, cols), row-normalised
+        rows = self.shape[2] if transpose else self.shape[1]
+        kt = h.unsqueeze(1) + self._logits_rows(0, rows, transpose)  # (B, rows, cols) logits
+        top = kt.amax(dim=-1, keepdim=True).clamp(
+            min=torch.finfo(kt.dtype).min
+        )  # (B, rows, 1); an empty row stays -inf below
+        kt.sub_(top).exp_()  # one exponential per entry, in place
+        total = kt.sum(dim=-1, keepdim=True)
+        kt.div_(total)  # row-normalised
+        c = (total.log() + top).squeeze(-1)  # (B, rows): log sum_j k_ij e^{h0_j}
         self._absorbed[transpose] = (h.clone(), c, kt)
         return c
 
