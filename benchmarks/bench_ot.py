@@ -284,7 +284,10 @@ def bench_points(sizes, dims, timeout, methods=POINT_METHODS, factor=0.05) -> st
     return markdown_table(rows, cols)
 
 
-def bench_grids(timeout) -> str:
+GRID_METHODS = ["log", "fft", "matmul", "pot_exp", "pot_log"]
+
+
+def bench_grids(timeout, only: list[str] | None = None, methods: list[str] = GRID_METHODS) -> str:
     rows = []
     cases = [
         ((128, 128), 0.1),
@@ -296,9 +299,11 @@ def bench_grids(timeout) -> str:
         ((512, 512), 2e-3),
         ((64, 64, 64), 3e-3),
     ]
+    if only:  # "512x512:0.002" entries
+        cases = [c for c in cases if f"{'x'.join(map(str, c[0]))}:{c[1]:g}" in only]
     for shape, eps in cases:
         ref = None
-        for method in ("log", "fft", "matmul", "pot_exp", "pot_log"):
+        for method in methods:
             row = {"grid": "x".join(map(str, shape)), "epsilon": eps, "method": method}
             if method.startswith("pot") and len(shape) == 3:
                 row["status"] = "POT's convolutional kernel is 2D only"
@@ -347,6 +352,8 @@ def main() -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[2, 3, 64])
     p.add_argument("--timeout", type=float, default=600, help="seconds per case")
     p.add_argument("--methods", nargs="+", default=POINT_METHODS, choices=POINT_METHODS)
+    p.add_argument("--cases", nargs="+", default=None, help="grid cases to run, e.g. 512x512:0.002")
+    p.add_argument("--grid-methods", nargs="+", default=GRID_METHODS, choices=GRID_METHODS)
     p.add_argument("--eps-factor", type=float, default=0.05, help="epsilon = factor * E|x - y|^2")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -354,7 +361,7 @@ def main() -> None:
     table = (
         bench_points(args.sizes, args.dims, args.timeout, args.methods, args.eps_factor)
         if args.what == "points"
-        else bench_grids(args.timeout)
+        else bench_grids(args.timeout, args.cases, args.grid_methods)
     )
     publish(head + table, args.out)
 
