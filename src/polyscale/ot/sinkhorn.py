@@ -194,6 +194,7 @@ def sinkhorn(
         f = -eps_s * k_s.log_apply(log_b + g / eps_s)
         g = -eps_s * k_s.log_apply_t(log_a + f / eps_s)
         iterations += 1
+        del k_s  # free this stage's operator before the next one is built (low-rank factors are large)
     f_next = -eps * kernel.log_apply(log_b + g / eps)
     reason = "max_iter"
     error = torch.full((batch,), float("inf"), dtype=log_a.dtype, device=log_a.device)
