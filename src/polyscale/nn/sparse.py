@@ -1,0 +1,223 @@
+"""Sparse layers for networks that start almost empty and grow (issue 6, "Structure Net").
+
+``SparseLinear`` keeps only its active connections: ``values (nnz,)`` as the parameter and their
+``(row, col)`` positions as a buffer, sorted row-major. Two execution paths compute the same thing:
+
+- ``"masked"``: scatter the values into a dense ``(out, in)`` matrix and call ``F.linear``. Time and memory
+  ``O(out * in)``, but one dense GEMM: the fast path for dense-ish layers.
+- ``"sparse"``: a ``torch.sparse_coo_tensor`` times the input. ``O(nnz * batch)``: the fast path for very
+  sparse layers.
+
+``mode="auto"`` picks ``"sparse"`` at density at most ``sparse_below`` (the crossover measured by
+``benchmarks/bench_sparse.py``, recorded in BENCHMARKS.md) and ``"masked"`` above it.
+
+Initial connectivity. A layer starts with ``max(round(density * in * out), out * min_inputs)`` connections:
+first every output unit gets ``min_inputs`` incoming connections from distinct random inputs (so no unit
+starts with no input), then the rest are drawn uniformly among the positions still free. ``density=1e-4``
+(0.01 %) by default.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MODES = ("auto", "masked", "sparse")
+
+
+def initial_connections(
+    in_features: int, out_features: int, *, density: float, min_inputs: int, generator: torch.Generator | None
+) -> Tensor:
+    """Sorted flat positions ``row * in + col`` of a new layer's connections (the rule in the module
+    docstring)."""
+    if not 0 <= density <= 1:
+        raise ValueError(f"density must be in [0, 1], got {density}")
+    if not 0 <= min_inputs <= in_features:
+        raise ValueError(f"min_inputs must be in [0, in_features={in_features}], got {min_inputs}")
+    total = in_features * out_features
+    count = min(total, max(round(density * total), out_features * min_inputs))
+    # every output unit: min_inputs distinct inputs (random keys, the smallest min_inputs per row)
+    keys = torch.rand(out_features, in_features, generator=generator)
+    cols = keys.argsort(dim=1)[:, :min_inputs]  # (out, min_inputs)
+    chosen = (torch.arange(out_features)[:, None] * in_features + cols).flatten()
+    extra = count - chosen.numel()
+    if extra > 0:
+        free = torch.ones(total, dtype=torch.bool)
+        free[chosen] = False
+        pool = free.nonzero().squeeze(1)
+        pick = torch.randperm(pool.numel(), generator=generator)[:extra]
+        chosen = torch.cat([chosen, pool[pick]])
+    return chosen.sort().values
+
+
+class SparseLinear(nn.Module):
+    """``y = x W^T + b`` with only the active entries of ``W (out, in)`` stored and trained.
+
+    ``x (..., in) -> (..., out)``. ``weight_scale``: active weights start ``U(-s, s)`` with
+    ``s = weight_scale / sqrt(fan_in)``, ``fan_in`` the mean number of active inputs per unit (at least 1), so
+    a sparse unit starts with the same output scale as a dense one.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        density: float = 1e-4,
+        min_inputs: int = 1,
+        bias: bool = True,
+        mode: str = "auto",
+        sparse_below: float = 0.05,
+        weight_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(
+                f"in_features and out_features must be positive, got {in_features}, {out_features}"
+            )
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.mode, self.sparse_below = mode, float(sparse_below)
+        flat = initial_connections(
+            in_features, out_features, density=density, min_inputs=min_inputs, generator=generator
+        )
+        self.register_buffer("flat_index", flat)  # (nnz,) sorted row * in + col
+        fan_in = max(1.0, flat.numel() / out_features)
+        bound = weight_scale / math.sqrt(fan_in)
+        self.values = nn.Parameter((torch.rand(flat.numel(), generator=generator) * 2 - 1) * bound)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @property
+    def nnz(self) -> int:
+        return self.flat_index.numel()
+
+    @property
+    def density(self) -> float:
+        return self.nnz / (self.in_features * self.out_features)
+
+    def mask(self) -> Tensor:
+        """``(out, in)`` boolean connectivity."""
+        m = torch.zeros(self.out_features * self.in_features, dtype=torch.bool, device=self.flat_index.device)
+        m[self.flat_index] = True
+        return m.reshape(self.out_features, self.in_features)
+
+    def dense_weight(self) -> Tensor:
+        """``(out, in)`` weight with zeros at inactive positions (differentiable in ``values``)."""
+        w = self.values.new_zeros(self.out_features * self.in_features)
+        return w.index_put((self.flat_index,), self.values).reshape(self.out_features, self.in_features)
+
+    def resolved_mode(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return "sparse" if self.density <= self.sparse_below else "masked"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
+        if self.resolved_mode() == "masked":
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(x, self.dense_weight().to(x.dtype), bias)
+        lead = x.shape[:-1]
+        flat_x = x.reshape(-1, self.in_features)  # (N, in)
+        rows, cols = self.flat_index // self.in_features, self.flat_index % self.in_features
+        w = torch.sparse_coo_tensor(
+            torch.stack([rows, cols]),
+            self.values.to(x.dtype),
+            (self.out_features, self.in_features),
+            is_coalesced=True,  # flat_index is sorted and unique: row-major order is COO's canonical order
+            check_invariants=False,
+        )
+        out = torch.sparse.mm(w, flat_x.T).T  # (N, out)
+        if self.bias is not None:
+            out = out + self.bias.to(x.dtype)
+        return out.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
+            f"density={self.density:.3g}, mode={self.mode}"
+        )
+
+
+ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
+
+
+class SparseMLP(nn.Module):
+    """A multi-layer network of ``SparseLinear`` blocks, with optional skip connections.
+
+    Sizes ``[in, *hidden, out]``; layer ``l`` (1-based) computes ``h_l = act(sum_s W_{l,s} h_s + b_l)`` over
+    its sources ``s = l - 1, ..., l - 1 - skip`` (``h_0 = x``; ``skip`` in 0..3, the growth routing's search
+    radius). The last layer has no activation (logits). The adjacent block ``W_{l,l-1}`` starts with the
+    per-unit minimum of incoming connections; skip blocks start at ``density`` with no minimum.
+    ``x (B, in) -> (B, out)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_sizes: list[int] | tuple[int, ...],
+        out_features: int,
+        *,
+        activation: str = "tanh",
+        skip: int = 0,
+        density: float = 1e-4,
+        min_inputs: int = 1,
+        mode: str = "auto",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if not 0 <= skip <= 3:
+            raise ValueError(f"skip must be 0 to 3 layers back, got {skip}")
+        self.sizes = [in_features, *hidden_sizes, out_features]
+        self.activation, self.skip = activation, skip
+        self.blocks = nn.ModuleDict()
+        for layer in range(1, len(self.sizes)):
+            for source in range(layer - 1, max(-1, layer - 2 - skip), -1):
+                adjacent = source == layer - 1
+                self.blocks[self.block_name(layer, source)] = SparseLinear(
+                    self.sizes[source],
+                    self.sizes[layer],
+                    density=density,
+                    min_inputs=min_inputs if adjacent else 0,
+                    bias=adjacent,
+                    mode=mode,
+                    generator=generator,
+                )
+
+    @staticmethod
+    def block_name(layer: int, source: int) -> str:
+        return f"{layer}<-{source}"
+
+    def sources(self, layer: int) -> list[int]:
+        return [s for s in range(layer - 1, -1, -1) if self.block_name(layer, s) in self.blocks]
+
+    def hidden_activations(self, x: Tensor) -> list[Tensor]:
+        """``[h_0 = x, h_1, ..., h_L]``: every layer's output (the last one without activation)."""
+        act = ACTIVATIONS[self.activation]
+        h = [x]
+        for layer in range(1, len(self.sizes)):
+            z = sum(self.blocks[self.block_name(layer, s)](h[s]) for s in self.sources(layer))
+            h.append(z if layer == len(self.sizes) - 1 else act(z))
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.hidden_activations(x)[-1]
+
+    def connectivity_stats(self) -> dict:
+        """Active connections, possible connections and their ratio per block and overall."""
+        layers = []
+        for name, block in self.blocks.items():
+            possible = block.in_features * block.out_features
+            layers.append(
+                {"block": name, "active": block.nnz, "possible": possible, "ratio": block.nnz / possible}
+            )
+        active = sum(r["active"] for r in layers)
+        possible = sum(r["possible"] for r in layers)
+        return {"layers": layers, "active": active, "possible": possible, "ratio": active / possible}
