@@ -31,8 +31,8 @@ def test_masked_and_sparse_paths_agree_in_value_and_gradient(density, shape):
 
 
 def test_auto_mode_follows_density():
-    assert SparseLinear(100, 100, density=0.01).resolved_mode() == "sparse"
-    assert SparseLinear(100, 100, density=0.3).resolved_mode() == "masked"
+    assert SparseLinear(1000, 1000, density=0.004).resolved_mode() == "sparse"
+    assert SparseLinear(100, 100, density=0.01).resolved_mode() == "masked"
     assert SparseLinear(100, 100, density=0.3, sparse_below=0.5).resolved_mode() == "sparse"
 
 

@@ -8,8 +8,9 @@
 - ``"sparse"``: a ``torch.sparse_coo_tensor`` times the input. ``O(nnz * batch)``: the fast path for very
   sparse layers.
 
-``mode="auto"`` picks ``"sparse"`` at density at most ``sparse_below`` (the crossover measured by
-``benchmarks/bench_sparse.py``, recorded in BENCHMARKS.md) and ``"masked"`` above it.
+``mode="auto"`` picks ``"sparse"`` at density at most ``sparse_below`` and ``"masked"`` above it. The default,
+0.5 %, is the crossover measured by ``benchmarks/bench_sparse.py`` (2048 x 2048, batch 256, 2 CPU threads:
+sparse is faster at 0.5 %, masked at 1 %; BENCHMARKS.md, "Sparse layers").
 
 Initial connectivity. A layer starts with ``max(round(density * in * out), out * min_inputs)`` connections:
 first every output unit gets ``min_inputs`` incoming connections from distinct random inputs (so no unit
@@ -70,7 +71,7 @@ class SparseLinear(nn.Module):
         min_inputs: int = 1,
         bias: bool = True,
         mode: str = "auto",
-        sparse_below: float = 0.05,
+        sparse_below: float = 0.005,
         weight_scale: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> None:
