@@ -138,6 +138,39 @@ class SparseLinear(nn.Module):
             out = out + self.bias.to(x.dtype)
         return out.reshape(*lead, self.out_features)
 
+    def add_connections(self, positions: Tensor, init: Tensor | float = 0.0) -> Tensor:
+        """Surgery: activate the inactive flat positions ``row * in + col`` (``(k,)``) with initial weights
+        ``init`` (``(k,)`` or a scalar; 0 keeps the layer's function unchanged).
+
+        ``values`` becomes a new, larger parameter, so an optimizer must be told: the return value
+        ``(nnz_old,)`` says where each old entry now sits in the new ``values``, which is what
+        :func:`polyscale.training.optimizer_state.carry_over` needs to keep old moments and start the new
+        entries at zero. Active positions, duplicates and out-of-range positions are errors.
+        """
+        positions = torch.as_tensor(positions, dtype=torch.long, device=self.flat_index.device).flatten()
+        total = self.in_features * self.out_features
+        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= total):
+            raise ValueError(
+                f"positions must lie in [0, {total}), got range [{positions.min()}, {positions.max()}]"
+            )
+        if positions.unique().numel() != positions.numel():
+            raise ValueError("positions must be distinct")
+        if self.mask().flatten()[positions].any():
+            raise ValueError("regrowth picks inactive positions only; some positions are already active")
+        init = torch.as_tensor(init, dtype=self.values.dtype, device=self.values.device).expand(
+            positions.numel()
+        )
+        merged = torch.cat([self.flat_index, positions])
+        order = merged.argsort()
+        where = torch.empty_like(order)
+        where[order] = torch.arange(
+            order.numel(), device=order.device
+        )  # where[j]: new slot of merged entry j
+        values = torch.cat([self.values.detach(), init])[order]
+        self.flat_index = merged[order]
+        self.values = nn.Parameter(values)
+        return where[: merged.numel() - positions.numel()]
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
