@@ -23,7 +23,7 @@ toy (BENCHMARKS.md, "Transport") the plain map collapses the modes and the debia
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -148,7 +148,7 @@ class SinkhornBridge:
         )
 
 
-def chain_callbacks(*callbacks):
+def chain_callbacks(*callbacks: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None]:
     """One sampler callback that calls each of ``callbacks`` (``None`` entries skipped) in order."""
     live = [c for c in callbacks if c is not None]
 

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from polyscale.ot.kernels import KernelOperator, check_epsilon, squared_distances
+from polyscale.ot.kernels import KernelOperator, check_epsilon, pick_side, squared_distances
 
 FFT_MAX_RANGE = 20.0  # largest diameter^2 / epsilon the FFT path accepts (see the module docstring)
 MATMUL_MAX_RANGE = 600.0  # largest extent_a^2 / epsilon on any axis the matmul path accepts
@@ -117,6 +117,7 @@ class Grid(KernelOperator):
         )
 
     def symmetric(self, side: str) -> Grid:
+        pick_side(self, side)  # validates side
         return self  # sources and targets are the same grid
 
     def source_points(self) -> Tensor:

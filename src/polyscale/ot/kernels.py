@@ -13,6 +13,7 @@ class.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor
@@ -54,46 +55,47 @@ def pick_side(kernel: KernelOperator, side: str) -> Tensor:
     return kernel.source_points() if side == "source" else kernel.target_points()
 
 
-class KernelOperator:
+class KernelOperator(ABC):
     """Base class: the Gaussian kernel between the source points and the target points of ``B`` problems.
 
-    Subclasses set ``epsilon``, ``shape = (B, n, m)`` and implement ``log_apply``, ``log_apply_t``,
-    ``with_epsilon``, ``source_points``, ``target_points`` and ``log_kernel_matrix``; ``average`` has a generic
+    Subclasses set ``epsilon``, ``shape = (B, n, m)`` and implement the abstract methods (``log_apply``,
+    ``log_apply_t``, ``with_epsilon``, ``symmetric``, ``source_points``, ``target_points``,
+    ``log_kernel_matrix``); ``average`` has a generic
     implementation on top of ``log_apply`` that subclasses may replace by a faster exact one.
     """
 
     epsilon: float
     shape: tuple[int, int, int]
 
+    @abstractmethod
     def log_apply(self, h: Tensor) -> Tensor:
         """``(B, m)`` log-weights on the targets -> ``(B, n)``: ``log sum_j k(x_i, y_j) exp(h_j)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_apply_t(self, h: Tensor) -> Tensor:
         """``(B, n)`` log-weights on the sources -> ``(B, m)``: ``log sum_i k(x_i, y_j) exp(h_i)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def with_epsilon(self, epsilon: float) -> KernelOperator:
         """The same geometry (and the same random draws, for randomised backends) at another epsilon."""
-        raise NotImplementedError
 
+    @abstractmethod
     def symmetric(self, side: str) -> KernelOperator:
         """The same backend between the ``side`` ("source" or "target") points and themselves (the
         symmetric problems of the Sinkhorn divergence)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def source_points(self) -> Tensor:
         """``(B, n, d)`` source coordinates."""
-        raise NotImplementedError
 
+    @abstractmethod
     def target_points(self) -> Tensor:
         """``(B, m, d)`` target coordinates."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_kernel_matrix(self) -> Tensor:
         """``(B, n, m)`` ``log k`` as this backend represents it (approximate for low-rank backends). Dense in
         memory: for small problems, tests and plots."""
-        raise NotImplementedError
 
     @property
     def dtype(self) -> torch.dtype:
