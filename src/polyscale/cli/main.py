@@ -166,6 +166,87 @@ def _cmd_graph_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_grow_sparse(args: argparse.Namespace) -> int:
+    from polyscale.pipelines.grow import grow_sparse
+
+    summary = grow_sparse(
+        dataset=args.dataset,
+        epochs=args.epochs,
+        sparsity=args.sparsity,
+        activation=args.activation,
+        hidden_sizes=args.hidden_sizes,
+        skip=args.skip,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+        output_dir=args.output_dir,
+    )
+    print(
+        f"{args.dataset}: test accuracy {summary['test_accuracy']:.4f} at connectivity "
+        f"{summary['final_connectivity']:.4%} ({summary['final_connections']} connections, from "
+        f"{summary['initial_connectivity']:.4%}); {summary['growth_events']} growth events added "
+        f"{summary['connections_added']} connections and {summary['clones']} clones"
+    )
+    print(
+        f"snapshots: {summary['snapshots']} (compression {summary['snapshot_compression_ratio']:.1f}x); "
+        f"best snapshot {summary['best_snapshot_test_accuracy']:.4f}, ensemble of "
+        f"{len(summary['ensemble_snapshots'])} {summary['ensemble_test_accuracy']:.4f}"
+    )
+    if args.output_dir is not None:
+        print(
+            f"wrote {args.output_dir}/: model.safetensors, config.json, snapshots.safetensors, history.jsonl, "
+            "summary.json"
+        )
+    return 0
+
+
+def _float_in(low: float, high: float, *, open_low: bool = True) -> Callable[[str], float]:
+    """An argparse ``type`` accepting floats in ``(low, high]`` (``[low, high]`` unless ``open_low``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (low < value if open_low else low <= value) or value > high:
+            raise argparse.ArgumentTypeError(
+                f"expected a number in {'(' if open_low else '['}{low}, {high}], got {value}"
+            )
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _add_grow_commands(sub: argparse._SubParsersAction) -> None:
+    grow = sub.add_parser("grow", help="networks that grow during training: sparse", description="Growth.")
+    gsub = grow.add_subparsers(dest="grow_command", required=True)
+    p = _add_command(
+        gsub, "sparse", _cmd_grow_sparse, "train a sparse classifier that grows from a near-empty start"
+    )
+    p.add_argument("--dataset", choices=["mnist1d", "digits"], default="mnist1d")
+    p.add_argument("--epochs", type=positive_int, default=100)
+    p.add_argument(
+        "--sparsity", type=_float_in(0.0, 1.0), default=1e-4,
+        help="initial connectivity: share of possible connections at the start (default 1e-4 = 0.01%%; "
+        "every unit also starts with at least one input)",
+    )  # fmt: skip
+    p.add_argument("--activation", choices=["tanh", "sigmoid", "relu"], default="tanh")
+    p.add_argument("--hidden-sizes", type=positive_int, nargs="+", default=[256, 256])
+    p.add_argument(
+        "--skip", type=_int_at_least(0), choices=[0, 1, 2, 3], default=1,
+        help="skip connections up to this many layers back (the routing radius; cloning needs >= 1)",
+    )  # fmt: skip
+    p.add_argument("--lr", type=_float_in(0.0, 10.0), default=1e-2, help="Adam learning rate")
+    p.add_argument("--batch-size", type=positive_int, default=100)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=_int, default=0)
+    p.add_argument(
+        "--output-dir", default=None, help="run directory: final model, snapshots, history, summary"
+    )
+
+
 def _add_sampling_args(p: argparse.ArgumentParser, *, num_samples: int) -> None:
     """Flags that `sample` and `evaluate` share: how many samples, sampler, steps, size, seed, device."""
     from polyscale.diffusion import SAMPLERS
@@ -301,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p, num_samples=512)
 
     _add_graph_commands(sub)
+    _add_grow_commands(sub)
     return parser
 
 
@@ -382,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         apply_from_environment()  # POLYSCALE_KEEP_FREED_MEMORY=1: reuse freed memory (pipelines/allocator.py)
         return args.func(args)
     except (ValueError, OSError, torch.OutOfMemoryError) as err:
-        name = f"{args.command} {args.graph_command}" if args.command == "graph" else args.command
+        sub_name = {"graph": "graph_command", "grow": "grow_command"}.get(args.command)
+        name = f"{args.command} {getattr(args, sub_name)}" if sub_name else args.command
         print(f"polyscale {name}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -21,12 +21,25 @@ starts with no input), then the rest are drawn uniformly among the positions sti
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 MODES = ("auto", "masked", "sparse")
+
+
+@dataclass
+class ParameterChange:
+    """What one surgery did to one parameter: ``old`` was replaced by ``new`` and old entry ``i`` now sits at
+    flat index ``where[i]`` of ``new`` (``-1``: the entry was removed). Feed it to
+    :func:`polyscale.training.optimizer_state.apply_changes` so old entries keep their optimizer moments and
+    new ones start at zero."""
+
+    old: nn.Parameter
+    new: nn.Parameter
+    where: Tensor
 
 
 def initial_connections(
@@ -171,6 +184,53 @@ class SparseLinear(nn.Module):
         self.values = nn.Parameter(values)
         return where[: merged.numel() - positions.numel()]
 
+    def remove_connections(self, positions: Tensor) -> Tensor:
+        """Surgery: deactivate the active flat positions ``positions (k,)``. Returns ``where (nnz_old,)``: the
+        new slot of every old entry, ``-1`` for the removed ones (see :class:`ParameterChange`)."""
+        positions = torch.as_tensor(positions, dtype=torch.long, device=self.flat_index.device).flatten()
+        slot = torch.searchsorted(self.flat_index, positions)
+        inside = slot < self.nnz
+        hit = (
+            inside & (self.flat_index[slot.clamp(max=max(self.nnz - 1, 0))] == positions)
+            if self.nnz
+            else inside
+        )
+        if not bool(hit.all()):
+            raise ValueError(
+                f"can only remove active positions; {int((~hit).sum())} of {positions.numel()} are not"
+            )
+        if positions.unique().numel() != positions.numel():
+            raise ValueError("positions must be distinct")
+        keep = torch.ones(self.nnz, dtype=torch.bool, device=self.flat_index.device)
+        keep[slot] = False
+        where = torch.full((self.nnz,), -1, dtype=torch.long, device=self.flat_index.device)
+        where[keep] = torch.arange(int(keep.sum()), device=self.flat_index.device)
+        self.flat_index = self.flat_index[keep]
+        self.values = nn.Parameter(self.values.detach()[keep])
+        return where
+
+    def resize(self, in_features: int, out_features: int) -> list[ParameterChange]:
+        """Surgery: grow the layer to ``(out_features, in_features)`` with the new inputs and outputs appended
+        at the end and unconnected (so the layer's function on the old units is unchanged). The stored
+        ``values`` keep their order (row-major order is preserved); only the bias grows (new units get bias
+        0). Returns the changed parameters."""
+        if in_features < self.in_features or out_features < self.out_features:
+            raise ValueError(
+                f"resize only grows: ({self.out_features}, {self.in_features}) -> ({out_features}, {in_features})"
+            )
+        rows, cols = self.flat_index // self.in_features, self.flat_index % self.in_features
+        self.flat_index = rows * in_features + cols
+        self.in_features = in_features
+        changes = []
+        if out_features > self.out_features and self.bias is not None:
+            old = self.bias
+            self.bias = nn.Parameter(
+                torch.cat([old.detach(), old.new_zeros(out_features - self.out_features)])
+            )
+            changes.append(ParameterChange(old, self.bias, torch.arange(old.numel(), device=old.device)))
+        self.out_features = out_features
+        return changes
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
@@ -243,6 +303,138 @@ class SparseMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.hidden_activations(x)[-1]
+
+    def config(self) -> dict:
+        """What rebuilds this network's structure (with :meth:`from_state`): sizes, activation, skip, mode."""
+        first = next(iter(self.blocks.values()))
+        return {
+            "sizes": list(self.sizes),
+            "activation": self.activation,
+            "skip": self.skip,
+            "mode": first.mode,
+            "sparse_below": first.sparse_below,
+        }
+
+    @classmethod
+    def from_state(cls, config: dict, state: dict[str, Tensor]) -> SparseMLP:
+        """The network described by ``config`` (from :meth:`config`) holding ``state`` (from ``state_dict()``),
+        connections included: the structure may differ from any freshly initialised one."""
+        sizes = list(config["sizes"])
+        net = cls(
+            sizes[0], sizes[1:-1], sizes[-1], activation=config["activation"], skip=config["skip"],
+            density=0.0, min_inputs=0, mode=config.get("mode", "auto"),
+        )  # fmt: skip
+        for name, block in net.blocks.items():
+            for key in ("flat_index", "values"):
+                if f"blocks.{name}.{key}" not in state:
+                    raise ValueError(f"state has no entry blocks.{name}.{key} for block {name!r}")
+            block.sparse_below = float(config.get("sparse_below", block.sparse_below))
+            flat = state[f"blocks.{name}.flat_index"].to(torch.long)
+            block.flat_index = flat
+            block.values = nn.Parameter(torch.empty(flat.numel()))
+        net.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)  # keeps the state's dtypes
+        return net
+
+    def clone_units(
+        self, layer: int, units: Tensor | list[int], into: int, *, scale: float = 0.7, preserve: bool = False
+    ) -> tuple[Tensor, list[ParameterChange]]:
+        """Surgery, vertical cloning: copy hidden units ``units`` of ``layer`` into the adjacent hidden layer
+        ``into`` (``layer - 1`` or ``layer + 1``), where they are appended as new units.
+
+        A clone ``c`` of ``u`` reads what ``u`` reads and writes where ``u`` writes, wherever a block from its
+        new layer allows it: for every source ``s`` of ``u`` with a block ``into <- s`` (``s < into``) it gets
+        ``u``'s incoming weights from ``s`` times ``scale`` (0.7), and the bias likewise; for every target
+        ``t`` of ``u`` with a block ``t <- into`` (``t > into``) it gets ``u``'s outgoing weights times
+        ``scale``. Paths that no block carries (``u``'s adjacent blocks, whose other end is the clone's own
+        layer) are not copied, so cloning needs skip connections (``skip >= 1``): a clone one layer up runs
+        beside ``u``'s skip traffic.
+
+        ``preserve=True`` is the function-preserving variant: the clone's outgoing connections are created
+        with weight 0, so the network computes exactly what it computed before, and training then moves them.
+
+        Returns ``(new unit indices in into, changed parameters)``. A clone left with no incoming connection
+        is an error, raised before anything changes.
+        """
+        hidden = range(1, len(self.sizes) - 1)
+        if layer not in hidden or into not in hidden or abs(into - layer) != 1:
+            raise ValueError(
+                f"clone from a hidden layer into an adjacent hidden layer (hidden layers {list(hidden)}), got "
+                f"layer={layer}, into={into}"
+            )
+        units = torch.as_tensor(units, dtype=torch.long).flatten()
+        if units.numel() == 0:
+            return units, []
+        if (
+            int(units.min()) < 0
+            or int(units.max()) >= self.sizes[layer]
+            or units.unique().numel() != units.numel()
+        ):
+            raise ValueError(
+                f"units must be distinct indices in [0, {self.sizes[layer]}), got {units.tolist()}"
+            )
+        first_new = self.sizes[into]
+        incoming: dict[str, tuple[list[int], list[float]]] = {}  # block into <- s: new positions, weights
+        outgoing: dict[str, tuple[list[int], list[float]]] = {}  # block t <- into: filled once sizes grow
+        bias = []
+        for i, u in enumerate(units.tolist()):
+            c = first_new + i
+            reads = 0
+            for s in self.sources(layer):
+                src = self.blocks[self.block_name(layer, s)]
+                name = self.block_name(into, s)
+                if s >= into or name not in self.blocks:
+                    continue
+                row = (src.flat_index // src.in_features) == u
+                cols = src.flat_index[row] % src.in_features
+                pos, val = incoming.setdefault(name, ([], []))
+                pos += (c * src.in_features + cols).tolist()
+                val += (scale * src.values.detach()[row]).tolist()
+                reads += int(row.sum())
+            if reads == 0:
+                raise ValueError(
+                    f"unit {u} of layer {layer} has no inputs a clone in layer {into} can read "
+                    f"(skip={self.skip}; cloning copies along skip blocks, so it needs skip >= 1)"
+                )
+            adjacent = self.blocks[self.block_name(layer, layer - 1)]
+            bias.append(0.0 if adjacent.bias is None else scale * float(adjacent.bias.detach()[u]))
+            for t in range(layer + 1, len(self.sizes)):
+                dst_name, name = self.block_name(t, layer), self.block_name(t, into)
+                if t <= into or dst_name not in self.blocks or name not in self.blocks:
+                    continue
+                dst = self.blocks[dst_name]
+                col = (dst.flat_index % dst.in_features) == u
+                rows = dst.flat_index[col] // dst.in_features
+                pos, val = outgoing.setdefault(name, ([], []))
+                pos += [(r, c) for r in rows.tolist()]
+                val += [0.0] * len(rows) if preserve else (scale * dst.values.detach()[col]).tolist()
+        # grow layer `into`: its incoming blocks gain rows, its outgoing blocks gain columns
+        k = units.numel()
+        self.sizes[into] += k
+        changes: list[ParameterChange] = []
+        for name, block in self.blocks.items():
+            t, s = (int(v) for v in name.split("<-"))
+            if t == into:
+                changes += block.resize(block.in_features, self.sizes[into])
+            elif s == into:
+                changes += block.resize(self.sizes[into], block.out_features)
+        adjacent_into = self.blocks[self.block_name(into, into - 1)]
+        if adjacent_into.bias is not None:
+            with torch.no_grad():
+                adjacent_into.bias[first_new:] = torch.tensor(bias, dtype=adjacent_into.bias.dtype)
+        for name, (pos, val) in incoming.items():
+            changes.append(self.connect(name, torch.tensor(pos), torch.tensor(val)))
+        for name, (pairs, val) in outgoing.items():
+            block = self.blocks[name]
+            pos = torch.tensor([r * block.in_features + c for r, c in pairs], dtype=torch.long)
+            changes.append(self.connect(name, pos, torch.tensor(val)))
+        return torch.arange(first_new, first_new + k), changes
+
+    def connect(self, name: str, positions: Tensor, init: Tensor) -> ParameterChange:
+        """Surgery: ``SparseLinear.add_connections`` on block ``name``, reported as a :class:`ParameterChange`."""
+        block = self.blocks[name]
+        old = block.values
+        where = block.add_connections(positions, init.to(old.dtype))
+        return ParameterChange(old, block.values, where)
 
     def connectivity_stats(self) -> dict:
         """Active connections, possible connections and their ratio per block and overall."""

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 def carry_over(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter, where: Tensor) -> None:
     """Replace ``old`` by ``new`` in ``optimizer``; ``where (old.numel(),)`` gives each old entry's index in
-    the flattened ``new``."""
+    the flattened ``new`` (``-1``: the entry was removed, and its state goes with it)."""
     if where.numel() != old.numel():
         raise ValueError(f"where must have one index per old entry ({old.numel()}), got {where.numel()}")
     found = False
@@ -32,8 +32,16 @@ def carry_over(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Para
     for key, value in state.items():
         if torch.is_tensor(value) and value.shape == old.shape:
             fresh = torch.zeros_like(new, dtype=value.dtype)
-            fresh.view(-1)[where] = value.reshape(-1)
+            kept = where >= 0
+            fresh.view(-1)[where[kept]] = value.reshape(-1)[kept]
             moved[key] = fresh
         else:
             moved[key] = value  # scalars (Adam's step) and anything not shaped like the parameter
     optimizer.state[new] = moved
+
+
+def apply_changes(optimizer: torch.optim.Optimizer, changes: list) -> None:
+    """:func:`carry_over` for every :class:`polyscale.nn.sparse.ParameterChange` a surgery returned, in order
+    (a parameter replaced twice is followed through both changes)."""
+    for change in changes:
+        carry_over(optimizer, change.old, change.new, change.where)

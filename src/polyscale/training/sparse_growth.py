@@ -1,0 +1,194 @@
+"""Training a sparse network that grows (issue 6): the epoch loop joining schedule, grower, optimizer and
+snapshots.
+
+:class:`SparseGrowthTrainer` trains a :class:`polyscale.nn.sparse.SparseMLP` classifier with Adam and
+cross-entropy. After every epoch it
+
+1. measures each block's gradient variance over the epoch (the variance of the block's mean gradient) and
+   feeds it to the :class:`polyscale.growth.SparseGrowthSchedule` (*when*);
+2. finds the activation extrema on a fixed probe batch of training inputs (reported every epoch; when
+   none are left the schedule stops growing);
+3. on a growth decision, snapshots the network as it stands, lets the
+   :class:`polyscale.growth.SparseGrower` add connections and clones (*how*), and carries Adam's state
+   over (old entries keep their moments, new ones start at zero);
+4. snapshots the network whenever validation accuracy beats the last improvement snapshot's by more than
+   ``improvement`` (2 %, relative).
+
+The same loop runs the baselines: no schedule is a static sparse (or dense) network, and
+``regrowth="set"`` / ``"rigl"`` prunes and regrows a cosine-decayed fraction of every block after every
+epoch, at fixed connectivity (:mod:`polyscale.growth.regrowth`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import trange
+
+from polyscale.growth.regrowth import METHODS, cosine_fraction, dense_gradients, prune_and_regrow
+from polyscale.growth.snapshots import SnapshotStore
+from polyscale.growth.sparse_grower import SparseGrower, layer_extrema
+from polyscale.growth.sparse_schedule import SparseGrowthSchedule
+from polyscale.nn.sparse import SparseMLP
+from polyscale.training.optimizer_state import apply_changes
+
+
+def accuracy(net: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 4096) -> float:
+    """Share of ``x (N, F)`` whose argmax logit is ``y (N,)``."""
+    with torch.no_grad():
+        hits = sum(
+            int((net(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum())
+            for i in range(0, len(x), batch_size)
+        )
+    return hits / max(len(x), 1)
+
+
+class SparseGrowthTrainer:
+    """The loop of the module docstring. ``train`` and ``val`` are ``(x (N, F), y (N,))`` tensor pairs."""
+
+    def __init__(
+        self,
+        net: SparseMLP,
+        train: tuple[Tensor, Tensor],
+        val: tuple[Tensor, Tensor],
+        *,
+        lr: float = 1e-2,
+        batch_size: int = 100,
+        schedule: SparseGrowthSchedule | None = None,
+        grower: SparseGrower | None = None,
+        regrowth: str | None = None,
+        regrowth_fraction: float = 0.3,
+        total_epochs: int = 100,
+        snapshots: bool = True,
+        improvement: float = 0.02,
+        probe_size: int = 512,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        if regrowth is not None and regrowth not in METHODS:
+            raise ValueError(f"regrowth must be None or one of {METHODS}, got {regrowth!r}")
+        if regrowth is not None and schedule is not None:
+            raise ValueError("growth (schedule) and fixed-connectivity regrowth are alternatives; pass one")
+        for name, (x, y) in (("train", train), ("val", val)):
+            if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+                raise ValueError(
+                    f"{name} must be (x (N, features), y (N,)) with N > 0, got {tuple(x.shape)}, {tuple(y.shape)}"
+                )
+            if x.shape[1] != net.sizes[0]:
+                raise ValueError(f"{name} has {x.shape[1]} features, the network takes {net.sizes[0]}")
+        if lr <= 0 or batch_size < 1 or improvement < 0:
+            raise ValueError(
+                f"need lr > 0, batch_size >= 1, improvement >= 0; got {lr}, {batch_size}, {improvement}"
+            )
+        self.device = torch.device(device)
+        self.net = net.to(self.device)
+        self.train_x, self.train_y = (t.to(self.device) for t in train)
+        self.val_x, self.val_y = (t.to(self.device) for t in val)
+        self.lr, self.batch_size = lr, batch_size
+        self.schedule = schedule
+        self.grower = grower if grower is not None else (SparseGrower() if schedule is not None else None)
+        self.regrowth, self.regrowth_fraction, self.total_epochs = regrowth, regrowth_fraction, total_epochs
+        self.store = SnapshotStore() if snapshots else None
+        self.improvement = improvement
+        self.generator = torch.Generator().manual_seed(seed)
+        self.probe = self.train_x[torch.randperm(len(self.train_x), generator=self.generator)[:probe_size]]
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.epoch = 0
+        self.reference = 0.0  # validation accuracy of the last improvement snapshot
+        self.growth_events = 0
+        self.connections_added = 0
+        self.clones = 0
+
+    def train_epoch(self) -> dict:
+        """One epoch of training, then the growth (or regrowth) step; returns the epoch's statistics:
+        ``loss``, ``train_accuracy``, ``val_accuracy``, ``grew``, ``connections_added`` (this epoch),
+        ``clones``, ``connectivity`` (overall ratio) and ``active``, ``high_extrema`` / ``low_extrema``
+        (counts over the hidden layers), ``phase``, ``spikes``, ``credits``, ``snapshots`` (stored so far),
+        ``growth_done`` (why growth ended, if it has) and ``seconds``."""
+        start = time.perf_counter()
+        self.net.train()
+        n = len(self.train_x)
+        order = torch.randperm(n, generator=self.generator).to(self.device)
+        grad_sum = {name: torch.zeros_like(b.values) for name, b in self.net.blocks.items()}
+        total_loss, batches = 0.0, 0
+        for i in range(0, n, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            loss = F.cross_entropy(self.net(self.train_x[idx]), self.train_y[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for name, block in self.net.blocks.items():
+                if block.values.grad is not None:
+                    grad_sum[name] += block.values.grad
+            self.optimizer.step()
+            total_loss, batches = total_loss + float(loss.detach()), batches + 1
+        self.epoch += 1
+        self.net.eval()
+        variances = {
+            name: float((g / batches).double().var()) for name, g in grad_sum.items() if g.numel() >= 2
+        }
+        high, low = layer_extrema(self.net, self.probe)
+        n_high, n_low = sum(len(v) for v in high.values()), sum(len(v) for v in low.values())
+        stats = {
+            "epoch": self.epoch, "loss": total_loss / batches, "grew": False, "connections_added": 0,
+            "clones": 0, "high_extrema": n_high, "low_extrema": n_low, "phase": None, "spikes": 0,
+            "credits": None, "growth_done": None,
+        }  # fmt: skip
+        val_acc = accuracy(self.net, self.val_x, self.val_y)
+        if self.schedule is not None:
+            decision = self.schedule.update(variances, no_extrema=n_high + n_low == 0)
+            stats.update(phase=decision.phase, spikes=len(decision.spikes), growth_done=decision.done)
+            if decision.grow:
+                self._snapshot("growth", val_acc)
+                result = self.grower.grow(self.net, self.probe, decision.allowance, generator=self.generator)
+                apply_changes(self.optimizer, result.changes)
+                self.schedule.record_growth(result.added)
+                self.growth_events += 1
+                self.connections_added += result.added
+                self.clones += result.clones
+                stats.update(grew=True, connections_added=result.added, clones=result.clones)
+            stats["credits"] = self.schedule.credits
+        elif self.regrowth is not None:
+            fraction = cosine_fraction(self.epoch, self.total_epochs, self.regrowth_fraction)
+            grads = None
+            if self.regrowth == "rigl":
+                idx = torch.randperm(n, generator=self.generator)[: max(self.batch_size, 512)].to(self.device)
+                grads = dense_gradients(self.net, self.train_x[idx], self.train_y[idx], F.cross_entropy)
+            changes = prune_and_regrow(
+                self.net, fraction, self.regrowth, dense_grads=grads, generator=self.generator
+            )
+            apply_changes(self.optimizer, changes)
+        if val_acc > self.reference * (1 + self.improvement):
+            self._snapshot("improvement", val_acc)
+            self.reference = val_acc
+        connectivity = self.net.connectivity_stats()
+        stats.update(
+            train_accuracy=accuracy(self.net, self.train_x, self.train_y),
+            val_accuracy=val_acc,
+            connectivity=connectivity["ratio"],
+            active=connectivity["active"],
+            snapshots=0 if self.store is None else len(self.store),
+            seconds=time.perf_counter() - start,
+        )
+        return stats
+
+    def _snapshot(self, reason: str, metric: float) -> None:
+        if self.store is not None:
+            phase = self.schedule.phase if self.schedule is not None else "static"
+            self.store.add(self.net, epoch=self.epoch, phase=phase, reason=reason, metric=metric)
+
+    def fit(self, epochs: int, *, progress: bool = True) -> list[dict]:
+        """``epochs`` calls of :meth:`train_epoch` under a progress bar; returns their statistics."""
+        history = []
+        bar = trange(epochs, disable=not progress, desc="training", leave=False)
+        for _ in bar:
+            stats = self.train_epoch()
+            history.append(stats)
+            bar.set_postfix(
+                val=f"{stats['val_accuracy']:.3f}",
+                conn=f"{stats['connectivity']:.2%}",
+                grown=self.growth_events,
+            )
+        return history
