@@ -129,7 +129,7 @@ class SparseGrowthTrainer:
         variances = {
             name: float((g / batches).double().var()) for name, g in grad_sum.items() if g.numel() >= 2
         }
-        high, low = layer_extrema(self.net, self.probe)
+        high, low = (self.grower.extrema if self.grower is not None else layer_extrema)(self.net, self.probe)
         n_high, n_low = sum(len(v) for v in high.values()), sum(len(v) for v in low.values())
         stats = {
             "epoch": self.epoch, "loss": total_loss / batches, "grew": False, "connections_added": 0,
