@@ -8,8 +8,8 @@ scored on the 1,000 test signals (published test accuracy: logistic 32 %, MLP 68
 network uses the library defaults (``polyscale grow sparse``); the others:
 
 - ``dense``: ``nn.Linear`` layers of the same hidden sizes (no skip connections, as a plain MLP);
-- ``static``: a ``SparseMLP`` (same skip radius) with a fixed random structure at the grown network's final
-  connectivity;
+- ``static``: a ``SparseMLP`` (same skip radius and per-unit minima) with a fixed random structure of as many
+  connections as the grown network ends with;
 - ``set`` / ``rigl``: the same start, pruning and regrowing a cosine-decayed 30 % of every block after every
   epoch (``polyscale.growth.regrowth``).
 
@@ -34,7 +34,7 @@ from polyscale.training.sparse_growth import SparseGrowthTrainer, accuracy
 class DenseMLP(nn.Module):
     def __init__(self, sizes: list[int], activation: str) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,19 +60,40 @@ def train_dense(sizes, activation, data, *, epochs, lr, batch_size, seed) -> flo
     return accuracy(net, xt, yt)
 
 
-def train_sparse(sizes, activation, skip, density, data, *, regrowth, epochs, lr, batch_size, seed) -> dict:
+def matched_net(sizes, activation, skip, connections, seed) -> SparseMLP:
+    """A ``SparseMLP`` whose initial connection count is the closest to ``connections`` (bisection on the
+    density; the per-unit minima make the count a step function of it)."""
+
+    def build(density):
+        return SparseMLP(
+            sizes[0], sizes[1:-1], sizes[-1], activation=activation, skip=skip, density=density,
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (mid, high) if build(mid).connectivity_stats()["active"] < connections else (low, mid)
+    return build(high)
+
+
+def train_sparse(
+    sizes, activation, skip, connections, data, *, regrowth, epochs, lr, batch_size, seed
+) -> dict:
     train, val, (xt, yt) = data
     torch.manual_seed(seed)
-    net = SparseMLP(
-        sizes[0], sizes[1:-1], sizes[-1], activation=activation, skip=skip, density=density,
-        generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
+    net = matched_net(sizes, activation, skip, connections, seed)
     trainer = SparseGrowthTrainer(
         net, train, val, lr=lr, batch_size=batch_size, regrowth=regrowth, total_epochs=epochs, seed=seed,
         snapshots=False,
     )  # fmt: skip
     trainer.fit(epochs, progress=False)
-    return {"test_accuracy": accuracy(trainer.net, xt, yt), "connectivity": net.connectivity_stats()["ratio"]}
+    stats = trainer.net.connectivity_stats()
+    return {
+        "test_accuracy": accuracy(trainer.net, xt, yt),
+        "connectivity": stats["ratio"],
+        "connections": stats["active"],
+    }
 
 
 def main() -> None:
@@ -86,22 +107,40 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--methods", nargs="+", default=["grown", "dense", "static", "set", "rigl"])
     parser.add_argument("--json-out", default=None)
+    parser.add_argument(
+        "--phase-limits", type=int, nargs=3, default=None, help="default: the issue's 10 50 200"
+    )
+    parser.add_argument("--stabilisation", type=int, default=None, help="default: 10 epochs")
+    parser.add_argument(
+        "--extrema", type=float, nargs=2, default=None, metavar=("HIGH", "LOW"), help="0.95 0.05"
+    )
+    parser.add_argument("--max-incoming", type=int, default=None, help="default: 5")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = classification_data("mnist1d")
     sizes = [data[0][0].shape[1], *args.hidden_sizes, 10]
     common = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    schedule, grower = {}, {}
+    if args.phase_limits:
+        schedule["phase_limits"] = tuple(args.phase_limits)
+    if args.stabilisation is not None:
+        schedule["stabilisation_epochs"] = args.stabilisation
+    if args.extrema:
+        grower["high"], grower["low"] = args.extrema
+    if args.max_incoming is not None:
+        grower["max_incoming"] = args.max_incoming
+    print(json.dumps({"schedule": schedule, "grower": grower}), flush=True)
     runs = []
     for seed in args.seeds:
         start = time.perf_counter()
         grown = grow_sparse(
             dataset="mnist1d", hidden_sizes=args.hidden_sizes, activation=args.activation, skip=args.skip,
-            seed=seed, progress=False, **common,
+            seed=seed, progress=False, schedule=schedule, grower=grower, **common,
         )  # fmt: skip
         row = {"seed": seed, "method": "grown", "seconds": time.perf_counter() - start, **grown}
         print(json.dumps(row), flush=True)
         runs.append(row)
-        density = grown["final_connectivity"]
+        connections = grown["final_connections"]
         for method in [m for m in args.methods if m != "grown"]:
             start = time.perf_counter()
             if method == "dense":
@@ -112,7 +151,14 @@ def main() -> None:
             else:
                 regrowth = None if method == "static" else method
                 out = train_sparse(
-                    sizes, args.activation, args.skip, density, data, regrowth=regrowth, seed=seed, **common
+                    sizes,
+                    args.activation,
+                    args.skip,
+                    connections,
+                    data,
+                    regrowth=regrowth,
+                    seed=seed,
+                    **common,
                 )
             row = {"seed": seed, "method": method, "seconds": time.perf_counter() - start, **out}
             print(json.dumps(row), flush=True)

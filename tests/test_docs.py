@@ -9,6 +9,7 @@ command cannot slip into the docs untested):
   which must return 0 and write every file it names. To keep the suite fast, the run is capped without changing
   which code runs: at most 2 samples and 2 denoising steps, and training stops after 2 optimizer steps.
 * ``make TARGET``: the target must exist in the Makefile (``make test`` is what CI runs).
+  ``polyscale grow sparse`` runs at most 3 epochs.
 * ``python benchmarks/X.py ...``: the script must exist and answer ``--help``.
 """
 
@@ -77,6 +78,9 @@ def capped(argv: list[str]) -> list[str]:
         return argv
     if argv[0] == "train":
         return argv + TRAIN_CAPS
+    if argv[:2] == ["grow", "sparse"]:  # a few epochs of the same loop
+        _cap_flag(argv, "--epochs", 3)
+        return argv
     if argv[0] in ("sample", "evaluate"):
         for flag, cap in (("--num-samples", 2), ("--timesteps", 2)):
             if flag in argv:

@@ -109,3 +109,18 @@ def test_bad_input_is_named():
         SparseLinear(4, 4, mode="csr")
     with pytest.raises(ValueError, match=r"expected input \(\.\.\., 4\)"):
         SparseLinear(4, 4)(torch.randn(2, 5))
+
+
+def test_no_hidden_unit_starts_without_an_input_or_an_output():
+    net = SparseMLP(40, [256, 256], 10, skip=1, density=1e-4, generator=torch.Generator().manual_seed(0))
+    for layer in (1, 2):
+        inc = net.blocks[SparseMLP.block_name(layer, layer - 1)]
+        out = net.blocks[SparseMLP.block_name(layer + 1, layer)]
+        assert (torch.bincount(inc.flat_index // inc.in_features, minlength=inc.out_features) >= 1).all()
+        assert (torch.bincount(out.flat_index % out.in_features, minlength=out.in_features) >= 1).all()
+    bare = SparseMLP(
+        40, [256, 256], 10, density=1e-4, min_outputs=0, generator=torch.Generator().manual_seed(0)
+    )
+    assert bare.connectivity_stats()["active"] < net.connectivity_stats()["active"]
+    with pytest.raises(ValueError, match="min_outputs"):
+        SparseMLP(4, [3], 2, min_outputs=5)

@@ -15,7 +15,11 @@ sparse is faster at 0.5 %, masked at 1 %; BENCHMARKS.md, "Sparse layers").
 Initial connectivity. A layer starts with ``max(round(density * in * out), out * min_inputs)`` connections:
 first every output unit gets ``min_inputs`` incoming connections from distinct random inputs (so no unit
 starts with no input), then the rest are drawn uniformly among the positions still free. ``density=1e-4``
-(0.01 %) by default.
+(0.01 %) by default. In a :class:`SparseMLP` the adjacent block after a hidden layer also gives every hidden
+unit that has no outgoing connection yet ``min_outputs`` (1) of them, to random units of the next layer, so
+no unit starts dangling either: without it most units of a wide layer feed nothing (a 256-unit layer sends
+one connection to each of 10 outputs) and the network trains at chance level (BENCHMARKS.md, "Sparse
+growth"). Connectivity then starts at ``density`` or at the per-unit minima, whichever is larger.
 """
 
 from __future__ import annotations
@@ -247,7 +251,8 @@ class SparseMLP(nn.Module):
     Sizes ``[in, *hidden, out]``; layer ``l`` (1-based) computes ``h_l = act(sum_s W_{l,s} h_s + b_l)`` over
     its sources ``s = l - 1, ..., l - 1 - skip`` (``h_0 = x``; ``skip`` in 0..3, the growth routing's search
     radius). The last layer has no activation (logits). The adjacent block ``W_{l,l-1}`` starts with the
-    per-unit minimum of incoming connections; skip blocks start at ``density`` with no minimum.
+    per-unit minima of incoming (``min_inputs``) and, for hidden units, outgoing connections
+    (``min_outputs``; module docstring); skip blocks start at ``density`` with no minimum.
     ``x (B, in) -> (B, out)``.
     """
 
@@ -261,6 +266,7 @@ class SparseMLP(nn.Module):
         skip: int = 0,
         density: float = 1e-4,
         min_inputs: int = 1,
+        min_outputs: int = 1,
         mode: str = "auto",
         generator: torch.Generator | None = None,
     ) -> None:
@@ -284,6 +290,26 @@ class SparseMLP(nn.Module):
                     mode=mode,
                     generator=generator,
                 )
+        for layer in range(1, len(self.sizes) - 1):
+            self._give_outputs(self.blocks[self.block_name(layer + 1, layer)], min_outputs, generator)
+
+    @staticmethod
+    def _give_outputs(block: SparseLinear, count: int, generator: torch.Generator | None) -> None:
+        """At init: every input unit of ``block`` with fewer than ``count`` connections gets the rest, to
+        distinct random outputs, with weights drawn like the block's others."""
+        if not 0 <= count <= block.out_features:
+            raise ValueError(f"min_outputs must be in [0, {block.out_features}], got {count}")
+        have = torch.bincount(block.flat_index % block.in_features, minlength=block.in_features)
+        mask = block.mask()
+        positions = []
+        for col in (have < count).nonzero().squeeze(1).tolist():
+            free = (~mask[:, col]).nonzero().squeeze(1)
+            rows = free[torch.randperm(free.numel(), generator=generator)[: count - int(have[col])]]
+            positions += (rows * block.in_features + col).tolist()
+        if positions:
+            bound = 1.0 / math.sqrt(max(1.0, (block.nnz + len(positions)) / block.out_features))
+            init = (torch.rand(len(positions), generator=generator) * 2 - 1) * bound
+            block.add_connections(torch.tensor(positions, dtype=torch.long), init)
 
     @staticmethod
     def block_name(layer: int, source: int) -> str:
@@ -322,7 +348,7 @@ class SparseMLP(nn.Module):
         sizes = list(config["sizes"])
         net = cls(
             sizes[0], sizes[1:-1], sizes[-1], activation=config["activation"], skip=config["skip"],
-            density=0.0, min_inputs=0, mode=config.get("mode", "auto"),
+            density=0.0, min_inputs=0, min_outputs=0, mode=config.get("mode", "auto"),
         )  # fmt: skip
         for name, block in net.blocks.items():
             for key in ("flat_index", "values"):

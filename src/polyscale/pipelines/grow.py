@@ -20,6 +20,7 @@ from torch import Tensor
 
 from polyscale.growth import SparseGrowthSchedule
 from polyscale.growth.snapshots import ensemble_probabilities
+from polyscale.growth.sparse_grower import SparseGrower
 from polyscale.io import atomic_write_bytes, atomic_write_text
 from polyscale.nn.sparse import SparseMLP
 from polyscale.pipelines.sample import resolve_device
@@ -66,11 +67,15 @@ def grow_sparse(
     seed: int = 0,
     output_dir: str | Path | None = None,
     progress: bool = True,
+    schedule: dict | None = None,
+    grower: dict | None = None,
 ) -> dict:
     """Train a growing sparse network; returns the summary (also written to ``output_dir/summary.json``).
 
     ``sparsity`` is the initial connectivity, the share of possible connections present at the start
-    (default 1e-4 = 0.01 %), before the per-unit minimum of one input (``polyscale.nn.sparse``)."""
+    (default 1e-4 = 0.01 %), before the per-unit minima of one input and one output (``polyscale.nn.sparse``).
+    ``schedule`` and ``grower`` override fields of :class:`SparseGrowthSchedule` and :class:`SparseGrower`
+    (e.g. ``{"phase_limits": (100, 500, 2000)}``); the defaults are the issue's numbers."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not 0 < sparsity <= 1:
@@ -85,8 +90,9 @@ def grow_sparse(
     )  # fmt: skip
     start = net.connectivity_stats()
     trainer = SparseGrowthTrainer(
-        net, train, val, lr=lr, batch_size=batch_size, schedule=SparseGrowthSchedule(max_epochs=epochs),
-        total_epochs=epochs, device=resolve_device(device), seed=seed,
+        net, train, val, lr=lr, batch_size=batch_size,
+        schedule=SparseGrowthSchedule(**{"max_epochs": epochs, **(schedule or {})}),
+        grower=SparseGrower(**(grower or {})), total_epochs=epochs, device=resolve_device(device), seed=seed,
     )  # fmt: skip
     history = trainer.fit(epochs, progress=progress)
     store = trainer.store
