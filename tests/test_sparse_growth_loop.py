@@ -275,3 +275,28 @@ def test_cli_grow_sparse_flag_errors(capsys):
         main(["grow", "sparse", "--sparsity", "2"])
     assert err.value.code == 2
     assert "expected a number in (0.0, 1.0]" in capsys.readouterr().err
+
+
+def test_grow_run_resumes_exactly_where_it_stopped(tmp_path):
+    from safetensors.torch import load_file
+
+    from polyscale.pipelines.grow import grow_sparse
+
+    schedule = {"stabilisation_epochs": 1, "spike_threshold": 0.05}
+    kw = dict(dataset="digits", hidden_sizes=[16, 16], progress=False, checkpoint_every=2, schedule=schedule,
+              grower={"high": 0.7, "low": 0.3})  # fmt: skip
+    whole = grow_sparse(epochs=6, output_dir=tmp_path / "whole", **kw)
+    grow_sparse(epochs=4, output_dir=tmp_path / "split", **kw)
+    split = grow_sparse(epochs=6, output_dir=tmp_path / "split", **kw)  # resumes at epoch 4
+    assert whole["growth_events"] > 0
+    for key in ("test_accuracy", "final_connections", "growth_events", "connections_added", "final_sizes"):
+        assert split[key] == whole[key], key
+    a, b = (
+        load_file(tmp_path / "whole" / "model.safetensors"),
+        load_file(tmp_path / "split" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    h = [json.loads(line) for line in (tmp_path / "split" / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in h] == list(range(1, 7))
+    with pytest.raises(ValueError, match="other settings"):
+        grow_sparse(epochs=6, output_dir=tmp_path / "split", **{**kw, "hidden_sizes": [8, 8]})

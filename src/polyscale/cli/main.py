@@ -181,6 +181,7 @@ def _cmd_grow_sparse(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         output_dir=args.output_dir,
+        resume=not args.no_resume,
     )
     print(
         f"{args.dataset}: test accuracy {summary['test_accuracy']:.4f} at connectivity "
@@ -243,8 +244,12 @@ def _add_grow_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument(
-        "--output-dir", default=None, help="run directory: final model, snapshots, history, summary"
+        "--output-dir",
+        default=None,
+        help="run directory: final model, snapshots, history, summary, and a checkpoint every 10 epochs "
+        "that a rerun with the same flags resumes from",
     )
+    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint already in --output-dir")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, *, num_samples: int) -> None:

@@ -8,6 +8,11 @@ The run directory gets ``model.safetensors`` + ``config.json`` (the final networ
 (every snapshot, as deltas; :class:`polyscale.growth.snapshots.SnapshotStore`), ``history.jsonl`` (one line
 of statistics per epoch) and ``summary.json`` (test accuracy of the final network, of the best snapshot and
 of the snapshot ensemble, growth events, connectivity, compression ratio).
+
+Runs resume. Every ``checkpoint_every`` epochs (10) the trainer's whole state, the snapshots and the history
+go to ``output_dir/checkpoint/``, written atomically (a new directory renamed into place). A later call with
+the same settings continues from there (``resume=False`` starts over); a run asked for more epochs than it
+has continues to the new total. Other settings that differ from the saved run's are an error.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from tqdm.auto import trange
 
 from polyscale.growth import SparseGrowthSchedule
 from polyscale.growth.snapshots import ensemble_probabilities
@@ -69,6 +75,8 @@ def grow_sparse(
     progress: bool = True,
     schedule: dict | None = None,
     grower: dict | None = None,
+    resume: bool = True,
+    checkpoint_every: int = 10,
 ) -> dict:
     """Train a growing sparse network; returns the summary (also written to ``output_dir/summary.json``).
 
@@ -94,7 +102,24 @@ def grow_sparse(
         schedule=SparseGrowthSchedule(**{"max_epochs": epochs, **(schedule or {})}),
         grower=SparseGrower(**(grower or {})), total_epochs=epochs, device=resolve_device(device), seed=seed,
     )  # fmt: skip
-    history = trainer.fit(epochs, progress=progress)
+    settings = {
+        "dataset": dataset, "sparsity": sparsity, "activation": activation, "hidden_sizes": list(hidden_sizes),
+        "skip": skip, "lr": lr, "batch_size": batch_size, "seed": seed, "schedule": _jsonable(schedule or {}),
+        "grower": _jsonable(grower or {}),
+    }  # fmt: skip
+    history: list[dict] = []
+    checkpoint = None if output_dir is None else Path(output_dir) / "checkpoint"
+    if checkpoint is not None and resume and checkpoint.is_dir():
+        history = _resume(trainer, checkpoint, settings, epochs)
+    bar = trange(trainer.epoch, epochs, disable=not progress, desc="growing", leave=False, initial=trainer.epoch,
+                 total=epochs)  # fmt: skip
+    for _ in bar:
+        stats = trainer.train_epoch()
+        history.append(stats)
+        bar.set_postfix(val=f"{stats['val_accuracy']:.3f}", conn=f"{stats['connectivity']:.2%}",
+                        grown=trainer.growth_events)  # fmt: skip
+        if checkpoint is not None and (trainer.epoch % checkpoint_every == 0 or trainer.epoch == epochs):
+            _save_checkpoint(trainer, checkpoint, settings, history)
     store = trainer.store
     store.add(trainer.net, epoch=trainer.epoch, phase=trainer.schedule.phase, reason="final",
               metric=history[-1]["val_accuracy"])  # fmt: skip
@@ -128,6 +153,47 @@ def grow_sparse(
     if output_dir is not None:
         _write_run(Path(output_dir), trainer, history, summary)
     return summary
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d))  # tuples -> lists, so saved and given settings compare equal
+
+
+def _save_checkpoint(
+    trainer: SparseGrowthTrainer, checkpoint: Path, settings: dict, history: list[dict]
+) -> None:
+    from safetensors.torch import save_file
+
+    from polyscale.io import atomic_replace_dir
+
+    tensors, meta = trainer.state_dict()
+
+    def build(tmp: Path) -> None:
+        save_file(tensors, tmp / "trainer.safetensors")
+        (tmp / "trainer.json").write_text(json.dumps({"settings": settings, "state": meta}, indent=1) + "\n")
+        trainer.store.save(tmp / "snapshots.safetensors")
+        (tmp / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+
+    atomic_replace_dir(build, checkpoint)
+
+
+def _resume(trainer: SparseGrowthTrainer, checkpoint: Path, settings: dict, epochs: int) -> list[dict]:
+    from safetensors.torch import load_file
+
+    from polyscale.growth.snapshots import SnapshotStore
+
+    saved = json.loads((checkpoint / "trainer.json").read_text())
+    differ = sorted(k for k in settings if saved["settings"].get(k) != settings[k])
+    if differ:
+        detail = ", ".join(f"{k}: saved {saved['settings'].get(k)!r}, given {settings[k]!r}" for k in differ)
+        raise ValueError(f"{checkpoint} holds a run with other settings ({detail}); pass resume=False "
+                         "(--no-resume) or another output directory")  # fmt: skip
+    trainer.load_state_dict(load_file(checkpoint / "trainer.safetensors"), saved["state"])
+    trainer.store = SnapshotStore.load(checkpoint / "snapshots.safetensors")
+    if trainer.schedule is not None:
+        trainer.schedule.max_epochs = epochs
+    history = [json.loads(line) for line in (checkpoint / "history.jsonl").read_text().splitlines()]
+    return history[: trainer.epoch]
 
 
 def _write_run(out: Path, trainer: SparseGrowthTrainer, history: list[dict], summary: dict) -> None:

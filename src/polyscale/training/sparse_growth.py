@@ -22,6 +22,7 @@ epoch, at fixed connectivity (:mod:`polyscale.growth.regrowth`).
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -178,6 +179,53 @@ class SparseGrowthTrainer:
         if self.store is not None:
             phase = self.schedule.phase if self.schedule is not None else "static"
             self.store.add(self.net, epoch=self.epoch, phase=phase, reason=reason, metric=metric)
+
+    def state_dict(self) -> tuple[dict[str, Tensor], dict]:
+        """Everything a resumed run needs, as ``(tensors, json-able metadata)``: the network (structure
+        included), Adam's state by parameter name, the schedule, the counters and the random stream. The
+        snapshots are saved on their own (:meth:`SnapshotStore.save`)."""
+        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        names = {id(p): n for n, p in self.net.named_parameters()}
+        for param, state in self.optimizer.state.items():
+            for key, value in state.items():
+                tensors[f"optim.{names[id(param)]}.{key}"] = (
+                    torch.as_tensor(value).detach().cpu().contiguous()
+                )
+        tensors["generator"] = self.generator.get_state()
+        meta = {
+            "net_config": self.net.config(),
+            "epoch": self.epoch,
+            "reference": self.reference,
+            "growth_events": self.growth_events,
+            "connections_added": self.connections_added,
+            "clones": self.clones,
+            "schedule": None if self.schedule is None else asdict(self.schedule),
+        }
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, Tensor], meta: dict) -> None:
+        """Continue from :meth:`state_dict`'s output (the network and optimizer are rebuilt from it)."""
+        net_state = {k[len("net.") :]: v for k, v in tensors.items() if k.startswith("net.")}
+        self.net = SparseMLP.from_state(meta["net_config"], net_state).to(self.device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        for name, param in self.net.named_parameters():
+            prefix = f"optim.{name}."
+            state = {k[len(prefix) :]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
+            if "step" in state:
+                state["step"] = state["step"].cpu()  # Adam keeps its step count on the CPU
+            if state:
+                self.optimizer.state[param] = state
+        self.generator.set_state(tensors["generator"])
+        self.epoch, self.reference = int(meta["epoch"]), float(meta["reference"])
+        self.growth_events, self.connections_added = (
+            int(meta["growth_events"]),
+            int(meta["connections_added"]),
+        )
+        self.clones = int(meta["clones"])
+        if meta["schedule"] is not None:
+            fields = dict(meta["schedule"])
+            fields["phase_limits"] = tuple(fields["phase_limits"])
+            self.schedule = SparseGrowthSchedule(**fields)
 
     def fit(self, epochs: int, *, progress: bool = True) -> list[dict]:
         """``epochs`` calls of :meth:`train_epoch` under a progress bar; returns their statistics."""
