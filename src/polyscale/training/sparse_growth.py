@@ -108,7 +108,9 @@ class SparseGrowthTrainer:
         ``loss``, ``train_accuracy``, ``val_accuracy``, ``grew``, ``connections_added`` (this epoch),
         ``clones``, ``connectivity`` (overall ratio) and ``active``, ``high_extrema`` / ``low_extrema``
         (counts over the hidden layers), ``phase``, ``spikes``, ``credits``, ``snapshots`` (stored so far),
-        ``growth_done`` (why growth ended, if it has) and ``seconds``."""
+        ``growth_done`` (why growth ended, if it has) and ``seconds``. The accuracies are those of the network
+        the epoch trained (before the epoch's surgery); ``connectivity`` and ``active`` are after it. An epoch
+        that both grows and improves stores one snapshot, reason ``"growth"``."""
         start = time.perf_counter()
         self.net.train()
         n = len(self.train_x)
@@ -137,12 +139,21 @@ class SparseGrowthTrainer:
             "clones": 0, "high_extrema": n_high, "low_extrema": n_low, "phase": None, "spikes": 0,
             "credits": None, "growth_done": None,
         }  # fmt: skip
+        # accuracies and snapshots describe the network this epoch trained, before any surgery
         val_acc = accuracy(self.net, self.val_x, self.val_y)
-        if self.schedule is not None:
-            decision = self.schedule.update(variances, no_extrema=n_high + n_low == 0)
+        stats.update(train_accuracy=accuracy(self.net, self.train_x, self.train_y), val_accuracy=val_acc)
+        improved = val_acc > self.reference * (1 + self.improvement)
+        if improved:
+            self.reference = val_acc
+        decision = (
+            None if self.schedule is None else self.schedule.update(variances, no_extrema=n_high + n_low == 0)
+        )
+        if improved and not (decision is not None and decision.grow):
+            self._snapshot("improvement", val_acc)
+        if decision is not None:
             stats.update(phase=decision.phase, spikes=len(decision.spikes), growth_done=decision.done)
             if decision.grow:
-                self._snapshot("growth", val_acc)
+                self._snapshot("growth", val_acc)  # also stands for an improvement in the same epoch
                 result = self.grower.grow(self.net, self.probe, decision.allowance, generator=self.generator)
                 apply_changes(self.optimizer, result.changes)
                 self.schedule.record_growth(result.added)
@@ -161,13 +172,8 @@ class SparseGrowthTrainer:
                 self.net, fraction, self.regrowth, dense_grads=grads, generator=self.generator
             )
             apply_changes(self.optimizer, changes)
-        if val_acc > self.reference * (1 + self.improvement):
-            self._snapshot("improvement", val_acc)
-            self.reference = val_acc
         connectivity = self.net.connectivity_stats()
         stats.update(
-            train_accuracy=accuracy(self.net, self.train_x, self.train_y),
-            val_accuracy=val_acc,
             connectivity=connectivity["ratio"],
             active=connectivity["active"],
             snapshots=0 if self.store is None else len(self.store),
