@@ -13,6 +13,11 @@ network uses the library defaults (``polyscale grow sparse``); the others:
 - ``set`` / ``rigl``: the same start, pruning and regrowing a cosine-decayed 30 % of every block after every
   epoch (``polyscale.growth.regrowth``).
 
+- ``gradgrow`` (exploration, not a library method; ``--methods gradgrow``): the grown network's start, growing
+  by dense-gradient magnitude alone (no extrema, no credits) to ``--gradgrow-target`` connectivity (5 %) in 30
+  events, one every 2 epochs, each block getting a share of the event's budget in proportion to its size. It
+  asks whether growth to the issue's 5 % can reach the dense MLP at all.
+
 Prints one JSON line per run and a markdown table at the end (``--json-out`` keeps the runs).
 """
 
@@ -96,6 +101,42 @@ def train_sparse(
     }
 
 
+def train_gradgrow(sizes, activation, skip, data, *, target, epochs, lr, batch_size, seed) -> dict:
+    from polyscale.growth.regrowth import dense_gradients
+    from polyscale.training.optimizer_state import apply_changes
+
+    train, val, (xt, yt) = data
+    torch.manual_seed(seed)
+    net = SparseMLP(
+        sizes[0], sizes[1:-1], sizes[-1], activation=activation, skip=skip, density=1e-4,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    trainer = SparseGrowthTrainer(net, train, val, lr=lr, batch_size=batch_size, seed=seed, snapshots=False)
+    possible, events = net.connectivity_stats()["possible"], 30
+    for epoch in range(epochs):
+        trainer.train_epoch()
+        if epoch % 2 == 1 and epoch < 2 * events:
+            budget = max(0, int(target * possible) - trainer.net.connectivity_stats()["active"])
+            per_event = budget // max(1, events - epoch // 2)
+            grads = dense_gradients(
+                trainer.net, train[0][:1024], train[1][:1024], nn.functional.cross_entropy
+            )
+            changes = []
+            for name, block in trainer.net.blocks.items():
+                k = int(per_event * block.in_features * block.out_features / possible)
+                pool = (~block.mask().flatten()).nonzero().squeeze(1)
+                pick = pool[grads[name].flatten()[pool].abs().argsort(descending=True)[:k]]
+                if pick.numel():
+                    changes.append(trainer.net.connect(name, pick, torch.zeros(pick.numel())))
+            apply_changes(trainer.optimizer, changes)
+    stats = trainer.net.connectivity_stats()
+    return {
+        "test_accuracy": accuracy(trainer.net, xt, yt),
+        "connectivity": stats["ratio"],
+        "connections": stats["active"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -107,6 +148,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--methods", nargs="+", default=["grown", "dense", "static", "set", "rigl"])
     parser.add_argument("--json-out", default=None)
+    parser.add_argument("--gradgrow-target", type=float, default=0.05, help="gradgrow's final connectivity")
     parser.add_argument(
         "--phase-limits", type=int, nargs=3, default=None, help="default: the issue's 10 50 200"
     )
@@ -132,18 +174,26 @@ def main() -> None:
     print(json.dumps({"schedule": schedule, "grower": grower}), flush=True)
     runs = []
     for seed in args.seeds:
-        start = time.perf_counter()
-        grown = grow_sparse(
-            dataset="mnist1d", hidden_sizes=args.hidden_sizes, activation=args.activation, skip=args.skip,
-            seed=seed, progress=False, schedule=schedule, grower=grower, **common,
-        )  # fmt: skip
-        row = {"seed": seed, "method": "grown", "seconds": time.perf_counter() - start, **grown}
-        print(json.dumps(row), flush=True)
-        runs.append(row)
-        connections = grown["final_connections"]
+        connections = None
+        if "grown" in args.methods:
+            start = time.perf_counter()
+            grown = grow_sparse(
+                dataset="mnist1d", hidden_sizes=args.hidden_sizes, activation=args.activation, skip=args.skip,
+                seed=seed, progress=False, schedule=schedule, grower=grower, **common,
+            )  # fmt: skip
+            row = {"seed": seed, "method": "grown", "seconds": time.perf_counter() - start, **grown}
+            print(json.dumps(row), flush=True)
+            runs.append(row)
+            connections = grown["final_connections"]
         for method in [m for m in args.methods if m != "grown"]:
             start = time.perf_counter()
-            if method == "dense":
+            if method in ("static", "set", "rigl") and connections is None:
+                raise SystemExit(f"{method} is matched to the grown network's connections: include grown")
+            if method == "gradgrow":
+                out = train_gradgrow(
+                    sizes, args.activation, args.skip, data, target=args.gradgrow_target, seed=seed, **common
+                )
+            elif method == "dense":
                 out = {
                     "test_accuracy": train_dense(sizes, args.activation, data, seed=seed, **common),
                     "connectivity": 1.0,
