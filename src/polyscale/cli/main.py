@@ -53,6 +53,22 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    """An argparse ``type`` accepting numbers in ``(low, high]``, with a message naming what arrived."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(f"expected a number in ({low}, {high}], got {value}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
 
@@ -200,24 +216,6 @@ def _cmd_grow_sparse(args: argparse.Namespace) -> int:
             "summary.json"
         )
     return 0
-
-
-def _float_in(low: float, high: float, *, open_low: bool = True) -> Callable[[str], float]:
-    """An argparse ``type`` accepting floats in ``(low, high]`` (``[low, high]`` unless ``open_low``)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (low < value if open_low else low <= value) or value > high:
-            raise argparse.ArgumentTypeError(
-                f"expected a number in {'(' if open_low else '['}{low}, {high}], got {value}"
-            )
-        return value
-
-    parse.__name__ = "number"
-    return parse
 
 
 def _add_grow_commands(sub: argparse._SubParsersAction) -> None:

@@ -96,7 +96,7 @@ class SparseGrower:
                 into = layer + 1 if layer + 1 < len(net.sizes) - 1 else layer - 1
                 if into < 1:
                     continue
-                cost = self._clone_cost(net, layer, unit, into)
+                cost = net.clone_connections(layer, unit, into)
                 if cost == 0 or added + cost > allowance:
                     continue
                 before = {name: block.nnz for name, block in net.blocks.items()}
@@ -110,18 +110,3 @@ class SparseGrower:
                 added += cost
                 clones += 1
         return GrowthResult(added, per_block, clones, high, low, changes)
-
-    @staticmethod
-    def _clone_cost(net: SparseMLP, layer: int, unit: int, into: int) -> int:
-        """Connections a clone of ``unit`` would get, 0 when it would have no input (see ``clone_units``)."""
-        reads = writes = 0
-        for s in net.sources(layer):
-            if s < into and net.block_name(into, s) in net.blocks:
-                block = net.blocks[net.block_name(layer, s)]
-                reads += int(((block.flat_index // block.in_features) == unit).sum())
-        for t in range(max(layer, into) + 1, len(net.sizes)):
-            name = net.block_name(t, layer)
-            if name in net.blocks and net.block_name(t, into) in net.blocks:
-                block = net.blocks[name]
-                writes += int(((block.flat_index % block.in_features) == unit).sum())
-        return reads + writes if reads else 0

@@ -399,10 +399,40 @@ class SparseMLP(nn.Module):
                 f"units must be distinct indices in [0, {self.sizes[layer]}), got {units.tolist()}"
             )
         first_new = self.sizes[into]
-        incoming: dict[str, tuple[list[int], list[float]]] = {}  # block into <- s: new positions, weights
-        outgoing: dict[str, tuple[list[int], list[float]]] = {}  # block t <- into: filled once sizes grow
+        incoming, outgoing, bias = self._clone_plan(layer, units.tolist(), into, scale, preserve)
+        # grow layer `into`: its incoming blocks gain rows, its outgoing blocks gain columns
+        k = units.numel()
+        self.sizes[into] += k
+        changes: list[ParameterChange] = []
+        for name, block in self.blocks.items():
+            t, s = (int(v) for v in name.split("<-"))
+            if t == into:
+                changes += block.resize(block.in_features, self.sizes[into])
+            elif s == into:
+                changes += block.resize(self.sizes[into], block.out_features)
+        adjacent_into = self.blocks[self.block_name(into, into - 1)]
+        if adjacent_into.bias is not None:
+            with torch.no_grad():
+                adjacent_into.bias[first_new:] = torch.tensor(bias, dtype=adjacent_into.bias.dtype)
+        for name, (pos, val) in incoming.items():
+            changes.append(self.connect(name, torch.tensor(pos), torch.tensor(val)))
+        for name, (pairs, val) in outgoing.items():
+            block = self.blocks[name]
+            pos = torch.tensor([r * block.in_features + c for r, c in pairs], dtype=torch.long)
+            changes.append(self.connect(name, pos, torch.tensor(val)))
+        return torch.arange(first_new, first_new + k), changes
+
+    def _clone_plan(
+        self, layer: int, units: list[int], into: int, scale: float, preserve: bool
+    ) -> tuple[dict[str, tuple[list, list[float]]], dict[str, tuple[list, list[float]]], list[float]]:
+        """What :meth:`clone_units` would add, before anything changes: per block ``into <- s`` the new
+        flat positions and weights of the clones' inputs, per block ``t <- into`` the ``(row, clone)`` pairs
+        and weights of their outputs, and the clones' biases. Raises when a clone would have no input."""
+        first_new = self.sizes[into]
+        incoming: dict[str, tuple[list, list[float]]] = {}  # block into <- s: new flat positions, weights
+        outgoing: dict[str, tuple[list, list[float]]] = {}  # block t <- into: (row, clone) pairs, weights
         bias = []
-        for i, u in enumerate(units.tolist()):
+        for i, u in enumerate(units):
             c = first_new + i
             reads = 0
             for s in self.sources(layer):
@@ -433,27 +463,16 @@ class SparseMLP(nn.Module):
                 pos, val = outgoing.setdefault(name, ([], []))
                 pos += [(r, c) for r in rows.tolist()]
                 val += [0.0] * len(rows) if preserve else (scale * dst.values.detach()[col]).tolist()
-        # grow layer `into`: its incoming blocks gain rows, its outgoing blocks gain columns
-        k = units.numel()
-        self.sizes[into] += k
-        changes: list[ParameterChange] = []
-        for name, block in self.blocks.items():
-            t, s = (int(v) for v in name.split("<-"))
-            if t == into:
-                changes += block.resize(block.in_features, self.sizes[into])
-            elif s == into:
-                changes += block.resize(self.sizes[into], block.out_features)
-        adjacent_into = self.blocks[self.block_name(into, into - 1)]
-        if adjacent_into.bias is not None:
-            with torch.no_grad():
-                adjacent_into.bias[first_new:] = torch.tensor(bias, dtype=adjacent_into.bias.dtype)
-        for name, (pos, val) in incoming.items():
-            changes.append(self.connect(name, torch.tensor(pos), torch.tensor(val)))
-        for name, (pairs, val) in outgoing.items():
-            block = self.blocks[name]
-            pos = torch.tensor([r * block.in_features + c for r, c in pairs], dtype=torch.long)
-            changes.append(self.connect(name, pos, torch.tensor(val)))
-        return torch.arange(first_new, first_new + k), changes
+        return incoming, outgoing, bias
+
+    def clone_connections(self, layer: int, unit: int, into: int) -> int:
+        """Connections a clone of ``unit`` (``layer``) in ``into`` would get; 0 when it could not read
+        anything (see :meth:`clone_units`)."""
+        try:
+            incoming, outgoing, _ = self._clone_plan(layer, [unit], into, 1.0, False)
+        except ValueError:
+            return 0
+        return sum(len(pos) for pos, _ in incoming.values()) + sum(len(pos) for pos, _ in outgoing.values())
 
     def connect(self, name: str, positions: Tensor, init: Tensor) -> ParameterChange:
         """Surgery: ``SparseLinear.add_connections`` on block ``name``, reported as a :class:`ParameterChange`."""

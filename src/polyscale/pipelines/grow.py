@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import trange
 
 from polyscale.growth import SparseGrowthSchedule
 from polyscale.growth.snapshots import ensemble_probabilities
@@ -111,15 +110,13 @@ def grow_sparse(
     checkpoint = None if output_dir is None else Path(output_dir) / "checkpoint"
     if checkpoint is not None and resume and checkpoint.is_dir():
         history = _resume(trainer, checkpoint, settings, epochs)
-    bar = trange(trainer.epoch, epochs, disable=not progress, desc="growing", leave=False, initial=trainer.epoch,
-                 total=epochs)  # fmt: skip
-    for _ in bar:
-        stats = trainer.train_epoch()
+
+    def after_epoch(stats: dict) -> None:
         history.append(stats)
-        bar.set_postfix(val=f"{stats['val_accuracy']:.3f}", conn=f"{stats['connectivity']:.2%}",
-                        grown=trainer.growth_events)  # fmt: skip
         if checkpoint is not None and (trainer.epoch % checkpoint_every == 0 or trainer.epoch == epochs):
             _save_checkpoint(trainer, checkpoint, settings, history)
+
+    trainer.fit(max(0, epochs - trainer.epoch), progress=progress, after_epoch=after_epoch)
     store = trainer.store
     store.add(trainer.net, epoch=trainer.epoch, phase=trainer.schedule.phase, reason="final",
               metric=history[-1]["val_accuracy"])  # fmt: skip

@@ -22,6 +22,7 @@ epoch, at fixed connectivity (:mod:`polyscale.growth.regrowth`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 import torch
@@ -233,10 +234,20 @@ class SparseGrowthTrainer:
             fields["phase_limits"] = tuple(fields["phase_limits"])
             self.schedule = SparseGrowthSchedule(**fields)
 
-    def fit(self, epochs: int, *, progress: bool = True) -> list[dict]:
-        """``epochs`` calls of :meth:`train_epoch` under a progress bar; returns their statistics."""
+    def fit(
+        self,
+        epochs: int,
+        *,
+        progress: bool = True,
+        after_epoch: Callable[[dict], None] | None = None,
+    ) -> list[dict]:
+        """``epochs`` more calls of :meth:`train_epoch` under a progress bar; ``after_epoch(stats)`` runs after
+        each (a checkpoint, a log). Returns their statistics."""
         history = []
-        bar = trange(epochs, disable=not progress, desc="training", leave=False)
+        bar = trange(
+            self.epoch, self.epoch + epochs, initial=self.epoch, total=self.epoch + epochs,
+            disable=not progress, desc="training", leave=False,
+        )  # fmt: skip
         for _ in bar:
             stats = self.train_epoch()
             history.append(stats)
@@ -245,4 +256,6 @@ class SparseGrowthTrainer:
                 conn=f"{stats['connectivity']:.2%}",
                 grown=self.growth_events,
             )
+            if after_epoch is not None:
+                after_epoch(stats)
         return history
