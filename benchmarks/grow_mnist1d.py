@@ -157,6 +157,12 @@ def main() -> None:
         "--extrema", type=float, nargs=2, default=None, metavar=("HIGH", "LOW"), help="0.95 0.05"
     )
     parser.add_argument("--max-incoming", type=int, default=None, help="default: 5")
+    parser.add_argument("--structure-size", type=int, default=None, help="grower: default 1")
+    parser.add_argument("--rank", choices=["random", "gradient"], default=None, help="grower: default random")
+    parser.add_argument("--fill", choices=["gradient"], default=None, help="grower: default off")
+    parser.add_argument(
+        "--regrowth", choices=["set", "rigl"], default=None, help="grown: prune and regrow too (default off)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = classification_data("mnist1d")
@@ -171,7 +177,10 @@ def main() -> None:
         grower["high"], grower["low"] = args.extrema
     if args.max_incoming is not None:
         grower["max_incoming"] = args.max_incoming
-    print(json.dumps({"schedule": schedule, "grower": grower}), flush=True)
+    for key in ("structure_size", "rank", "fill"):
+        if getattr(args, key) is not None:
+            grower[key] = getattr(args, key)
+    print(json.dumps({"schedule": schedule, "grower": grower, "regrowth": args.regrowth}), flush=True)
     runs = []
     for seed in args.seeds:
         connections = None
@@ -179,7 +188,7 @@ def main() -> None:
             start = time.perf_counter()
             grown = grow_sparse(
                 dataset="mnist1d", hidden_sizes=args.hidden_sizes, activation=args.activation, skip=args.skip,
-                seed=seed, progress=False, schedule=schedule, grower=grower, **common,
+                seed=seed, progress=False, schedule=schedule, grower=grower, regrowth=args.regrowth, **common,
             )  # fmt: skip
             row = {"seed": seed, "method": "grown", "seconds": time.perf_counter() - start, **grown}
             print(json.dumps(row), flush=True)

@@ -109,3 +109,22 @@ def test_bad_arguments_are_named():
         plan_routes(net, {0: torch.tensor([0])}, {}, allowance=5)
     with pytest.raises(ValueError, match="allowance >= 0"):
         plan_routes(net, {}, {}, allowance=-1)
+
+
+def test_gradient_rank_sends_each_source_to_its_largest_score_targets():
+    net = network(skip=0)
+    high = {1: torch.tensor([0, 1])}
+    low = {2: torch.arange(10)}
+    scores = {name: torch.zeros(b.out_features, b.in_features) for name, b in net.blocks.items()}
+    scores["2<-1"][7, 0], scores["2<-1"][2, 0], scores["2<-1"][9, 0] = 5.0, -4.0, 3.0  # |score| ranks
+    scores["2<-1"][4, 1], scores["2<-1"][1, 1], scores["2<-1"][0, 1] = 9.0, 8.0, -7.0
+    routes = plan_routes(
+        net, high, low, allowance=1000, fan_out=(3, 3), reciprocal=0.0, scores=scores,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    edges = decode(net, routes)
+    assert sorted(v for _, u, _, v in edges if u == 0) == [2, 7, 9]
+    assert sorted(v for _, u, _, v in edges if u == 1) == [0, 1, 4]
+    random = decode(net, plan_routes(net, high, low, allowance=1000, fan_out=(3, 3), reciprocal=0.0,
+                                     generator=torch.Generator().manual_seed(0)))  # fmt: skip
+    assert len(random) == len(edges) == 6 and sorted(random) != sorted(edges)  # the scores made the choice

@@ -245,8 +245,8 @@ def test_trainer_rejects_bad_input():
     net = SparseMLP(12, [8], 5)
     with pytest.raises(ValueError, match="features"):
         SparseGrowthTrainer(net, (x[:, :5], y), (x, y))
-    with pytest.raises(ValueError, match="alternatives"):
-        SparseGrowthTrainer(net, (x, y), (x, y), schedule=SparseGrowthSchedule(), regrowth="set")
+    with pytest.raises(ValueError, match="regrowth must be None or one of"):
+        SparseGrowthTrainer(net, (x, y), (x, y), schedule=SparseGrowthSchedule(), regrowth="prune")
 
 
 def test_cli_grow_sparse_writes_a_run(tmp_path, capsys):
@@ -266,6 +266,19 @@ def test_cli_grow_sparse_writes_a_run(tmp_path, capsys):
     assert net.sizes == summary["final_sizes"]
     store = SnapshotStore.load(out / "snapshots.safetensors")
     assert len(store) == summary["snapshots"]
+
+
+def test_cli_grow_sparse_opt_in_flags_reach_the_run(tmp_path, capsys):
+    from polyscale.cli.main import main
+
+    out = tmp_path / "run"
+    code = main(["grow", "sparse", "--dataset", "digits", "--epochs", "2", "--hidden-sizes", "16", "16",
+                 "--structure-size", "4", "--rank", "gradient", "--fill", "gradient", "--regrowth", "rigl",
+                 "--output-dir", str(out)])  # fmt: skip
+    assert code == 0 and "test accuracy" in capsys.readouterr().out
+    saved = json.loads((out / "checkpoint" / "trainer.json").read_text())["settings"]
+    assert saved["grower"] == {"structure_size": 4, "rank": "gradient", "fill": "gradient"}
+    assert saved["regrowth"] == "rigl"
 
 
 def test_cli_grow_sparse_flag_errors(capsys):

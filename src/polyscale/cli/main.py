@@ -197,6 +197,12 @@ def _cmd_grow_sparse(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         output_dir=args.output_dir,
+        grower={
+            k: v
+            for k, v in (("structure_size", args.structure_size), ("rank", args.rank), ("fill", args.fill))
+            if v != {"structure_size": 1, "rank": "random", "fill": None}[k]
+        },
+        regrowth=args.regrowth,
         resume=not args.no_resume,
     )
     print(
@@ -248,6 +254,24 @@ def _add_grow_commands(sub: argparse._SubParsersAction) -> None:
         "that a rerun with the same flags resumes from",
     )
     p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint already in --output-dir")
+    g = p.add_argument_group("opt-in, beyond the issue's growth rules (docs/growth.md)")
+    g.add_argument(
+        "--structure-size", type=positive_int, default=1,
+        help="connections per structure of the phase limits 10/50/200 (default 1: a run adds at most 260)",
+    )  # fmt: skip
+    g.add_argument(
+        "--rank", choices=["random", "gradient"], default="random",
+        help="how a route picks among its candidate targets: uniformly, or by |dL/dW| (default random)",
+    )  # fmt: skip
+    g.add_argument(
+        "--fill", choices=["gradient"], default=None,
+        help="place what routing leaves of a growth event's allowance on the inactive positions of largest "
+        "|dL/dW|, in every block (default: off)",
+    )  # fmt: skip
+    g.add_argument(
+        "--regrowth", choices=["set", "rigl"], default=None,
+        help="also prune and regrow (SET: random, RigL: by gradient) after every epoch that does not grow",
+    )  # fmt: skip
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, *, num_samples: int) -> None:

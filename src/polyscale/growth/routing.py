@@ -5,7 +5,9 @@ low extrema of its hidden layers (``polyscale.growth.extrema``):
 
 - **Routes.** Each high extremum ``u`` in layer ``l`` sends new connections to low extrema ``v`` in later
   layers ``m = l + 1 ... l + 1 + skip`` (the network's search radius: only where a block ``m <- l``
-  exists). It sends ``fan_out`` of them (drawn from 3 to 4), picked uniformly among the candidates.
+  exists). It sends ``fan_out`` of them (drawn from 3 to 4), picked uniformly among the candidates, or,
+  given ``scores`` (``{block: (out, in)}``, e.g. dense-gradient magnitudes), the candidates of largest
+  ``|score|`` first.
 - **Reciprocal.** A ``reciprocal`` share (20 %) of the routes run the other way round: a low extremum as
   the source feeding a high extremum downstream. That gives an under-used unit a way to become useful,
   while the forward direction feeds a dead unit from a saturated one.
@@ -34,6 +36,7 @@ def plan_routes(
     max_incoming: int = 5,
     reciprocal: float = 0.2,
     generator: torch.Generator | None = None,
+    scores: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """New connections ``{block name: flat positions (k,)}`` by the rules of the module docstring.
     ``high`` and ``low`` map hidden-layer indices (1 .. L - 1) to unit indices."""
@@ -66,7 +69,13 @@ def plan_routes(
             for v in targets_of.get(m, torch.zeros(0, dtype=torch.long))
         ]
         want = int(torch.randint(fan_out[0], fan_out[1] + 1, (), generator=generator))
-        for c in torch.randperm(len(candidates), generator=generator).tolist():
+        ranking = torch.randperm(len(candidates), generator=generator)
+        if scores is not None and candidates:
+            value = torch.tensor([
+                float(scores[SparseMLP.block_name(m, layer)][v, unit].abs()) for m, v in candidates
+            ])  # fmt: skip
+            ranking = value.argsort(descending=True, stable=True)
+        for c in ranking.tolist():
             if want == 0 or total >= allowance:
                 break
             m, v = candidates[c]

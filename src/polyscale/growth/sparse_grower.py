@@ -12,12 +12,27 @@ One :meth:`SparseGrower.grow` call, given the phase allowance the schedule grant
    function-preserving variant with ``preserve_clones=True``). A clone's connections count against the
    allowance; cloning needs skip connections and is skipped on a network without them.
 
-Every structure counted against the allowance is one new connection. The result lists the changed
-parameters, so the training loop can carry the optimizer state over.
+Opt-in, beyond the issue's rules (the defaults keep them off):
+
+- ``structure_size`` (1): connections per *structure* of the schedule's allowance. The issue counts the
+  phase limits 10 / 50 / 200 in structures; with the default one structure is one connection, so a whole
+  run adds at most 260 connections. With ``structure_size=k`` an event may add ``k`` times the allowance
+  and the schedule is charged ``ceil(added / k)`` structures.
+- ``rank="gradient"``: routes pick among a source's candidate targets by the dense-gradient magnitude
+  ``|dL/dW|`` of the position (largest first) instead of uniformly. Needs ``gradients``, a function of
+  the network returning ``{block: dL/dW}`` (:func:`polyscale.growth.regrowth.dense_gradients`).
+- ``fill="gradient"``: what routes and clones leave of the allowance goes to the inactive positions with
+  the largest ``|dL/dW|`` in every block, input and output blocks too. Block ``b`` gets a share in
+  proportion to ``in_b + out_b`` (the Erdos-Renyi-kernel rule of RigL, capped by its inactive positions).
+  Routing only joins hidden extrema, so this is how inputs and outputs get new connections.
+
+The result lists the changed parameters, so the training loop can carry the optimizer state over.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,8 +45,9 @@ from polyscale.nn.sparse import ParameterChange, SparseMLP
 
 @dataclass
 class GrowthResult:
-    """What one growth event did: connections added per block (routes and clones together), units cloned,
-    the extrema it saw (hidden layer -> units) and the changed parameters."""
+    """What one growth event did: connections added per block (routes, clones and fill together), units
+    cloned, the extrema it saw (hidden layer -> units), the changed parameters, the structures to charge
+    the schedule (``ceil(added / structure_size)``) and how many of the connections the fill placed."""
 
     added: int
     per_block: dict[str, int]
@@ -39,6 +55,8 @@ class GrowthResult:
     high: dict[int, Tensor]
     low: dict[int, Tensor]
     changes: list[ParameterChange] = field(default_factory=list)
+    structures: int = 0
+    filled: int = 0
 
 
 @torch.no_grad()
@@ -51,6 +69,10 @@ def layer_extrema(
     for layer in range(1, len(net.sizes) - 1):
         highs[layer], lows[layer] = activation_extrema(hs[layer], net.activation, high=high, low=low)
     return highs, lows
+
+
+RANKS = ("random", "gradient")
+FILLS = (None, "gradient")
 
 
 @dataclass
@@ -66,18 +88,51 @@ class SparseGrower:
     preserve_clones: bool = False
     high: float = 0.95
     low: float = 0.05
+    structure_size: int = 1  # connections per structure of the schedule's allowance (module docstring)
+    rank: str = "random"  # how routes pick targets: "random" or "gradient"
+    fill: str | None = None  # None or "gradient": place the allowance's leftover by |dL/dW|
+
+    def __post_init__(self) -> None:
+        if self.structure_size < 1:
+            raise ValueError(f"structure_size must be >= 1, got {self.structure_size}")
+        if self.rank not in RANKS:
+            raise ValueError(f"rank must be one of {RANKS}, got {self.rank!r}")
+        if self.fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
+
+    @property
+    def needs_gradients(self) -> bool:
+        """Whether :meth:`grow` needs ``gradients``."""
+        return self.rank == "gradient" or self.fill == "gradient"
 
     def extrema(self, net: SparseMLP, x: Tensor) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
         return layer_extrema(net, x, high=self.high, low=self.low)
 
     def grow(
-        self, net: SparseMLP, x: Tensor, allowance: int, *, generator: torch.Generator | None = None
+        self,
+        net: SparseMLP,
+        x: Tensor,
+        allowance: int,
+        *,
+        generator: torch.Generator | None = None,
+        gradients: Callable[[SparseMLP], dict[str, Tensor]] | None = None,
     ) -> GrowthResult:
-        """One growth event on ``net`` with at most ``allowance`` new connections; ``x`` is the probe batch."""
+        """One growth event on ``net`` with at most ``allowance`` new structures (``allowance *
+        structure_size`` connections); ``x`` is the probe batch. ``gradients(net)`` returns ``{block: dL/dW
+        (out, in)}`` (e.g. :func:`polyscale.growth.regrowth.dense_gradients` on a batch), which
+        ``rank="gradient"`` and ``fill="gradient"`` need; it is called again after cloning, which changes
+        the blocks' shapes."""
+        if self.needs_gradients and gradients is None:
+            raise ValueError(
+                f"rank={self.rank!r} / fill={self.fill!r} place connections by dense gradient: pass gradients "
+                "(e.g. a call of polyscale.growth.regrowth.dense_gradients)"
+            )
         high, low = self.extrema(net, x)
+        budget = allowance * self.structure_size
         routes = plan_routes(
-            net, high, low, allowance=allowance, fan_out=self.fan_out, max_incoming=self.max_incoming,
+            net, high, low, allowance=budget, fan_out=self.fan_out, max_incoming=self.max_incoming,
             reciprocal=self.reciprocal, generator=generator,
+            scores=gradients(net) if self.rank == "gradient" else None,
         )  # fmt: skip
         changes: list[ParameterChange] = []
         per_block: dict[str, int] = {}
@@ -97,7 +152,7 @@ class SparseGrower:
                 if into < 1:
                     continue
                 cost = net.clone_connections(layer, unit, into)
-                if cost == 0 or added + cost > allowance:
+                if cost == 0 or added + cost > budget:
                     continue
                 before = {name: block.nnz for name, block in net.blocks.items()}
                 _, clone_changes = net.clone_units(
@@ -109,4 +164,32 @@ class SparseGrower:
                         per_block[name] = per_block.get(name, 0) + block.nnz - before[name]
                 added += cost
                 clones += 1
-        return GrowthResult(added, per_block, clones, high, low, changes)
+        filled = 0
+        if self.fill == "gradient" and added < budget:
+            for name, positions in gradient_fill(net, gradients(net), budget - added).items():
+                changes.append(
+                    net.connect(name, positions, torch.full((positions.numel(),), float(self.init)))
+                )
+                per_block[name] = per_block.get(name, 0) + positions.numel()
+                filled += positions.numel()
+            added += filled
+        structures = min(allowance, math.ceil(added / self.structure_size))
+        return GrowthResult(added, per_block, clones, high, low, changes, structures, filled)
+
+
+def gradient_fill(net: SparseMLP, dense_grads: dict[str, Tensor], budget: int) -> dict[str, Tensor]:
+    """Up to ``budget`` new connections ``{block name: flat positions}``: block ``b`` gets
+    ``budget * (in_b + out_b) / sum(in + out)`` (rounded down, at most its inactive positions), filled with
+    its inactive positions of largest ``|dL/dW|``."""
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    weight = {name: b.in_features + b.out_features for name, b in net.blocks.items()}
+    total = sum(weight.values())
+    out = {}
+    for name, block in net.blocks.items():
+        pool = (~block.mask().flatten()).nonzero().squeeze(1)
+        k = min(pool.numel(), budget * weight[name] // total)
+        if k > 0:
+            score = dense_grads[name].flatten()[pool].abs()
+            out[name] = pool[score.argsort(descending=True)[:k]].sort().values
+    return out

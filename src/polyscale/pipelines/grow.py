@@ -74,6 +74,7 @@ def grow_sparse(
     progress: bool = True,
     schedule: dict | None = None,
     grower: dict | None = None,
+    regrowth: str | None = None,
     resume: bool = True,
     checkpoint_every: int = 10,
 ) -> dict:
@@ -82,7 +83,9 @@ def grow_sparse(
     ``sparsity`` is the initial connectivity, the share of possible connections present at the start
     (default 1e-4 = 0.01 %), before the per-unit minima of one input and one output (``polyscale.nn.sparse``).
     ``schedule`` and ``grower`` override fields of :class:`SparseGrowthSchedule` and :class:`SparseGrower`
-    (e.g. ``{"phase_limits": (100, 500, 2000)}``); the defaults are the issue's numbers."""
+    (e.g. ``{"phase_limits": (100, 500, 2000)}``); the defaults are the issue's numbers. ``regrowth``
+    (``"set"`` or ``"rigl"``, default none) also prunes and regrows after every epoch that does not grow
+    (:class:`SparseGrowthTrainer`)."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not 0 < sparsity <= 1:
@@ -99,12 +102,13 @@ def grow_sparse(
     trainer = SparseGrowthTrainer(
         net, train, val, lr=lr, batch_size=batch_size,
         schedule=SparseGrowthSchedule(**{"max_epochs": epochs, **(schedule or {})}),
-        grower=SparseGrower(**(grower or {})), total_epochs=epochs, device=resolve_device(device), seed=seed,
+        grower=SparseGrower(**(grower or {})), regrowth=regrowth, total_epochs=epochs,
+        device=resolve_device(device), seed=seed,
     )  # fmt: skip
     settings = {
         "dataset": dataset, "sparsity": sparsity, "activation": activation, "hidden_sizes": list(hidden_sizes),
         "skip": skip, "lr": lr, "batch_size": batch_size, "seed": seed, "schedule": _jsonable(schedule or {}),
-        "grower": _jsonable(grower or {}),
+        "grower": _jsonable(grower or {}), "regrowth": regrowth,
     }  # fmt: skip
     history: list[dict] = []
     checkpoint = None if output_dir is None else Path(output_dir) / "checkpoint"

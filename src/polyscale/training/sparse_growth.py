@@ -17,6 +17,12 @@ cross-entropy. After every epoch it
 The same loop runs the baselines: no schedule is a static sparse (or dense) network, and
 ``regrowth="set"`` / ``"rigl"`` prunes and regrows a cosine-decayed fraction of every block after every
 epoch, at fixed connectivity (:mod:`polyscale.growth.regrowth`).
+
+Growth and regrowth also combine (opt-in): with a schedule *and* ``regrowth``, every epoch that does not
+grow prunes and regrows at the connectivity reached so far, so the grown structure keeps exploring between
+and after growth events. A grower that places connections by gradient (``SparseGrower(rank="gradient")``
+or ``fill="gradient"``) gets the dense gradient of a random training batch of at least 512 examples, the
+same batch size RigL's regrowth uses.
 """
 
 from __future__ import annotations
@@ -72,8 +78,6 @@ class SparseGrowthTrainer:
     ) -> None:
         if regrowth is not None and regrowth not in METHODS:
             raise ValueError(f"regrowth must be None or one of {METHODS}, got {regrowth!r}")
-        if regrowth is not None and schedule is not None:
-            raise ValueError("growth (schedule) and fixed-connectivity regrowth are alternatives; pass one")
         for name, (x, y) in (("train", train), ("val", val)):
             if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
                 raise ValueError(
@@ -155,20 +159,20 @@ class SparseGrowthTrainer:
             stats.update(phase=decision.phase, spikes=len(decision.spikes), growth_done=decision.done)
             if decision.grow:
                 self._snapshot("growth", val_acc)  # also stands for an improvement in the same epoch
-                result = self.grower.grow(self.net, self.probe, decision.allowance, generator=self.generator)
+                result = self.grower.grow(
+                    self.net, self.probe, decision.allowance, generator=self.generator,
+                    gradients=lambda net: self._dense_gradients(),
+                )  # fmt: skip
                 apply_changes(self.optimizer, result.changes)
-                self.schedule.record_growth(result.added)
+                self.schedule.record_growth(result.structures)
                 self.growth_events += 1
                 self.connections_added += result.added
                 self.clones += result.clones
                 stats.update(grew=True, connections_added=result.added, clones=result.clones)
             stats["credits"] = self.schedule.credits
-        elif self.regrowth is not None:
+        if self.regrowth is not None and not stats["grew"]:
             fraction = cosine_fraction(self.epoch, self.total_epochs, self.regrowth_fraction)
-            grads = None
-            if self.regrowth == "rigl":
-                idx = torch.randperm(n, generator=self.generator)[: max(self.batch_size, 512)].to(self.device)
-                grads = dense_gradients(self.net, self.train_x[idx], self.train_y[idx], F.cross_entropy)
+            grads = self._dense_gradients() if self.regrowth == "rigl" else None
             changes = prune_and_regrow(
                 self.net, fraction, self.regrowth, dense_grads=grads, generator=self.generator
             )
@@ -181,6 +185,12 @@ class SparseGrowthTrainer:
             seconds=time.perf_counter() - start,
         )
         return stats
+
+    def _dense_gradients(self) -> dict[str, Tensor]:
+        """``dL/dW`` at every position of every block on a random batch of ``max(batch_size, 512)``."""
+        idx = torch.randperm(len(self.train_x), generator=self.generator)[: max(self.batch_size, 512)]
+        idx = idx.to(self.device)
+        return dense_gradients(self.net, self.train_x[idx], self.train_y[idx], F.cross_entropy)
 
     def _snapshot(self, reason: str, metric: float) -> None:
         if self.store is not None:
