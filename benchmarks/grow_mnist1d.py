@@ -18,6 +18,12 @@ network uses the library defaults (``polyscale grow sparse``); the others:
   events, one every 2 epochs, each block getting a share of the event's budget in proportion to its size. It
   asks whether growth to the issue's 5 % can reach the dense MLP at all.
 
+The grower's opt-in switches (``--structure-size``, ``--rank``, ``--fill``, ``--regrowth``; docs/growth.md)
+apply to the grown network; the baselines are then matched to its final connection count as before:
+
+    python benchmarks/grow_mnist1d.py --activation relu --structure-size 14 --rank gradient --fill gradient \
+        --regrowth rigl
+
 Prints one JSON line per run and a markdown table at the end (``--json-out`` keeps the runs).
 """
 
