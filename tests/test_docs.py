@@ -9,7 +9,7 @@ command cannot slip into the docs untested):
   which must return 0 and write every file it names. To keep the suite fast, the run is capped without changing
   which code runs: at most 2 samples and 2 denoising steps, and training stops after 2 optimizer steps.
 * ``make TARGET``: the target must exist in the Makefile (``make test`` is what CI runs).
-  ``polyscale grow sparse`` runs at most 3 epochs.
+  ``polyscale grow sparse`` runs at most 3 epochs, ``polyscale grow depth`` at most 40 steps of a 32-wide model.
 * ``python benchmarks/X.py ...``: the script must exist and answer ``--help``.
 """
 
@@ -80,6 +80,11 @@ def capped(argv: list[str]) -> list[str]:
         return argv + TRAIN_CAPS
     if argv[:2] == ["grow", "sparse"]:  # a few epochs of the same loop
         _cap_flag(argv, "--epochs", 3)
+        return argv
+    if argv[:2] == ["grow", "depth"]:  # a few steps, checks often enough that growth can happen
+        for flag, cap in (("--max-steps", 40), ("--eval-interval", 20), ("--warmup-steps", 10),
+                          ("--collect-interval", 5), ("--n-embd", 32)):  # fmt: skip
+            _cap_flag(argv, flag, cap)
         return argv
     if argv[0] in ("sample", "evaluate"):
         for flag, cap in (("--num-samples", 2), ("--timesteps", 2)):

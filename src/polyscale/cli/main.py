@@ -224,8 +224,72 @@ def _cmd_grow_sparse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_grow_depth(args: argparse.Namespace) -> int:
+    from polyscale.pipelines.grow_depth import grow_depth
+
+    names = ("dataset_path", "n_layer", "n_head", "n_embd", "block_size", "max_layers", "max_steps", "batch_size",
+             "lr", "strategy", "detector", "beta0", "gamma0", "eta0", "k_subspace", "ell_orth", "pg_patience",
+             "pg_threshold", "tau_crit", "kappa_crit", "warmup_steps", "history_window", "collect_interval",
+             "eval_interval", "device", "seed", "output_dir")  # fmt: skip
+    summary = grow_depth(**{k: getattr(args, k) for k in names})
+    jumps = ", ".join(
+        f"step {s}: {j:+.4f}" for s, j in zip(summary["insertion_steps"], summary["loss_jumps"], strict=True)
+    )
+    print(
+        f"validation loss {summary['final_val_loss']:.4f} after {summary['steps']} steps; layers "
+        f"{summary['initial_layers']} -> {summary['final_layers']} ({summary['growth_events']} insertions"
+        f"{': ' + jumps if jumps else ''}); {summary['training_flops']:.3e} training FLOPs"
+    )
+    print("sample:\n" + summary["sample"][:300])
+    if args.output_dir is not None:
+        print(f"wrote {args.output_dir}/: model.safetensors, config.json, history.jsonl, growth.json, layers/, "
+              "sample.txt, summary.json")  # fmt: skip
+    return 0
+
+
+def _add_grow_depth(gsub: argparse._SubParsersAction) -> None:
+    p = _add_command(
+        gsub, "depth", _cmd_grow_depth, "train a character-level GPT that inserts layers when it stagnates"
+    )
+    p.add_argument(
+        "--dataset-path", default=None, help="a UTF-8 text file (default: the shipped Shakespeare)"
+    )
+    p.add_argument("--n-layer", type=positive_int, default=1, help="initial depth (default 1)")
+    p.add_argument("--max-layers", type=positive_int, default=4, help="growth stops here (default 4)")
+    p.add_argument("--n-head", type=positive_int, default=4)
+    p.add_argument("--n-embd", type=positive_int, default=128)
+    p.add_argument("--block-size", type=positive_int, default=64, help="context length in characters")
+    p.add_argument("--max-steps", type=positive_int, default=2000)
+    p.add_argument("--batch-size", type=positive_int, default=12)
+    p.add_argument("--lr", type=_float_in(0.0, 10.0), default=1e-3, help="AdamW peak learning rate")
+    p.add_argument("--strategy", choices=["geometric", "copy", "zero", "random"], default="geometric",
+                   help="initialisation of an inserted layer (default geometric extrapolation)")  # fmt: skip
+    p.add_argument("--detector", choices=["stagnation", "plateau"], default="stagnation",
+                   help="loss plateau confirmed by tau/kappa (default), or the loss plateau alone")  # fmt: skip
+    p.add_argument("--beta0", type=float, default=0.1, help="linear gain: beta = beta0 / (tau + eps)")
+    p.add_argument("--gamma0", type=float, default=0.15, help="curvature gain: gamma = gamma0 / (1 + kappa)")
+    p.add_argument("--eta0", type=float, default=0.03, help="escape gain under stagnation")
+    p.add_argument("--k-subspace", type=positive_int, default=10, help="dominant subspace dimension")
+    p.add_argument("--ell-orth", type=_int_at_least(0), default=5, help="secondary modes for the escape")
+    p.add_argument("--pg-patience", type=positive_int, default=2, help="stagnant checks in a row that grow")
+    p.add_argument("--pg-threshold", type=_float_in(0.0, 1.0), default=0.01,
+                   help="relative improvement below which a check is stagnant")  # fmt: skip
+    p.add_argument("--tau-crit", type=float, default=2.0)
+    p.add_argument("--kappa-crit", type=float, default=0.5)
+    p.add_argument("--warmup-steps", type=_int_at_least(0), default=200,
+                   help="steps before the first check, and after each growth")  # fmt: skip
+    p.add_argument("--history-window", type=_int_at_least(3), default=10, help="snapshots in the trajectory")
+    p.add_argument("--collect-interval", type=positive_int, default=50, help="steps between snapshots/checks")
+    p.add_argument("--eval-interval", type=positive_int, default=100)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=_int, default=0)
+    p.add_argument("--output-dir", default=None)
+
+
 def _add_grow_commands(sub: argparse._SubParsersAction) -> None:
-    grow = sub.add_parser("grow", help="networks that grow during training: sparse", description="Growth.")
+    grow = sub.add_parser(
+        "grow", help="networks that grow during training: sparse, depth", description="Growth."
+    )
     gsub = grow.add_subparsers(dest="grow_command", required=True)
     p = _add_command(
         gsub, "sparse", _cmd_grow_sparse, "train a sparse classifier that grows from a near-empty start"
@@ -254,6 +318,7 @@ def _add_grow_commands(sub: argparse._SubParsersAction) -> None:
         "that a rerun with the same flags resumes from",
     )
     p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint already in --output-dir")
+    _add_grow_depth(gsub)
     g = p.add_argument_group("opt-in, beyond the issue's growth rules (docs/growth.md)")
     g.add_argument(
         "--structure-size", type=positive_int, default=1,

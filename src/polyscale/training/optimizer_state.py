@@ -45,3 +45,31 @@ def apply_changes(optimizer: torch.optim.Optimizer, changes: list) -> None:
     (a parameter replaced twice is followed through both changes)."""
     for change in changes:
         carry_over(optimizer, change.old, change.new, change.where)
+
+
+def add_parameters(
+    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], *, group: int | None = None
+) -> None:
+    """Add new parameters (a grown layer) to a live optimizer: they join existing parameter groups, so
+    learning-rate schedules that walk the groups keep working, and their state starts empty (Adam creates
+    zero moments at their first step) while every existing parameter keeps its own.
+
+    ``group`` picks the group for all of them. By default a matrix (``ndim >= 2``) joins the first group
+    with ``weight_decay > 0`` and a vector the first group without, which is how GPT recipes split weight
+    decay; with a single group everything goes there."""
+    groups = optimizer.param_groups
+    if group is not None and not 0 <= group < len(groups):
+        raise ValueError(f"group must be in [0, {len(groups)}), got {group}")
+    present = {id(p) for g in groups for p in g["params"]}
+    for p in params:
+        if id(p) in present:
+            raise ValueError("a parameter is already in the optimizer; add_parameters is for new ones")
+        if group is not None:
+            k = group
+        else:
+            decays = [i for i, g in enumerate(groups) if g.get("weight_decay", 0) > 0]
+            plain = [i for i, g in enumerate(groups) if g.get("weight_decay", 0) == 0]
+            wanted = decays if p.ndim >= 2 else plain
+            k = wanted[0] if wanted else 0
+        groups[k]["params"].append(p)
+        present.add(id(p))

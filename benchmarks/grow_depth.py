@@ -1,0 +1,159 @@
+"""Issue 7, Show: depth growth of a character-level GPT against fixed-depth baselines, by training FLOPs.
+
+    python benchmarks/grow_depth.py --dataset-path ../shared/data/tinyshakespeare.txt
+
+The setup is nanoGPT's CPU recipe for ``shakespeare_char``: 4 layers, 4 heads, 128 wide, context 64,
+batch 12, 2,000 steps, AdamW at lr 1e-3 with cosine decay to 1e-4, dropout 0. nanoGPT publishes a
+validation loss of 1.88 for it. The 90 / 10 character split is nanoGPT's.
+
+Methods, every one with the same seed, data order, learning-rate schedule and evaluation batches:
+
+- ``fixed_final``: 4 layers throughout;
+- ``fixed_initial``: 1 layer throughout;
+- growth from 1 layer to at most 4, triggered by :class:`polyscale.growth.LossPlateau`, with each
+  initialisation of the new (appended) block:
+  - ``geometric`` (beta0 0.1, gamma0 0.15, eta0 0.03);
+  - ``linear`` (gamma0 = eta0 = 0);
+  - ``curvature`` (eta0 = 0);
+  - ``copy`` of the last block;
+  - ``zero``: a zero-initialised residual block, the exact identity;
+  - ``random``: a fresh block.
+
+FLOPs are ``GPT.flops_per_token`` times the tokens of each step, at the depth the step ran with;
+evaluation is not counted. "FLOPs to target" is the training FLOPs at the first evaluation (every
+``--eval-interval`` steps) whose validation loss is at or below ``fixed_final``'s final one. Prints one JSON
+line per run and a markdown table; ``--json-out`` keeps the runs, loss curves and growth events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import time
+
+import torch
+
+from polyscale.data.text import CharCorpus
+from polyscale.growth import GeometricExtrapolator, LossPlateau, StagnationDetector
+from polyscale.nn.gpt import GPT, GPTConfig
+from polyscale.training.depth_growth import DepthGrowthCallback, train_lm
+
+GROWTH = {
+    "geometric": ("geometric", dict(beta0=0.1, gamma0=0.15, eta0=0.03)),
+    "linear": ("geometric", dict(beta0=0.1, gamma0=0.0, eta0=0.0)),
+    "curvature": ("geometric", dict(beta0=0.1, gamma0=0.15, eta0=0.0)),
+    "copy": ("copy", {}),
+    "zero": ("zero", {}),
+    "random": ("random", {}),
+}
+METHODS = ("fixed_final", "fixed_initial", *GROWTH)
+
+
+def run(method: str, args: argparse.Namespace) -> dict:
+    torch.set_num_threads(1)
+    corpus = CharCorpus.from_file(args.dataset_path)
+    torch.manual_seed(args.seed)
+    depth = args.final_layers if method == "fixed_final" else args.initial_layers
+    model = GPT(GPTConfig(vocab_size=corpus.vocab_size, block_size=args.block_size, n_layer=depth,
+                          n_head=args.n_head, n_embd=args.n_embd))  # fmt: skip
+    callbacks, cb = [], None
+    if method in GROWTH:
+        strategy, gains = GROWTH[method]
+        kind = StagnationDetector if args.detector == "stagnation" else LossPlateau
+        extra = (
+            {"tau_crit": args.tau_crit, "kappa_crit": args.kappa_crit}
+            if args.detector == "stagnation"
+            else {}
+        )
+        detector = kind(
+            warmup_steps=args.warmup_steps, patience=args.patience, threshold=args.threshold, **extra
+        )
+        cb = DepthGrowthCallback(
+            detector, strategy=strategy, extrapolator=GeometricExtrapolator(**gains, k_subspace=args.k_subspace,
+                                                                             ell_orth=args.ell_orth),
+            history_window_size=args.history_window, collect_interval_steps=args.collect_interval,
+            max_layers=args.final_layers, generator=torch.Generator().manual_seed(args.seed),
+            probe=corpus.batch("train", 64, args.block_size, generator=torch.Generator().manual_seed(99)),
+        )  # fmt: skip
+        callbacks = [cb]
+    steps = args.growth_steps if method in GROWTH and args.growth_steps else args.max_steps
+    start = time.perf_counter()
+    result = train_lm(model, corpus, max_steps=steps, batch_size=args.batch_size, lr=args.lr,
+                      warmup_steps=100, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
+                      callbacks=callbacks, seed=args.seed, progress=False)  # fmt: skip
+    out = {
+        "method": method, "seconds": time.perf_counter() - start, "final_val_loss": result.history[-1]["val_loss"],
+        "flops": result.flops, "final_layers": model.config.n_layer, "history": result.history,
+    }  # fmt: skip
+    if cb is not None:
+        out["events"] = [{"step": e.step, "n_layer": e.n_layer, "jump": e.jump, "loss_before": e.loss_before,
+                          "tau": e.tau, "kappa": e.kappa, **e.details} for e in cb.events]  # fmt: skip
+        out["checks"] = cb.checks
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset-path", default=None, help="a text file (default: the shipped Shakespeare)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--initial-layers", type=int, default=1)
+    p.add_argument("--final-layers", type=int, default=4)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=128)
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=12)
+    p.add_argument("--max-steps", type=int, default=2000)
+    p.add_argument(
+        "--growth-steps", type=int, default=None, help="steps of the growth runs (default max-steps)"
+    )
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-interval", type=int, default=100)
+    p.add_argument("--eval-iters", type=int, default=20)
+    p.add_argument("--detector", choices=["plateau", "stagnation"], default="plateau")
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--threshold", type=float, default=0.01)
+    p.add_argument("--tau-crit", type=float, default=2.0)
+    p.add_argument("--kappa-crit", type=float, default=0.5)
+    p.add_argument("--history-window", type=int, default=10)
+    p.add_argument("--collect-interval", type=int, default=50)
+    p.add_argument("--k-subspace", type=int, default=10)
+    p.add_argument("--ell-orth", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="runs in parallel, one thread each")
+    p.add_argument("--json-out", default=None)
+    args = p.parse_args()
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        runs = pool.starmap(run, [(m, args) for m in args.methods])
+    for r in runs:
+        print(json.dumps({k: v for k, v in r.items() if k not in ("history", "checks")}), flush=True)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"args": vars(args), "runs": runs}, f, indent=1)
+    by = {r["method"]: r for r in runs}
+    ref = by.get("fixed_final")
+    target = ref["final_val_loss"] if ref else None
+    print(f"\ntarget: fixed_final's final validation loss {target}")
+    print(
+        "| method | final val loss | training FLOPs | FLOPs / fixed_final | FLOPs to target / fixed_final | "
+        "layers | insertions (step: jump) | tau range | kappa range |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        hit = next((h["flops"] for h in r["history"] if target is not None and h["val_loss"] <= target), None)
+        ratio = f"{r['flops'] / ref['flops']:.2f}" if ref else ""
+        to_target = f"{hit / ref['flops']:.2f}" if hit is not None and ref else "not reached"
+        events = ", ".join(f"{e['step']}: {e['jump']:+.3f}" for e in r.get("events", [])) or "-"
+        taus = [c["tau"] for c in r.get("checks", []) if c["tau"] is not None]
+        kappas = [c["kappa"] for c in r.get("checks", []) if c["kappa"] is not None]
+        tr = f"{min(taus):.2f}–{max(taus):.2f}" if taus else "-"
+        kr = f"{min(kappas):.2f}–{max(kappas):.2f}" if kappas else "-"
+        print(
+            f"| {r['method']} | {r['final_val_loss']:.4f} | {r['flops']:.3e} | {ratio} | {to_target} | "
+            f"{r['final_layers']} | {events} | {tr} | {kr} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""*How* a GPT grows a layer (issue 7): the new block's initial weights, from the last block's trajectory.
+
+The new block is appended after the last one (``GPT.insert_layer(n_layer, state)``). Its state is one of:
+
+- ``"geometric"``: every tensor of the last block extrapolated along its trajectory
+  (:class:`polyscale.growth.trajectory.GeometricExtrapolator`), all with the geometry (``tau``, ``kappa``)
+  of the whole block. The trajectory is the window of snapshots plus the current weights. Setting the
+  extrapolator's ``gamma0 = eta0 = 0`` gives the linear-only variant, and ``eta0 = 0`` linear plus
+  curvature.
+- ``"copy"``: the last block's current weights, unchanged.
+- ``"zero"``: a freshly initialised block whose two residual output projections (``attn.c_proj``,
+  ``mlp.c_proj``, weights and biases) are zero. The block adds nothing to the residual stream, so the
+  model's outputs are unchanged exactly at insertion.
+- ``"random"``: a freshly initialised block (``GPT.insert_layer`` with no state).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from polyscale.growth.trajectory import (
+    GeometricExtrapolator,
+    TrajectoryWindow,
+    effective_curvature,
+    stretch_factor,
+)
+from polyscale.nn.gpt import GPT, RESIDUAL_OUTPUTS, Block
+
+STRATEGIES = ("geometric", "copy", "zero", "random")
+
+
+def last_block_tensors(model: GPT) -> dict[str, Tensor]:
+    """The last block's state, the tensors whose trajectory the window tracks."""
+    return dict(model.blocks[-1].state_dict())
+
+
+def new_block_state(
+    model: GPT,
+    strategy: str,
+    *,
+    window: TrajectoryWindow | None = None,
+    extrapolator: GeometricExtrapolator | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, Tensor] | None, dict]:
+    """``(state for GPT.insert_layer or None for a random block, metrics)`` by ``strategy`` (module
+    docstring). ``"geometric"`` needs ``window`` with at least one snapshot of :func:`last_block_tensors`."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    current = {k: v.detach().clone() for k, v in last_block_tensors(model).items()}
+    if strategy == "random":
+        return None, {}
+    if strategy == "copy":
+        return current, {}
+    if strategy == "zero":
+        block = Block(model.config).to(device=model.wte.weight.device, dtype=model.wte.weight.dtype)
+        block.apply(lambda m: model.init_weights(m, generator))
+        state = {k: v.detach().clone() for k, v in block.state_dict().items()}
+        for name in RESIDUAL_OUTPUTS:
+            for kind in ("weight", "bias"):
+                if f"{name}.{kind}" in state:
+                    state[f"{name}.{kind}"].zero_()
+        return state, {}
+    if window is None or len(window) == 0:
+        raise ValueError("the geometric strategy needs a trajectory window with at least one snapshot")
+    extrapolator = extrapolator if extrapolator is not None else GeometricExtrapolator()
+    histories = {k: [*window.history(k), current[k].cpu()] for k in current}  # W_0 .. W_T, W_T = now
+    points = torch.stack([torch.cat([h[i].reshape(-1).double() for h in histories.values()])
+                          for i in range(len(window) + 1)])  # fmt: skip
+    tau, kappa = stretch_factor(points), effective_curvature(points)  # the whole block's geometry
+    state, norms = {}, {}
+    for name, history in histories.items():
+        w_new, m = extrapolator.extrapolate(history, tau=tau, kappa=kappa)
+        state[name] = w_new.to(current[name].device)
+        norms[name] = m["step_norm"]
+    beta, gamma, eta = extrapolator.coefficients(tau, kappa)
+    return state, {"tau": tau, "kappa": kappa, "beta": beta, "gamma": gamma, "eta": eta,
+                   "step_norm": sum(norms.values())}  # fmt: skip

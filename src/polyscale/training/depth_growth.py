@@ -1,0 +1,257 @@
+"""Training a character-level GPT that grows in depth (issue 7): the growth callback and the training loop.
+
+:class:`DepthGrowthCallback` is called after every optimizer step with ``(step, model, optimizer, loss)``.
+It
+
+1. snapshots the last block's weights every ``collect_interval_steps`` into a
+   :class:`polyscale.growth.trajectory.TrajectoryWindow` of ``history_window_size``;
+2. at each snapshot, feeds the mean training loss since the previous one, and the window's stretch factor
+   ``tau`` and curvature ``kappa``, to the detector (*when*: :class:`polyscale.growth.StagnationDetector`
+   or the plain :class:`polyscale.growth.LossPlateau`);
+3. when the detector fires, builds the new block (*how*: :func:`polyscale.growth.depth_grower.new_block_state`),
+   appends it with ``GPT.insert_layer`` and adds its parameters to the live optimizer
+   (:func:`polyscale.training.optimizer_state.add_parameters`). The new parameters start with empty Adam
+   state; every old one keeps its moments. The window restarts on the new last block.
+
+It records every check (``tau``, ``kappa``, the loss) and every growth event, including the loss on a
+fixed probe batch just before and just after the insertion (the *loss jump*).
+
+:func:`train_lm` is the loop: AdamW with weight decay on matrices only, linear warm-up then cosine decay
+of the learning rate (set on every parameter group at every step, so groups that gain parameters follow
+the schedule), gradient clipping, and a validation loss every ``eval_interval`` steps on fixed batches.
+It counts training FLOPs step by step at the depth each step ran with (``GPT.flops_per_token``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import trange
+
+from polyscale.data.text import CharCorpus
+from polyscale.growth.depth_grower import last_block_tensors, new_block_state
+from polyscale.growth.depth_schedule import LossPlateau
+from polyscale.growth.layer_state import LayerStateManager
+from polyscale.growth.trajectory import GeometricExtrapolator, TrajectoryWindow
+from polyscale.nn.gpt import GPT
+from polyscale.training.optimizer_state import add_parameters
+
+StepCallback = Callable[[int, GPT, torch.optim.Optimizer, float], None]
+
+
+@dataclass
+class GrowthEvent:
+    """One insertion: the step after which it happened, the depth after it, the strategy, the probe loss
+    just before and just after (their difference is the loss jump) and the geometry it was built from."""
+
+    step: int
+    n_layer: int
+    strategy: str
+    loss_before: float
+    loss_after: float
+    tau: float | None
+    kappa: float | None
+    details: dict = field(default_factory=dict)
+
+    @property
+    def jump(self) -> float:
+        return self.loss_after - self.loss_before
+
+
+class DepthGrowthCallback:
+    """The callback of the module docstring."""
+
+    def __init__(
+        self,
+        detector: LossPlateau,
+        *,
+        strategy: str = "geometric",
+        extrapolator: GeometricExtrapolator | None = None,
+        history_window_size: int = 15,
+        collect_interval_steps: int = 100,
+        max_layers: int | None = None,
+        probe: tuple[Tensor, Tensor] | None = None,
+        layer_states: LayerStateManager | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.detector, self.strategy = detector, strategy
+        self.extrapolator = extrapolator if extrapolator is not None else GeometricExtrapolator()
+        self.window = TrajectoryWindow(history_window_size, collect_interval_steps)
+        self.max_layers, self.probe, self.layer_states, self.generator = (
+            max_layers,
+            probe,
+            layer_states,
+            generator,
+        )
+        self.events: list[GrowthEvent] = []
+        self.checks: list[dict] = []  # step, loss, tau, kappa, n_layer at every snapshot
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def _probe_loss(self, model: GPT) -> float:
+        x, y = self.probe
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            _, loss = model(x.to(model.wte.weight.device), y.to(model.wte.weight.device))
+        model.train(was_training)
+        return float(loss)
+
+    def __call__(
+        self, step: int, model: GPT, optimizer: torch.optim.Optimizer, loss: float
+    ) -> GrowthEvent | None:
+        """After optimizer step ``step`` (1-based count of steps done) with training loss ``loss``."""
+        self._loss_sum, self._loss_count = self._loss_sum + loss, self._loss_count + 1
+        if not self.window.observe(step, last_block_tensors(model)):
+            return None
+        mean_loss = self._loss_sum / self._loss_count
+        self._loss_sum, self._loss_count = 0.0, 0
+        geometry = self.window.layer_geometry()
+        tau, kappa = geometry if geometry is not None else (None, None)
+        self.checks.append({"step": step, "loss": mean_loss, "tau": tau, "kappa": kappa,
+                            "n_layer": model.config.n_layer})  # fmt: skip
+        if self.max_layers is not None and model.config.n_layer >= self.max_layers:
+            return None
+        if not self.detector.update(step, mean_loss, tau=tau, kappa=kappa):
+            return None
+        return self.grow(step, model, optimizer, tau=tau, kappa=kappa)
+
+    def grow(
+        self,
+        step: int,
+        model: GPT,
+        optimizer: torch.optim.Optimizer,
+        *,
+        tau: float | None,
+        kappa: float | None,
+    ) -> GrowthEvent:
+        """Insert one block now (what a detector firing does; callable directly for a fixed schedule)."""
+        state, details = new_block_state(
+            model, self.strategy, window=self.window, extrapolator=self.extrapolator, generator=self.generator
+        )
+        before = self._probe_loss(model) if self.probe is not None else math.nan
+        index = model.config.n_layer
+        params = model.insert_layer(index, state, generator=self.generator)
+        add_parameters(optimizer, params)
+        after = self._probe_loss(model) if self.probe is not None else math.nan
+        if self.layer_states is not None:
+            self.layer_states.save_state(index, "init", model.blocks[index].state_dict(), step)
+            self.layer_states.save_state(index - 1, "at_growth", model.blocks[index - 1].state_dict(), step)
+        self.window.reset()
+        self.window.add(step, last_block_tensors(model))  # the new last block's first point
+        event = GrowthEvent(step, model.config.n_layer, self.strategy, before, after, tau, kappa, details)
+        self.events.append(event)
+        return event
+
+
+def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay from ``lr`` to ``min_lr`` at ``max_steps``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def make_optimizer(
+    model: GPT, *, lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.AdamW:
+    """AdamW with two groups: weight decay on matrices (``ndim >= 2``), none on vectors (biases, norms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, batches: Sequence[tuple[Tensor, Tensor]]) -> float:
+    """Mean loss of ``model`` over ``batches`` (eval mode, restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    device = model.wte.weight.device
+    total = sum(float(model(x.to(device), y.to(device))[1]) for x, y in batches)
+    model.train(was_training)
+    return total / len(batches)
+
+
+@dataclass
+class LMRun:
+    """What :func:`train_lm` reports: ``history`` has one row per evaluation (``step``, ``flops`` so far,
+    ``train_loss``, ``val_loss``, ``n_layer``); ``flops`` is the training total."""
+
+    history: list[dict]
+    flops: float
+    steps: int
+    seconds: float
+
+
+def train_lm(
+    model: GPT,
+    corpus: CharCorpus,
+    *,
+    max_steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    min_lr: float | None = None,
+    warmup_steps: int = 100,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.99),
+    grad_clip: float = 1.0,
+    eval_interval: int = 250,
+    eval_iters: int = 20,
+    callbacks: Sequence[StepCallback] = (),
+    seed: int = 0,
+    progress: bool = True,
+) -> LMRun:
+    """Train ``model`` in place on ``corpus`` (module docstring); ``min_lr`` defaults to ``lr / 10``."""
+    if max_steps < 1 or batch_size < 1 or eval_interval < 1 or eval_iters < 1:
+        raise ValueError(
+            f"need max_steps, batch_size, eval_interval, eval_iters >= 1; got {max_steps}, {batch_size}, "
+            f"{eval_interval}, {eval_iters}"
+        )
+    if corpus.vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"the corpus has {corpus.vocab_size} characters, the model's vocabulary {model.config.vocab_size}"
+        )
+    start = time.perf_counter()
+    device = model.wte.weight.device
+    T = model.config.block_size
+    min_lr = lr / 10 if min_lr is None else min_lr
+    optimizer = make_optimizer(model, lr=lr, weight_decay=weight_decay, betas=betas)
+    g_train = torch.Generator().manual_seed(seed)
+    g_eval = torch.Generator().manual_seed(seed + 1)
+    val_batches = [corpus.batch("val", batch_size, T, generator=g_eval) for _ in range(eval_iters)]
+    train_batches = [corpus.batch("train", batch_size, T, generator=g_eval) for _ in range(eval_iters)]
+    history: list[dict] = []
+    flops = 0.0
+
+    def record(step: int) -> None:
+        history.append({"step": step, "flops": flops, "train_loss": evaluate(model, train_batches),
+                        "val_loss": evaluate(model, val_batches), "n_layer": model.config.n_layer})  # fmt: skip
+
+    model.train()
+    record(0)
+    bar = trange(max_steps, disable=not progress, desc="training", leave=False)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, max_steps=max_steps)
+        x, y = corpus.batch("train", batch_size, T, generator=g_train)
+        _, loss = model(x.to(device), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        flops += model.flops_per_token(T) * batch_size * T  # at the depth this step ran with
+        value = float(loss.detach())
+        for cb in callbacks:
+            cb(step + 1, model, optimizer, value)
+        if (step + 1) % eval_interval == 0 or step + 1 == max_steps:
+            record(step + 1)
+            bar.set_postfix(val=f"{history[-1]['val_loss']:.3f}", layers=model.config.n_layer)
+    return LMRun(history, flops, max_steps, time.perf_counter() - start)
