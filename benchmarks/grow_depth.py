@@ -50,10 +50,10 @@ GROWTH = {
 METHODS = ("fixed_final", "fixed_initial", *GROWTH)
 
 
-def run(method: str, args: argparse.Namespace) -> dict:
+def run(method: str, args: argparse.Namespace, seed: int) -> dict:
     torch.set_num_threads(1)
     corpus = CharCorpus.from_file(args.dataset_path)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     depth = args.final_layers if method == "fixed_final" else args.initial_layers
     model = GPT(GPTConfig(vocab_size=corpus.vocab_size, block_size=args.block_size, n_layer=depth,
                           n_head=args.n_head, n_embd=args.n_embd))  # fmt: skip
@@ -73,7 +73,7 @@ def run(method: str, args: argparse.Namespace) -> dict:
             detector, strategy=strategy, extrapolator=GeometricExtrapolator(**gains, k_subspace=args.k_subspace,
                                                                              ell_orth=args.ell_orth),
             history_window_size=args.history_window, collect_interval_steps=args.collect_interval,
-            max_layers=args.final_layers, generator=torch.Generator().manual_seed(args.seed),
+            max_layers=args.final_layers, generator=torch.Generator().manual_seed(seed),
             probe=corpus.batch("train", 64, args.block_size, generator=torch.Generator().manual_seed(99)),
         )  # fmt: skip
         callbacks = [cb]
@@ -81,10 +81,11 @@ def run(method: str, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     result = train_lm(model, corpus, max_steps=steps, batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=100, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
-                      callbacks=callbacks, seed=args.seed, progress=False)  # fmt: skip
+                      callbacks=callbacks, seed=seed, progress=False)  # fmt: skip
     out = {
-        "method": method, "seconds": time.perf_counter() - start, "final_val_loss": result.history[-1]["val_loss"],
-        "flops": result.flops, "final_layers": model.config.n_layer, "history": result.history,
+        "method": method, "seed": seed, "seconds": time.perf_counter() - start,
+        "final_val_loss": result.history[-1]["val_loss"], "flops": result.flops,
+        "final_layers": model.config.n_layer, "history": result.history,
     }  # fmt: skip
     if cb is not None:
         out["events"] = [{"step": e.step, "n_layer": e.n_layer, "jump": e.jump, "loss_before": e.loss_before,
@@ -93,10 +94,69 @@ def run(method: str, args: argparse.Namespace) -> dict:
     return out
 
 
+def at_budget(history: list[dict], budget: float) -> float | None:
+    """Validation loss of the last evaluation whose training FLOPs are within ``budget``."""
+    within = [h for h in history if h["flops"] <= budget * (1 + 1e-9)]
+    return within[-1]["val_loss"] if within else None
+
+
+def summarize(runs: list[dict]) -> None:
+    """Markdown tables of ``runs`` (any seeds): per method, mean ± std over seeds."""
+    import statistics
+
+    def ms(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+
+    seeds = sorted({r["seed"] for r in runs})
+    ref = {r["seed"]: r for r in runs if r["method"] == "fixed_final"}
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    fractions = (0.25, 0.5, 0.7, 1.0)
+    print(
+        f"\nseeds {seeds}; budgets are fractions of fixed_final's training FLOPs "
+        f"({statistics.mean(r['flops'] for r in ref.values()):.3e})"
+        if ref
+        else ""
+    )
+    print("| method | " + " | ".join(f"val loss at {f:.2f} F" for f in fractions)
+          + " | final val loss | FLOPs / F | FLOPs to target / F (per seed) |")  # fmt: skip
+    print("|---|" + "---|" * (len(fractions) + 3))
+    for m in methods:
+        rs = [r for r in runs if r["method"] == m]
+        cells = [ms(at_budget(r["history"], f * ref[r["seed"]]["flops"]) for r in rs if r["seed"] in ref)
+                 for f in fractions]  # fmt: skip
+        hits = []
+        for r in rs:
+            if r["seed"] not in ref:
+                continue
+            target, flops_ref = ref[r["seed"]]["final_val_loss"], ref[r["seed"]]["flops"]
+            hit = next((h["flops"] for h in r["history"] if h["val_loss"] <= target), None)
+            hits.append(f"{hit / flops_ref:.2f}" if hit is not None else "not reached")
+        ratio = ms(r["flops"] / ref[r["seed"]]["flops"] for r in rs if r["seed"] in ref)
+        print(f"| {m} | " + " | ".join(cells) + f" | {ms(r['final_val_loss'] for r in rs)} | {ratio} | "
+              f"{', '.join(hits)} |")  # fmt: skip
+    print("\n| method | seed | insertions: step (loss jump) | tau over the run | kappa over the run |")
+    print("|---|---|---|---|---|")
+    for r in runs:
+        if "events" not in r:
+            continue
+        events = ", ".join(f"{e['step']} ({e['jump']:+.3f})" for e in r["events"]) or "-"
+        taus = [c["tau"] for c in r["checks"] if c["tau"] is not None]
+        kappas = [c["kappa"] for c in r["checks"] if c["kappa"] is not None]
+        span = lambda v: f"{min(v):.2f}–{max(v):.2f} (median {statistics.median(v):.2f})" if v else "-"  # noqa: E731
+        print(f"| {r['method']} | {r['seed']} | {events} | {span(taus)} | {span(kappas)} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset-path", default=None, help="a text file (default: the shipped Shakespeare)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
+                   help="print the tables of earlier --json-out files instead of running")  # fmt: skip
     p.add_argument("--initial-layers", type=int, default=1)
     p.add_argument("--final-layers", type=int, default=4)
     p.add_argument("--n-head", type=int, default=4)
@@ -120,39 +180,25 @@ def main() -> None:
     p.add_argument("--collect-interval", type=int, default=50)
     p.add_argument("--k-subspace", type=int, default=10)
     p.add_argument("--ell-orth", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="runs in parallel, one thread each")
     p.add_argument("--json-out", default=None)
     args = p.parse_args()
+    if args.summarize:
+        runs = []
+        for path in args.summarize:
+            with open(path) as f:
+                runs += json.load(f)["runs"]
+        summarize(runs)
+        return
+    jobs = [(m, args, seed) for seed in args.seeds for m in args.methods]
     with mp.get_context("spawn").Pool(args.workers) as pool:
-        runs = pool.starmap(run, [(m, args) for m in args.methods])
+        runs = pool.starmap(run, jobs)
     for r in runs:
         print(json.dumps({k: v for k, v in r.items() if k not in ("history", "checks")}), flush=True)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"args": vars(args), "runs": runs}, f, indent=1)
-    by = {r["method"]: r for r in runs}
-    ref = by.get("fixed_final")
-    target = ref["final_val_loss"] if ref else None
-    print(f"\ntarget: fixed_final's final validation loss {target}")
-    print(
-        "| method | final val loss | training FLOPs | FLOPs / fixed_final | FLOPs to target / fixed_final | "
-        "layers | insertions (step: jump) | tau range | kappa range |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in runs:
-        hit = next((h["flops"] for h in r["history"] if target is not None and h["val_loss"] <= target), None)
-        ratio = f"{r['flops'] / ref['flops']:.2f}" if ref else ""
-        to_target = f"{hit / ref['flops']:.2f}" if hit is not None and ref else "not reached"
-        events = ", ".join(f"{e['step']}: {e['jump']:+.3f}" for e in r.get("events", [])) or "-"
-        taus = [c["tau"] for c in r.get("checks", []) if c["tau"] is not None]
-        kappas = [c["kappa"] for c in r.get("checks", []) if c["kappa"] is not None]
-        tr = f"{min(taus):.2f}–{max(taus):.2f}" if taus else "-"
-        kr = f"{min(kappas):.2f}–{max(kappas):.2f}" if kappas else "-"
-        print(
-            f"| {r['method']} | {r['final_val_loss']:.4f} | {r['flops']:.3e} | {ratio} | {to_target} | "
-            f"{r['final_layers']} | {events} | {tr} | {kr} |"
-        )
+    summarize(runs)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ across insertion, the growth callback and the layer-state manager."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -266,3 +267,74 @@ def test_transformers_trainer_grows_the_live_model_and_optimizer(tmp_path):
     steps = {int(live.state[p]["step"]) for p in new}
     assert steps == {25 - grown_at}  # the new block trained from its insertion on, with fresh moments
     assert all(int(live.state[p]["step"]) == 25 for p in gpt.blocks[0].parameters())  # old ones kept theirs
+
+
+def test_train_lm_resumes_exactly_where_it_stopped(tmp_path):
+    corpus = CharCorpus.from_text("abcdefghij klmnopqrst " * 200)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at(step_to_stop):
+        def cb(step, model, optimizer, loss):
+            if step == step_to_stop:
+                raise Interrupt
+
+        return cb
+
+    def run(directory, *extra):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
+        cb = DepthGrowthCallback(LossPlateau(warmup_steps=10, patience=1, threshold=1.0), strategy="geometric",
+                                 collect_interval_steps=5, history_window_size=4, max_layers=3,
+                                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+        result = train_lm(model, corpus, max_steps=50, batch_size=4, warmup_steps=5, eval_interval=10, eval_iters=2,
+                          callbacks=[cb, *extra], progress=False, checkpoint_dir=directory, checkpoint_every=10,
+                          settings={"seed": 0})  # fmt: skip
+        return model, cb, result
+
+    whole, cb_whole, r_whole = run(tmp_path / "whole")
+    with pytest.raises(Interrupt):
+        run(tmp_path / "split", stop_at(27))  # killed after the checkpoint at step 20, one layer inserted
+    split, cb_split, r_split = run(tmp_path / "split")
+    assert whole.config.n_layer == split.config.n_layer == 3
+    assert [e.step for e in cb_whole.events] == [e.step for e in cb_split.events] and cb_split.events[
+        0
+    ].step < 20
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(whole.state_dict().values(), split.state_dict().values(), strict=True)
+    )
+    assert r_whole.history == r_split.history and r_whole.flops == r_split.flops
+    assert cb_whole.checks == cb_split.checks
+    with pytest.raises(ValueError, match="other settings"):
+        train_lm(GPT(GPTConfig(vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)),
+                 corpus, max_steps=60, checkpoint_dir=tmp_path / "split", settings={"seed": 1},
+                 progress=False)  # fmt: skip
+
+
+def test_cli_grow_depth_writes_a_run_and_resumes(tmp_path, capsys):
+    from polyscale.cli.main import main
+    from polyscale.pipelines.grow_depth import load_grown_gpt
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("a small corpus of our own, with its own characters. " * 80)
+    out = tmp_path / "run"
+    argv = ["grow", "depth", "--dataset-path", str(text), "--max-steps", "30", "--n-embd", "16", "--n-head", "2",
+            "--block-size", "16", "--batch-size", "4", "--warmup-steps", "5", "--collect-interval", "5",
+            "--pg-threshold", "0.9", "--detector", "plateau", "--strategy", "geometric", "--max-layers", "3",
+            "--eval-interval", "10", "--output-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "validation loss" in printed and "sample:" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_layers"] == 3 and summary["growth_events"] == 2
+    model, chars = load_grown_gpt(out)
+    assert model.config.n_layer == 3 and len(chars) == model.config.vocab_size
+    assert (out / "layers" / "index.json").is_file()
+    assert main(argv) == 0  # a rerun finds the finished checkpoint and only writes the outputs again
+    assert json.loads((out / "summary.json").read_text())["final_val_loss"] == summary["final_val_loss"]
+    capsys.readouterr()
+    assert main([*argv, "--lr", "0.002"]) == 2
+    assert "other settings (lr: saved 0.001, given 0.002)" in capsys.readouterr().err
+    assert main([*argv, "--lr", "0.002", "--no-resume"]) == 0

@@ -231,7 +231,7 @@ def _cmd_grow_depth(args: argparse.Namespace) -> int:
              "lr", "strategy", "detector", "beta0", "gamma0", "eta0", "k_subspace", "ell_orth", "pg_patience",
              "pg_threshold", "tau_crit", "kappa_crit", "warmup_steps", "history_window", "collect_interval",
              "eval_interval", "device", "seed", "output_dir")  # fmt: skip
-    summary = grow_depth(**{k: getattr(args, k) for k in names})
+    summary = grow_depth(**{k: getattr(args, k) for k in names}, resume=not args.no_resume)
     jumps = ", ".join(
         f"step {s}: {j:+.4f}" for s, j in zip(summary["insertion_steps"], summary["loss_jumps"], strict=True)
     )
@@ -283,7 +283,9 @@ def _add_grow_depth(gsub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-interval", type=positive_int, default=100)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=_int, default=0)
-    p.add_argument("--output-dir", default=None)
+    p.add_argument("--output-dir", default=None,
+                   help="run directory; a checkpoint every 500 steps there that a rerun resumes from")  # fmt: skip
+    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint already in --output-dir")
 
 
 def _add_grow_commands(sub: argparse._SubParsersAction) -> None:

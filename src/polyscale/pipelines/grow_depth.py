@@ -16,6 +16,12 @@ The run directory gets ``model.safetensors`` + ``config.json`` (the final model 
 (every insertion with its loss jump, and ``tau`` / ``kappa`` at every check), ``layers/`` (each inserted
 block's initial state and the block it was extrapolated from, :class:`LayerStateManager`), ``sample.txt``
 (500 generated characters) and ``summary.json``. Every file is written atomically.
+
+Runs resume: every ``checkpoint_every`` steps (500) and at the end, the whole training state (model at its
+current depth, AdamW moments, detector, trajectory window, random streams, history) goes to
+``output_dir/checkpoint/``. Rerunning the same command continues from there to the result an uninterrupted
+run gives; a rerun with other settings is refused with both named (``resume=False`` starts over). The
+learning-rate schedule depends on ``max_steps``, so it is one of those settings.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ def grow_depth(
     seed: int = 0,
     output_dir: str | Path | None = None,
     progress: bool = True,
+    resume: bool = True,
+    checkpoint_every: int = 500,
 ) -> dict:
     """Train a growing GPT (module docstring); returns the summary (also ``output_dir/summary.json``)."""
     if strategy not in STRATEGIES:
@@ -97,8 +105,19 @@ def grow_depth(
         layer_states=None if out is None else LayerStateManager(out / "layers"),
         generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
+    settings = {
+        "dataset_path": None if dataset_path is None else str(dataset_path), "n_layer": n_layer, "n_head": n_head,
+        "n_embd": n_embd, "block_size": block_size, "max_layers": max_layers, "batch_size": batch_size, "lr": lr,
+        "strategy": strategy, "detector": detector, "beta0": beta0, "gamma0": gamma0, "eta0": eta0,
+        "k_subspace": k_subspace, "ell_orth": ell_orth, "pg_patience": pg_patience, "pg_threshold": pg_threshold,
+        "tau_crit": tau_crit, "kappa_crit": kappa_crit, "warmup_steps": warmup_steps,
+        "history_window": history_window, "collect_interval": collect_interval, "eval_interval": eval_interval,
+        "seed": seed, "max_steps": max_steps,
+    }  # fmt: skip
     run = train_lm(model, corpus, max_steps=max_steps, batch_size=batch_size, lr=lr, eval_interval=eval_interval,
-                   callbacks=[callback], seed=seed, progress=progress)  # fmt: skip
+                   callbacks=[callback], seed=seed, progress=progress,
+                   checkpoint_dir=None if out is None else out / "checkpoint", checkpoint_every=checkpoint_every,
+                   resume=resume, settings=settings)  # fmt: skip
     prompt = corpus.encode(corpus.chars[0] if "\n" not in corpus.chars else "\n")[None].to(dev)
     sample = corpus.decode(
         model.eval().generate(prompt, 500, generator=torch.Generator(dev).manual_seed(seed))[0]

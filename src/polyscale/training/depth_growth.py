@@ -27,7 +27,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -91,6 +92,33 @@ class DepthGrowthCallback:
         self.events: list[GrowthEvent] = []
         self.checks: list[dict] = []  # step, loss, tau, kappa, n_layer at every snapshot
         self._loss_sum, self._loss_count = 0.0, 0
+
+    def state_dict(self) -> tuple[dict[str, Tensor], dict]:
+        """``(tensors, json-able metadata)`` for a checkpoint: the detector, the window, the records."""
+        tensors = {
+            f"window.{i}.{k}": v for i, snap in enumerate(self.window.snapshots) for k, v in snap.items()
+        }
+        if self.generator is not None:
+            tensors["generator"] = self.generator.get_state()
+        meta = {
+            "detector": asdict(self.detector), "window_steps": list(self.window.steps),
+            "window_names": list(self.window.snapshots[0]) if self.window.snapshots else [],
+            "events": [asdict(e) for e in self.events], "checks": self.checks,
+            "loss_sum": self._loss_sum, "loss_count": self._loss_count,
+        }  # fmt: skip
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, Tensor], meta: dict) -> None:
+        for key, value in meta["detector"].items():
+            setattr(self.detector, key, value)
+        self.window.reset()
+        for i, step in enumerate(meta["window_steps"]):
+            self.window.add(step, {k: tensors[f"window.{i}.{k}"] for k in meta["window_names"]})
+        if self.generator is not None and "generator" in tensors:
+            self.generator.set_state(tensors["generator"])
+        self.events = [GrowthEvent(**e) for e in meta["events"]]
+        self.checks = list(meta["checks"])
+        self._loss_sum, self._loss_count = float(meta["loss_sum"]), int(meta["loss_count"])
 
     def _probe_loss(self, model: GPT) -> float:
         x, y = self.probe
@@ -207,8 +235,19 @@ def train_lm(
     callbacks: Sequence[StepCallback] = (),
     seed: int = 0,
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 500,
+    resume: bool = True,
+    settings: dict | None = None,
 ) -> LMRun:
-    """Train ``model`` in place on ``corpus`` (module docstring); ``min_lr`` defaults to ``lr / 10``."""
+    """Train ``model`` in place on ``corpus`` (module docstring); ``min_lr`` defaults to ``lr / 10``.
+
+    With ``checkpoint_dir``, everything a resumed run needs is written there every ``checkpoint_every``
+    steps and at the end, atomically: the model (at its current depth), AdamW's state and group membership,
+    the step, the FLOP count, the history, the random streams and the state of every callback that has
+    ``state_dict`` / ``load_state_dict`` (:class:`DepthGrowthCallback` does). With ``resume`` a later call
+    continues from it (the model passed in grows to the saved depth first) to the same result an
+    uninterrupted run gives; ``settings`` (json-able) must then equal the saved ones."""
     if max_steps < 1 or batch_size < 1 or eval_interval < 1 or eval_iters < 1:
         raise ValueError(
             f"need max_steps, batch_size, eval_interval, eval_iters >= 1; got {max_steps}, {batch_size}, "
@@ -228,15 +267,24 @@ def train_lm(
     val_batches = [corpus.batch("val", batch_size, T, generator=g_eval) for _ in range(eval_iters)]
     train_batches = [corpus.batch("train", batch_size, T, generator=g_eval) for _ in range(eval_iters)]
     history: list[dict] = []
-    flops = 0.0
+    flops, first = 0.0, 0
+    checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir)
+    if checkpoint is not None and resume and (checkpoint / "state.json").is_file():
+        first, flops, history, optimizer = _load_checkpoint(
+            checkpoint, model, optimizer, g_train, callbacks, settings
+        )
+        first = min(first, max_steps)
 
     def record(step: int) -> None:
         history.append({"step": step, "flops": flops, "train_loss": evaluate(model, train_batches),
                         "val_loss": evaluate(model, val_batches), "n_layer": model.config.n_layer})  # fmt: skip
 
     model.train()
-    record(0)
-    bar = trange(max_steps, disable=not progress, desc="training", leave=False)
+    if first == 0:
+        record(0)
+    bar = trange(
+        first, max_steps, initial=first, total=max_steps, disable=not progress, desc="training", leave=False
+    )
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, max_steps=max_steps)
@@ -254,4 +302,84 @@ def train_lm(
         if (step + 1) % eval_interval == 0 or step + 1 == max_steps:
             record(step + 1)
             bar.set_postfix(val=f"{history[-1]['val_loss']:.3f}", layers=model.config.n_layer)
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == max_steps):
+            _save_checkpoint(
+                checkpoint, model, optimizer, step + 1, flops, history, g_train, callbacks, settings
+            )
     return LMRun(history, flops, max_steps, time.perf_counter() - start)
+
+
+def _save_checkpoint(
+    path: Path, model, optimizer, step, flops, history, g_train, callbacks, settings
+) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    from polyscale.io import atomic_replace_dir
+
+    names = {id(p): n for n, p in model.named_parameters()}  # the tied head appears once, as wte.weight
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+               if k != "lm_head.weight"}  # fmt: skip
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            tensors[f"optim.{names[id(param)]}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng.train"] = g_train.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    groups = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+    meta = {"config": model.config_dict(), "step": step, "flops": flops, "history": history, "settings": settings,
+            "groups": groups, "callbacks": {}}  # fmt: skip
+    for i, cb in enumerate(callbacks):
+        if hasattr(cb, "state_dict"):
+            cb_tensors, cb_meta = cb.state_dict()
+            tensors.update({f"cb{i}.{k}": v.detach().cpu().contiguous() for k, v in cb_tensors.items()})
+            meta["callbacks"][str(i)] = cb_meta
+
+    def build(tmp: Path) -> None:
+        save_file(tensors, tmp / "state.safetensors")
+        (tmp / "state.json").write_text(json.dumps(meta) + "\n")
+
+    atomic_replace_dir(build, path)
+
+
+def _load_checkpoint(path: Path, model, optimizer, g_train, callbacks, settings):
+    import json
+
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / "state.json").read_text())
+    if meta["settings"] != settings:
+        saved, given = meta["settings"] or {}, settings or {}
+        differ = sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
+        detail = ", ".join(f"{k}: saved {saved.get(k)!r}, given {given.get(k)!r}" for k in differ)
+        raise ValueError(f"{path} holds a run with other settings ({detail}); start over (--no-resume / "
+                         "resume=False) or use another directory")  # fmt: skip
+    saved_layers = meta["config"]["n_layer"]
+    if model.config.n_layer > saved_layers:
+        raise ValueError(f"the model has {model.config.n_layer} layers, the checkpoint only {saved_layers}")
+    tensors = load_file(path / "state.safetensors")
+    while model.config.n_layer < saved_layers:
+        model.insert_layer(model.config.n_layer)  # its weights are loaded just below
+    missing, unexpected = model.load_state_dict(
+        {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False
+    )
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise ValueError(f"{path} does not fit the model: missing {missing}, unexpected {unexpected}")
+    params = dict(model.named_parameters())
+    device = model.wte.weight.device
+    for group, group_names in zip(optimizer.param_groups, meta["groups"], strict=True):
+        group["params"] = [params[n] for n in group_names]
+    optimizer.state.clear()
+    for name, param in params.items():
+        prefix = f"optim.{name}."
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if state:
+            optimizer.state[param] = {k: v if k == "step" else v.to(device) for k, v in state.items()}
+    g_train.set_state(tensors["rng.train"])
+    torch.set_rng_state(tensors["rng.torch"])
+    for i, cb in enumerate(callbacks):
+        if str(i) in meta["callbacks"]:
+            prefix = f"cb{i}."
+            cb.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
+                               meta["callbacks"][str(i)])  # fmt: skip
+    return meta["step"], meta["flops"], meta["history"], optimizer
