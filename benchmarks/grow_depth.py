@@ -157,29 +157,20 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
                    help="print the tables of earlier --json-out files instead of running")  # fmt: skip
-    p.add_argument("--initial-layers", type=int, default=1)
-    p.add_argument("--final-layers", type=int, default=4)
-    p.add_argument("--n-head", type=int, default=4)
-    p.add_argument("--n-embd", type=int, default=128)
-    p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=12)
-    p.add_argument("--max-steps", type=int, default=2000)
+    numbers = (
+        ("--initial-layers", int, 1), ("--final-layers", int, 4), ("--n-head", int, 4), ("--n-embd", int, 128),
+        ("--block-size", int, 64), ("--batch-size", int, 12), ("--max-steps", int, 2000), ("--lr", float, 1e-3),
+        ("--eval-interval", int, 100), ("--eval-iters", int, 20), ("--warmup-steps", int, 200),
+        ("--patience", int, 2), ("--threshold", float, 0.01), ("--tau-crit", float, 2.0),
+        ("--kappa-crit", float, 0.5), ("--history-window", int, 10), ("--collect-interval", int, 50),
+        ("--k-subspace", int, 10), ("--ell-orth", int, 5),
+    )  # fmt: skip
+    for flag, kind, default in numbers:
+        p.add_argument(flag, type=kind, default=default, help=f"default {default}")
     p.add_argument(
         "--growth-steps", type=int, default=None, help="steps of the growth runs (default max-steps)"
     )
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eval-interval", type=int, default=100)
-    p.add_argument("--eval-iters", type=int, default=20)
     p.add_argument("--detector", choices=["plateau", "stagnation"], default="plateau")
-    p.add_argument("--warmup-steps", type=int, default=200)
-    p.add_argument("--patience", type=int, default=2)
-    p.add_argument("--threshold", type=float, default=0.01)
-    p.add_argument("--tau-crit", type=float, default=2.0)
-    p.add_argument("--kappa-crit", type=float, default=0.5)
-    p.add_argument("--history-window", type=int, default=10)
-    p.add_argument("--collect-interval", type=int, default=50)
-    p.add_argument("--k-subspace", type=int, default=10)
-    p.add_argument("--ell-orth", type=int, default=5)
     p.add_argument("--workers", type=int, default=2, help="runs in parallel, one thread each")
     p.add_argument("--json-out", default=None)
     args = p.parse_args()

@@ -94,6 +94,19 @@ def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview) -
     return path
 
 
+def read_run_dir(directory: str | Path, command: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(config.json, model.safetensors)`` of a run directory that ``polyscale <command>`` wrote."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for name in ("config.json", "model.safetensors"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(
+                f"{directory} has no {name}; expected a `polyscale {command}` run directory"
+            )
+    return json.loads((directory / "config.json").read_text()), load_file(directory / "model.safetensors")
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Text (UTF-8) version of :func:`atomic_write_bytes`."""
     return atomic_write_bytes(path, text.encode("utf-8"))

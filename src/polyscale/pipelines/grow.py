@@ -26,7 +26,7 @@ from torch import Tensor
 from polyscale.growth import SparseGrowthSchedule
 from polyscale.growth.snapshots import ensemble_probabilities
 from polyscale.growth.sparse_grower import SparseGrower
-from polyscale.io import atomic_write_bytes, atomic_write_text
+from polyscale.io import atomic_write_bytes, atomic_write_text, read_run_dir
 from polyscale.nn.sparse import SparseMLP
 from polyscale.pipelines.sample import resolve_device
 from polyscale.training.sparse_growth import SparseGrowthTrainer, accuracy
@@ -211,13 +211,5 @@ def _write_run(out: Path, trainer: SparseGrowthTrainer, history: list[dict], sum
 
 def load_grown(directory: str | Path) -> SparseMLP:
     """The final network of a ``polyscale grow sparse`` run directory."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    for name in ("config.json", "model.safetensors"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(
-                f"{directory} has no {name}; expected a `polyscale grow sparse` run directory"
-            )
-    config = json.loads((directory / "config.json").read_text())
-    return SparseMLP.from_state(config, load_file(directory / "model.safetensors"))
+    config, state = read_run_dir(directory, "grow sparse")
+    return SparseMLP.from_state(config, state)

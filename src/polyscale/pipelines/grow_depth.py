@@ -36,7 +36,7 @@ from polyscale.data.text import CharCorpus
 from polyscale.growth import GeometricExtrapolator, LossPlateau, StagnationDetector
 from polyscale.growth.depth_grower import STRATEGIES
 from polyscale.growth.layer_state import LayerStateManager
-from polyscale.io import atomic_write_bytes, atomic_write_text
+from polyscale.io import atomic_write_bytes, atomic_write_text, read_run_dir
 from polyscale.nn.gpt import GPT, GPTConfig
 from polyscale.pipelines.sample import resolve_device
 from polyscale.training.depth_growth import DepthGrowthCallback, train_lm
@@ -152,13 +152,5 @@ def _write_run(out: Path, model: GPT, corpus: CharCorpus, history, events, check
 
 def load_grown_gpt(directory: str | Path) -> tuple[GPT, list[str]]:
     """The final model of a ``polyscale grow depth`` run directory and its vocabulary."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    for name in ("config.json", "model.safetensors"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(
-                f"{directory} has no {name}; expected a `polyscale grow depth` run directory"
-            )
-    config = json.loads((directory / "config.json").read_text())
-    return GPT.from_state(config["model"], load_file(directory / "model.safetensors")), config["chars"]
+    config, state = read_run_dir(directory, "grow depth")
+    return GPT.from_state(config["model"], state), config["chars"]
