@@ -113,7 +113,7 @@ def summarize(runs: list[dict]) -> None:
 
     seeds = sorted({r["seed"] for r in runs})
     ref = {r["seed"]: r for r in runs if r["method"] == "fixed_final"}
-    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    methods = list(dict.fromkeys(r["method"] for r in runs))  # in order of appearance
     fractions = (0.25, 0.5, 0.7, 1.0)
     print(
         f"\nseeds {seeds}; budgets are fractions of fixed_final's training FLOPs "
@@ -184,6 +184,10 @@ def main() -> None:
     jobs = [(m, args, seed) for seed in args.seeds for m in args.methods]
     with mp.get_context("spawn").Pool(args.workers) as pool:
         runs = pool.starmap(run, jobs)
+    if args.growth_steps:  # growth runs of another length are other rows of the table
+        for r in runs:
+            if r["method"] in GROWTH:
+                r["method"] = f"{r['method']} ({args.growth_steps} steps)"
     for r in runs:
         print(json.dumps({k: v for k, v in r.items() if k not in ("history", "checks")}), flush=True)
     if args.json_out:
