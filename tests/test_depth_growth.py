@@ -337,4 +337,10 @@ def test_cli_grow_depth_writes_a_run_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv, "--lr", "0.002"]) == 2
     assert "other settings (lr: saved 0.001, given 0.002)" in capsys.readouterr().err
+    (out / "layers" / "index.json").write_text(
+        json.dumps([{"layer_id": 9, "state_name": "old", "step": 1, "file": "layer_9/old_step1.safetensors"}])
+    )  # an entry no fresh run would write
     assert main([*argv, "--lr", "0.002", "--no-resume"]) == 0
+    events = json.loads((out / "growth.json").read_text())["events"]
+    saved = LayerStateManager(out / "layers").states()
+    assert {e["step"] for e in saved} == {e["step"] for e in events} and all(e["layer_id"] < 3 for e in saved)

@@ -98,6 +98,8 @@ def grow_depth(
     extrapolator = GeometricExtrapolator(beta0=beta0, gamma0=gamma0, eta0=eta0, k_subspace=k_subspace,
                                          ell_orth=ell_orth, tau_crit=tau_crit, kappa_crit=kappa_crit)  # fmt: skip
     out = None if output_dir is None else Path(output_dir)
+    if out is not None and not (resume and (out / "checkpoint" / "state.json").is_file()):
+        _clear_layer_states(out / "layers")  # a fresh run: no layer states of an earlier one stay behind
     callback = DepthGrowthCallback(
         when, strategy=strategy, extrapolator=extrapolator, history_window_size=history_window,
         collect_interval_steps=collect_interval, max_layers=max_layers,
@@ -134,6 +136,15 @@ def grow_depth(
         _write_run(out, model, corpus, run.history, events, callback.checks, summary, sample)
     summary["sample"] = sample
     return summary
+
+
+def _clear_layer_states(directory: Path) -> None:
+    """Remove what :class:`LayerStateManager` wrote in ``directory`` (its index and ``layer_*`` files)."""
+    if not (directory / "index.json").is_file():
+        return
+    for entry in LayerStateManager(directory).states():
+        (directory / entry["file"]).unlink(missing_ok=True)
+    (directory / "index.json").unlink()
 
 
 def _write_run(out: Path, model: GPT, corpus: CharCorpus, history, events, checks, summary, sample) -> None:
