@@ -179,11 +179,20 @@ def test_geometric_strategy_builds_a_block_near_the_last_one():
         opt.step()
         window.observe(step, dict(model.blocks[-1].state_dict()))
     state, m = new_block_state(model, "geometric", window=window, extrapolator=GeometricExtrapolator())
+    assert m["points"] == 5  # the last snapshot is the current state: not counted twice
+    opt.zero_grad()
+    model(x, y)[1].backward()
+    opt.step()  # the weights move on after the last snapshot
+    assert new_block_state(model, "geometric", window=window)[1]["points"] == 6
     last = model.blocks[-1].state_dict()
     diff = sum(float((state[k] - last[k]).norm()) for k in last)
     assert 0 < diff and m["tau"] >= 1.0 and m["beta"] > 0
     with pytest.raises(ValueError, match="window"):
         new_block_state(model, "geometric", window=TrajectoryWindow(3, 1))
+    one = TrajectoryWindow(3, 1)
+    one.add(0, dict(model.blocks[-1].state_dict()))
+    with pytest.raises(ValueError, match="two distinct"):
+        new_block_state(model, "geometric", window=one)  # one snapshot, equal to now
     with pytest.raises(ValueError, match="strategy"):
         new_block_state(model, "clone")
 

@@ -64,9 +64,15 @@ def new_block_state(
     if window is None or len(window) == 0:
         raise ValueError("the geometric strategy needs a trajectory window with at least one snapshot")
     extrapolator = extrapolator if extrapolator is not None else GeometricExtrapolator()
-    histories = {k: [*window.history(k), current[k].cpu()] for k in current}  # W_0 .. W_T, W_T = now
+    # W_0 .. W_T with W_T = now; growth usually comes right after a snapshot, which then already is "now"
+    # (appending it again would add a zero last velocity and bias the acceleration and the escape sign)
+    moved = any(not torch.equal(window.history(k)[-1], current[k].cpu()) for k in current)
+    histories = {k: [*window.history(k), *([current[k].cpu()] if moved else [])] for k in current}
+    if len(next(iter(histories.values()))) < 2:
+        raise ValueError("the geometric strategy needs at least two distinct snapshots of the last block")
+    n_points = len(next(iter(histories.values())))
     points = torch.stack([torch.cat([h[i].reshape(-1).double() for h in histories.values()])
-                          for i in range(len(window) + 1)])  # fmt: skip
+                          for i in range(n_points)])  # fmt: skip
     tau, kappa = stretch_factor(points), effective_curvature(points)  # the whole block's geometry
     state, norms = {}, {}
     for name, history in histories.items():
@@ -75,4 +81,4 @@ def new_block_state(
         norms[name] = m["step_norm"]
     beta, gamma, eta = extrapolator.coefficients(tau, kappa)
     return state, {"tau": tau, "kappa": kappa, "beta": beta, "gamma": gamma, "eta": eta,
-                   "step_norm": sum(norms.values())}  # fmt: skip
+                   "step_norm": sum(norms.values()), "points": n_points}  # fmt: skip
