@@ -23,6 +23,7 @@ from polyscale.growth.trajectory import (
     GeometricExtrapolator,
     TrajectoryWindow,
     effective_curvature,
+    stack_points,
     stretch_factor,
 )
 from polyscale.nn.gpt import GPT, RESIDUAL_OUTPUTS, Block
@@ -66,13 +67,14 @@ def new_block_state(
     extrapolator = extrapolator if extrapolator is not None else GeometricExtrapolator()
     # W_0 .. W_T with W_T = now; growth usually comes right after a snapshot, which then already is "now"
     # (appending it again would add a zero last velocity and bias the acceleration and the escape sign)
-    moved = any(not torch.equal(window.history(k)[-1], current[k].cpu()) for k in current)
-    histories = {k: [*window.history(k), *([current[k].cpu()] if moved else [])] for k in current}
-    if len(next(iter(histories.values()))) < 2:
+    now = {k: v.cpu() for k, v in current.items()}
+    moved = any(not torch.equal(window.snapshots[-1][k], now[k]) for k in current)
+    snapshots = [*window.snapshots, *([now] if moved else [])]
+    if len(snapshots) < 2:
         raise ValueError("the geometric strategy needs at least two distinct snapshots of the last block")
-    n_points = len(next(iter(histories.values())))
-    points = torch.stack([torch.cat([h[i].reshape(-1).double() for h in histories.values()])
-                          for i in range(n_points)])  # fmt: skip
+    n_points = len(snapshots)
+    points = stack_points(snapshots)
+    histories = {k: [snap[k] for snap in snapshots] for k in current}
     tau, kappa = stretch_factor(points), effective_curvature(points)  # the whole block's geometry
     state, norms = {}, {}
     for name, history in histories.items():

@@ -186,7 +186,11 @@ class TrajectoryWindow:
         """``(tau, kappa)`` of the concatenated tensors, or None with fewer than 3 snapshots."""
         if len(self) < 3:
             return None
-        points = torch.stack(
-            [torch.cat([v.reshape(-1).double() for v in s.values()]) for s in self.snapshots]
-        )
+        points = stack_points(list(self.snapshots))
         return stretch_factor(points), effective_curvature(points)
+
+
+def stack_points(snapshots: list[dict[str, Tensor]]) -> Tensor:
+    """``(n, D)`` float64: each snapshot's tensors flattened and concatenated (in its key order), one row per
+    snapshot, so a whole layer's trajectory is one point per snapshot."""
+    return torch.stack([torch.cat([v.reshape(-1).double() for v in snap.values()]) for snap in snapshots])

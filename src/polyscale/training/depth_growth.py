@@ -40,7 +40,8 @@ from polyscale.growth.depth_schedule import LossPlateau
 from polyscale.growth.layer_state import LayerStateManager
 from polyscale.growth.trajectory import GeometricExtrapolator, TrajectoryWindow
 from polyscale.nn.gpt import GPT
-from polyscale.training.optimizer_state import add_parameters
+from polyscale.training.lr import warmup_cosine
+from polyscale.training.optimizer_state import add_parameters, load_optimizer_state, optimizer_state_tensors
 
 StepCallback = Callable[[int, GPT, torch.optim.Optimizer, float], None]
 
@@ -134,8 +135,9 @@ class DepthGrowthCallback:
     ) -> GrowthEvent | None:
         """After optimizer step ``step`` (1-based count of steps done) with training loss ``loss``."""
         self._loss_sum, self._loss_count = self._loss_sum + loss, self._loss_count + 1
-        if not self.window.observe(step, last_block_tensors(model)):
+        if step % self.window.interval:  # not a snapshot step: nothing else to do
             return None
+        self.window.add(step, last_block_tensors(model))
         mean_loss = self._loss_sum / self._loss_count
         self._loss_sum, self._loss_count = 0.0, 0
         geometry = self.window.layer_geometry()
@@ -177,11 +179,9 @@ class DepthGrowthCallback:
 
 
 def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay from ``lr`` to ``min_lr`` at ``max_steps``."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
+    """Linear warm-up over ``warmup_steps``, then cosine decay from ``lr`` to ``min_lr`` at ``max_steps``
+    (the project's :func:`polyscale.training.lr.warmup_cosine`, in absolute terms)."""
+    return lr * warmup_cosine(step, warmup_steps=warmup_steps, max_steps=max_steps, min_lr_ratio=min_lr / lr)
 
 
 def make_optimizer(
@@ -321,9 +321,7 @@ def _save_checkpoint(
     names = {id(p): n for n, p in model.named_parameters()}  # the tied head appears once, as wte.weight
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
                if k != "lm_head.weight"}  # fmt: skip
-    for param, state in optimizer.state.items():
-        for key, value in state.items():
-            tensors[f"optim.{names[id(param)]}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors.update(optimizer_state_tensors(model, optimizer))
     tensors["rng.train"] = g_train.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     groups = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
@@ -366,15 +364,10 @@ def _load_checkpoint(path: Path, model, optimizer, g_train, callbacks, settings)
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise ValueError(f"{path} does not fit the model: missing {missing}, unexpected {unexpected}")
     params = dict(model.named_parameters())
-    device = model.wte.weight.device
     for group, group_names in zip(optimizer.param_groups, meta["groups"], strict=True):
         group["params"] = [params[n] for n in group_names]
     optimizer.state.clear()
-    for name, param in params.items():
-        prefix = f"optim.{name}."
-        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if state:
-            optimizer.state[param] = {k: v if k == "step" else v.to(device) for k, v in state.items()}
+    load_optimizer_state(model, optimizer, tensors)
     g_train.set_state(tensors["rng.train"])
     torch.set_rng_state(tensors["rng.torch"])
     for i, cb in enumerate(callbacks):

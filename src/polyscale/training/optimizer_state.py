@@ -73,3 +73,30 @@ def add_parameters(
             k = wanted[0] if wanted else 0
         groups[k]["params"].append(p)
         present.add(id(p))
+
+
+def optimizer_state_tensors(
+    model: nn.Module, optimizer: torch.optim.Optimizer, prefix: str = "optim."
+) -> dict:
+    """The optimizer's per-parameter state as flat CPU tensors ``{prefix}{parameter name}.{key}``, for a
+    safetensors checkpoint (names from ``model.named_parameters()``, so a tied weight appears once)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {
+        f"{prefix}{names[id(param)]}.{key}": torch.as_tensor(value).detach().cpu().contiguous()
+        for param, state in optimizer.state.items()
+        for key, value in state.items()
+    }
+
+
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, tensors: dict, prefix: str = "optim."
+) -> None:
+    """Put :func:`optimizer_state_tensors`' output back, for the parameters ``model`` has now. Per-entry
+    state goes to each parameter's device; Adam's ``step`` count stays on the CPU, where Adam keeps it."""
+    for name, param in model.named_parameters():
+        head = f"{prefix}{name}."
+        state = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
+        if state:
+            optimizer.state[param] = {
+                k: v.cpu() if k == "step" else v.to(param.device) for k, v in state.items()
+            }

@@ -41,7 +41,7 @@ from polyscale.growth.snapshots import SnapshotStore
 from polyscale.growth.sparse_grower import SparseGrower, layer_extrema
 from polyscale.growth.sparse_schedule import SparseGrowthSchedule
 from polyscale.nn.sparse import SparseMLP
-from polyscale.training.optimizer_state import apply_changes
+from polyscale.training.optimizer_state import apply_changes, load_optimizer_state, optimizer_state_tensors
 
 
 def accuracy(net: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 4096) -> float:
@@ -202,12 +202,7 @@ class SparseGrowthTrainer:
         included), Adam's state by parameter name, the schedule, the counters and the random stream. The
         snapshots are saved on their own (:meth:`SnapshotStore.save`)."""
         tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        names = {id(p): n for n, p in self.net.named_parameters()}
-        for param, state in self.optimizer.state.items():
-            for key, value in state.items():
-                tensors[f"optim.{names[id(param)]}.{key}"] = (
-                    torch.as_tensor(value).detach().cpu().contiguous()
-                )
+        tensors.update(optimizer_state_tensors(self.net, self.optimizer))
         tensors["generator"] = self.generator.get_state()
         meta = {
             "net_config": self.net.config(),
@@ -225,13 +220,7 @@ class SparseGrowthTrainer:
         net_state = {k[len("net.") :]: v for k, v in tensors.items() if k.startswith("net.")}
         self.net = SparseMLP.from_state(meta["net_config"], net_state).to(self.device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
-        for name, param in self.net.named_parameters():
-            prefix = f"optim.{name}."
-            state = {k[len(prefix) :]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
-            if "step" in state:
-                state["step"] = state["step"].cpu()  # Adam keeps its step count on the CPU
-            if state:
-                self.optimizer.state[param] = state
+        load_optimizer_state(self.net, self.optimizer, tensors)
         self.generator.set_state(tensors["generator"])
         self.epoch, self.reference = int(meta["epoch"]), float(meta["reference"])
         self.growth_events, self.connections_added = (
