@@ -24,5 +24,13 @@ def test_setup_commands_are_makefile_targets():
     for target in ("demo", "test"):
         assert f"make {target}" in README.read_text()
         assert re.search(rf"^{target}:", makefile, flags=re.M), target
+    text = README.read_text()
+    setup = re.search(r"## Set-up on a fresh machine\n(.*?)\n## ", text, flags=re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", setup, flags=re.S).group(1)
+    assert [line.split("#")[0].strip() for line in block.strip().splitlines()] == ["make demo", "make test"]
+    for target in ("test-fast", "lint", "bench"):  # the other targets the README names
+        assert f"make {target}" in text and re.search(rf"^{target}:", makefile, flags=re.M), target
+    assert "TORCH_INDEX" in text and "TORCH_INDEX" in makefile
+    assert "docs/architecture.md" in text and "shared/DESIGN.md" not in text
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
