@@ -1,4 +1,4 @@
-"""Issue 7, Show: depth growth of a character-level GPT against fixed-depth baselines, by training FLOPs.
+"""Depth growth of a character-level GPT against fixed-depth baselines, by training FLOPs.
 
     python benchmarks/grow_depth.py --dataset-path ../shared/data/tinyshakespeare.txt
 

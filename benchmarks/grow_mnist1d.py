@@ -1,4 +1,4 @@
-"""Issue 6, Show: a grown sparse network on MNIST-1D against a dense MLP, a static sparse network and SET /
+"""A grown sparse network on MNIST-1D against a dense MLP, a static sparse network and SET /
 RigL regrowth at the grown network's final connectivity; mean +- std over seeds.
 
     python benchmarks/grow_mnist1d.py --seeds 0 1 2 --epochs 100 --hidden-sizes 256 256 --activation tanh

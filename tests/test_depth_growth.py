@@ -1,4 +1,4 @@
-"""Issue 7: trajectory geometry, extrapolation, stagnation detectors, GPT layer insertion, optimizer state
+"""Trajectory geometry, extrapolation, stagnation detectors, GPT layer insertion, optimizer state
 across insertion, the growth callback and the layer-state manager."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 6, opt-in growth beyond the issue's rules: structures of several connections, gradient fill of the
+"""Opt-in sparse growth beyond the default rules: structures of several connections, gradient fill of the
 allowance's leftover, and growth combined with prune-and-regrow between events."""
 
 from __future__ import annotations

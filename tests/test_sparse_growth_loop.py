@@ -1,4 +1,4 @@
-"""Issue 6: vertical cloning, prune-and-regrow, snapshots (exact deltas), ensembles, the growth loop and CLI."""
+"""Vertical cloning, prune-and-regrow, snapshots (exact deltas), ensembles, the growth loop and CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Character-level text corpora for language models (issue 7): any text file of the user's, or the default
+"""Character-level text corpora for language models: any text file of the user's, or the default
 corpus shipped inside the package.
 
 The default is Shakespeare, the corpus of nanoGPT's ``shakespeare_char`` benchmark (1,115,394 characters,

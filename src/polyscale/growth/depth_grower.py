@@ -1,4 +1,4 @@
-"""*How* a GPT grows a layer (issue 7): the new block's initial weights, from the last block's trajectory.
+"""*How* a GPT grows a layer: the new block's initial weights, from the last block's trajectory.
 
 The new block is appended after the last one (``GPT.insert_layer(n_layer, state)``). Its state is one of:
 

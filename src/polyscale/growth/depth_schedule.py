@@ -1,4 +1,4 @@
-"""*When* a network grows a layer (issue 7): a loss plateau, optionally confirmed by trajectory geometry.
+"""*When* a network grows a layer: a loss plateau, optionally confirmed by trajectory geometry.
 
 Both detectors are fed once per check (every ``collect_interval_steps`` steps in the training loop) with
 the step and the mean training loss since the last check.

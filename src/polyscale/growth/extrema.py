@@ -1,4 +1,4 @@
-"""Activation extrema: the units a sparse growth event routes new connections from and to (issue 6).
+"""Activation extrema: the units a sparse growth event routes new connections from and to.
 
 Per hidden unit, over a batch of inputs:
 

@@ -1,4 +1,4 @@
-"""Saved states of individual layers (issue 7): ``save_state(layer_id, state_name, state_dict, step)`` on
+"""Saved states of individual layers: ``save_state(layer_id, state_name, state_dict, step)`` on
 safetensors, one file per saved state, with a JSON index beside them.
 
 Layout under ``output_dir``: ``layer_{id}/{state_name}_step{step}.safetensors`` and ``index.json``, a list

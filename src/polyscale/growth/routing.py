@@ -1,4 +1,4 @@
-"""*How* a sparse growth event picks its new connections: routing between activation extrema (issue 6).
+"""*How* a sparse growth event picks its new connections: routing between activation extrema.
 
 For a :class:`polyscale.nn.sparse.SparseMLP` with layers ``0`` (input) to ``L`` (output), given the high and
 low extrema of its hidden layers (``polyscale.growth.extrema``):

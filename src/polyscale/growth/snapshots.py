@@ -1,4 +1,4 @@
-"""Multi-scale snapshots of a growing sparse network, stored as deltas, and snapshot ensembles (issue 6).
+"""Multi-scale snapshots of a growing sparse network, stored as deltas, and snapshot ensembles.
 
 A :class:`SnapshotStore` keeps states of a :class:`polyscale.nn.sparse.SparseMLP` taken during growth
 (the training loop takes one at every growth event and whenever validation accuracy improves by more than

@@ -1,4 +1,4 @@
-"""*How* a sparse network grows at a growth event: extrema, routing, vertical cloning, surgery (issue 6).
+"""*How* a sparse network grows at a growth event: extrema, routing, vertical cloning, surgery.
 
 One :meth:`SparseGrower.grow` call, given the phase allowance the schedule granted:
 

@@ -1,4 +1,4 @@
-"""*When* a sparse network grows (issue 6): gradient-variance spikes, a credit economy, phases and
+"""*When* a sparse network grows: gradient-variance spikes, a credit economy, phases and
 stabilisation. *How* it grows (extrema, routing, surgery) lives elsewhere; this module only decides.
 
 The rules, each a parameter with the issue's default:

@@ -1,5 +1,5 @@
 """The geometry of a parameter trajectory, and the geometric extrapolation that initialises a new layer
-(issue 7, after AIether).
+(after AIether).
 
 A trajectory is a window of snapshots ``W_0 .. W_T`` of one tensor (or of a whole layer, flattened and
 concatenated), taken every ``collect_interval_steps`` optimizer steps. With velocities

@@ -1,4 +1,4 @@
-"""A small GPT (decoder-only transformer, pre-LayerNorm) whose depth can grow during training (issue 7).
+"""A small GPT (decoder-only transformer, pre-LayerNorm) whose depth can grow during training.
 
 Layout (the GPT-2 family, as nanoGPT trains it):
 

@@ -1,4 +1,4 @@
-"""Sparse layers for networks that start almost empty and grow (issue 6, "Structure Net").
+"""Sparse layers for networks that start almost empty and grow (after "Structure Net").
 
 ``SparseLinear`` keeps only its active connections: ``values (nnz,)`` as the parameter and their
 ``(row, col)`` positions as a buffer, sorted row-major. Two execution paths compute the same thing:

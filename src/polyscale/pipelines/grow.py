@@ -1,4 +1,4 @@
-"""``polyscale grow sparse``: train a sparse classifier that grows from ~0.01 % connectivity (issue 6).
+"""``polyscale grow sparse``: train a sparse classifier that grows from ~0.01 % connectivity.
 
 Data (offline, procedural or shipped): ``mnist1d`` (the benchmark's 4,000 training / 1,000 test signals of
 length 40; the last 400 training signals are the validation set) or ``digits`` (scikit-learn's 1,797 8x8

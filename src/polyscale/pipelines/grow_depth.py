@@ -1,5 +1,5 @@
 """``polyscale grow depth``: train a character-level GPT that starts shallow and inserts layers when training
-stagnates (issue 7).
+stagnates.
 
 Data: any UTF-8 text file (``dataset_path``), or the Shakespeare corpus shipped in the package
 (:mod:`polyscale.data.text`); 90 / 10 train / validation split, one token per character.

@@ -1,4 +1,4 @@
-"""Training a character-level GPT that grows in depth (issue 7): the growth callback and the training loop.
+"""Training a character-level GPT that grows in depth: the growth callback and the training loop.
 
 :class:`DepthGrowthCallback` is called after every optimizer step with ``(step, model, optimizer, loss)``.
 It

@@ -1,4 +1,4 @@
-"""Depth growth inside a Hugging Face ``transformers.Trainer`` (issue 7; optional extra
+"""Depth growth inside a Hugging Face ``transformers.Trainer`` (optional extra
 ``pip install polyscale[hf]``).
 
 - :class:`GPTForTrainer` wraps a :class:`polyscale.nn.gpt.GPT` in the interface the Trainer expects:

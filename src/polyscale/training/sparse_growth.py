@@ -1,4 +1,4 @@
-"""Training a sparse network that grows (issue 6): the epoch loop joining schedule, grower, optimizer and
+"""Training a sparse network that grows: the epoch loop joining schedule, grower, optimizer and
 snapshots.
 
 :class:`SparseGrowthTrainer` trains a :class:`polyscale.nn.sparse.SparseMLP` classifier with Adam and
