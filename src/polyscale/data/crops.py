@@ -88,8 +88,9 @@ class RandomCrops(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         item = dict(self.dataset[index // self.crops_per_sample])
         starts = self.window(index)
-        window = tuple(slice(a, a + c) for a, c in zip(starts, self.crop, strict=True))
-        item["x"] = item["x"][(slice(None), *window)]  # (C, *crop)
+        # one tuple (mypy misreads the parenthesised form x[(a, *b)] as Python 3.11's x[*b])
+        window = (slice(None), *(slice(a, a + c) for a, c in zip(starts, self.crop, strict=True)))
+        item["x"] = item["x"][window]  # (C, *crop)
         return item
 
     # the source's metadata, with the crop as the spatial shape

@@ -51,6 +51,8 @@ class _DiscreteVP(nn.Module):
     ``t = sigma_to_t(sigma)`` (fractional between the trained levels, interpolated in log-sigma).
     """
 
+    log_sigmas: Tensor  # a buffer
+
     def __init__(self, net: nn.Module, alphas_cumprod: Tensor) -> None:
         super().__init__()
         self.net = net

@@ -190,10 +190,10 @@ def t_to_sigma(
 def _resolve_log_sigmas(
     alphas_cumprod: Tensor | None, log_sigmas: Tensor | None, device: torch.device
 ) -> Tensor:
-    if (alphas_cumprod is None) == (log_sigmas is None):
-        raise ValueError("give exactly one of alphas_cumprod and log_sigmas")
-    if log_sigmas is None:
+    if alphas_cumprod is not None and log_sigmas is None:
         return log_sigmas_from_alphas_cumprod(alphas_cumprod, device)
+    if alphas_cumprod is not None or log_sigmas is None:
+        raise ValueError("give exactly one of alphas_cumprod and log_sigmas")
     if log_sigmas.ndim != 1 or log_sigmas.numel() < 2:
         raise ValueError(f"log_sigmas must be 1-D with >= 2 entries, got shape {tuple(log_sigmas.shape)}")
     return log_sigmas.to(device)

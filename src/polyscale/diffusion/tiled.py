@@ -73,7 +73,7 @@ class TiledDenoiser(nn.Module):
             return [(None, slice(0, n), slice(0, n))]
         margin = self.overlap // 2
         core = self.tile_size - 2 * margin
-        out = []
+        out: list[tuple[Tensor | None, slice, slice]] = []
         for s in tile_starts(n, core, core):
             index = torch.arange(s - margin, s - margin + self.tile_size) % n
             out.append((index, slice(margin, margin + core), slice(s, s + core)))

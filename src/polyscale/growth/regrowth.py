@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from polyscale.growth.routing import sparse_blocks
 from polyscale.nn.sparse import ParameterChange, SparseMLP
 
 METHODS = ("set", "rigl")
@@ -54,7 +55,13 @@ def dense_gradients(
         for h in hooks:
             h.remove()
     net.zero_grad(set_to_none=True)
-    return {name: outputs[name].grad.T @ inputs[name] for name in net.blocks}
+    grads = {}
+    for name in net.blocks:
+        grad = outputs[name].grad
+        if grad is None:
+            raise RuntimeError(f"block {name!r} got no gradient: its output does not reach the loss")
+        grads[name] = grad.T @ inputs[name]
+    return grads
 
 
 def prune_and_regrow(
@@ -73,7 +80,7 @@ def prune_and_regrow(
     if method == "rigl" and dense_grads is None:
         raise ValueError("rigl regrows by dense gradient: pass dense_grads (see dense_gradients)")
     changes = []
-    for name, block in net.blocks.items():
+    for name, block in sparse_blocks(net).items():
         k = int(fraction * block.nnz)
         total = block.in_features * block.out_features
         if k == 0 or block.nnz >= total:
@@ -87,6 +94,8 @@ def prune_and_regrow(
         if method == "set":
             grow = pool[torch.randperm(pool.numel(), generator=generator)[:k]]
         else:
+            if dense_grads is None:  # checked on entry
+                raise ValueError("rigl regrows by dense gradient: pass dense_grads (see dense_gradients)")
             score = dense_grads[name].flatten()[pool].abs()
             grow = pool[score.argsort(descending=True)[:k]]
         drop = drop[:k]

@@ -23,7 +23,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from polyscale.nn.sparse import SparseMLP
+from polyscale.nn.sparse import SparseLinear, SparseMLP
+
+
+def sparse_blocks(net: SparseMLP) -> dict[str, SparseLinear]:
+    """``net.blocks`` with the type of what it holds: ``nn.ModuleDict`` hands out plain ``nn.Module``."""
+    blocks = {}
+    for name, block in net.blocks.items():
+        if not isinstance(block, SparseLinear):
+            raise TypeError(f"block {name!r} of a SparseMLP is a {type(block).__name__}, not a SparseLinear")
+        blocks[name] = block
+    return blocks
 
 
 def plan_routes(
@@ -49,7 +59,7 @@ def plan_routes(
     for name, d in (("high", high), ("low", low)):
         if set(d) - set(hidden):
             raise ValueError(f"{name} extrema must be keyed by hidden layers {list(hidden)}, got {sorted(d)}")
-    active = {name: set(block.flat_index.tolist()) for name, block in net.blocks.items()}
+    active = {name: set(block.flat_index.tolist()) for name, block in sparse_blocks(net).items()}
     incoming: dict[tuple[int, int], int] = {}
     planned: dict[str, list[int]] = {}
     total = 0

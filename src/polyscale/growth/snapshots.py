@@ -56,12 +56,13 @@ class SnapshotInfo:
     stored_bytes: int
 
 
-def _block_in_features(key: str, config: dict) -> int | None:
-    """``in_features`` of the block that ``blocks.{t}<-{s}.values`` belongs to (None for other keys)."""
+def _block_source(key: str) -> int | None:
+    """Source layer ``s`` of the block that ``blocks.{t}<-{s}.values`` belongs to (None for other keys); its
+    ``in_features`` is ``config["sizes"][s]``."""
     parts = key.split(".")
     if len(parts) != 3 or parts[0] != "blocks" or parts[2] != "values":
         return None
-    return int(config["sizes"][int(parts[1].split("<-")[1])])
+    return int(parts[1].split("<-")[1])
 
 
 def _reference(key: str, new: dict, new_config: dict, old: dict | None, old_config: dict | None) -> Tensor:
@@ -69,11 +70,14 @@ def _reference(key: str, new: dict, new_config: dict, old: dict | None, old_conf
     target = new[key]
     if old is None or key not in old:
         return torch.zeros_like(target)
-    in_new = _block_in_features(key, new_config)
-    if in_new is not None:
+    source = _block_source(key)
+    if source is not None:
+        in_new = int(new_config["sizes"][source])
         flat_key = key[: -len("values")] + "flat_index"
         if flat_key in old and flat_key in new:
-            in_old = _block_in_features(key, old_config)
+            if old_config is None:
+                raise ValueError(f"{key}: the previous state was given without its config")
+            in_old = int(old_config["sizes"][source])
             # (row, col) of each connection, as one sortable integer independent of the layer's width
             width = max(in_new, in_old) + 1
             old_rc = (old[flat_key] // in_old) * width + old[flat_key] % in_old
@@ -203,10 +207,10 @@ class SnapshotStore:
 
     def best(self) -> int:
         """Index of the snapshot with the highest validation metric."""
-        scored = [i for i in self.infos if i.metric is not None]
+        scored = [(i.metric, i.index) for i in self.infos if i.metric is not None]
         if not scored:
             raise ValueError("no snapshot has a validation metric")
-        return max(scored, key=lambda i: i.metric).index
+        return max(scored, key=lambda s: s[0])[1]
 
     def save(self, path: str | Path) -> Path:
         """Write the store to ``path`` (one ``.safetensors`` file, written atomically)."""

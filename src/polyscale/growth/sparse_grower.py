@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from polyscale.growth.extrema import activation_extrema
-from polyscale.growth.routing import plan_routes
+from polyscale.growth.routing import plan_routes, sparse_blocks
 from polyscale.nn.sparse import ParameterChange, SparseMLP
 
 
@@ -132,7 +132,7 @@ class SparseGrower:
         routes = plan_routes(
             net, high, low, allowance=budget, fan_out=self.fan_out, max_incoming=self.max_incoming,
             reciprocal=self.reciprocal, generator=generator,
-            scores=gradients(net) if self.rank == "gradient" else None,
+            scores=gradients(net) if self.rank == "gradient" and gradients is not None else None,
         )  # fmt: skip
         changes: list[ParameterChange] = []
         per_block: dict[str, int] = {}
@@ -154,18 +154,18 @@ class SparseGrower:
                 cost = net.clone_connections(layer, unit, into)
                 if cost == 0 or added + cost > budget:
                     continue
-                before = {name: block.nnz for name, block in net.blocks.items()}
+                before = {name: block.nnz for name, block in sparse_blocks(net).items()}
                 _, clone_changes = net.clone_units(
                     layer, [unit], into, scale=self.clone_scale, preserve=self.preserve_clones
                 )
                 changes += clone_changes
-                for name, block in net.blocks.items():
+                for name, block in sparse_blocks(net).items():
                     if block.nnz != before[name]:
                         per_block[name] = per_block.get(name, 0) + block.nnz - before[name]
                 added += cost
                 clones += 1
         filled = 0
-        if self.fill == "gradient" and added < budget:
+        if self.fill == "gradient" and added < budget and gradients is not None:  # not None: checked above
             for name, positions in gradient_fill(net, gradients(net), budget - added).items():
                 changes.append(
                     net.connect(name, positions, torch.full((positions.numel(),), float(self.init)))
@@ -183,10 +183,10 @@ def gradient_fill(net: SparseMLP, dense_grads: dict[str, Tensor], budget: int) -
     its inactive positions of largest ``|dL/dW|``."""
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
-    weight = {name: b.in_features + b.out_features for name, b in net.blocks.items()}
+    weight = {name: b.in_features + b.out_features for name, b in sparse_blocks(net).items()}
     total = sum(weight.values())
     out = {}
-    for name, block in net.blocks.items():
+    for name, block in sparse_blocks(net).items():
         pool = (~block.mask().flatten()).nonzero().squeeze(1)
         k = min(pool.numel(), budget * weight[name] // total)
         if k > 0:

@@ -23,6 +23,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import networkx as nx
 import numpy as np
@@ -43,7 +44,8 @@ def degree_histogram(g: nx.Graph) -> np.ndarray:
 
 def clustering_histogram(g: nx.Graph, bins: int = 100) -> np.ndarray:
     """Histogram of local clustering coefficients on [0, 1], as a distribution."""
-    values = list(nx.clustering(g).values())
+    # without a node argument nx.clustering returns the dict {node: coefficient} (the stubs also allow a number)
+    values = list(cast(dict[Any, float], nx.clustering(g)).values())
     h, _ = np.histogram(values, bins=bins, range=(0.0, 1.0))
     return h / max(h.sum(), 1)
 
@@ -115,7 +117,7 @@ def orbit_vector(
 def normalized_laplacian(g: nx.Graph) -> sparse.csr_matrix:
     """``I - D^-1/2 A D^-1/2`` (isolated nodes: a zero row and column), ``(n, n)`` CSR."""
     n = g.number_of_nodes()
-    adj = nx.to_scipy_sparse_array(g, nodelist=list(g.nodes), format="csr", dtype=np.float64)
+    adj = nx.to_scipy_sparse_array(g, nodelist=list(g.nodes), format="csr", dtype=np.dtype(np.float64))
     deg = np.asarray(adj.sum(axis=1)).ravel()
     inv = np.where(deg > 0, 1 / np.sqrt(np.maximum(deg, 1e-300)), 0.0)
     scaled = sparse.diags(inv) @ adj @ sparse.diags(inv)
@@ -158,9 +160,11 @@ def spectrum_histogram(
             t_prev, t_cur = t_cur, 2 * (h_op @ t_cur) - t_prev
             mu[m] += r @ t_cur
     mu /= probes * n
-    m = np.arange(moments)
+    orders = np.arange(moments)
     big = moments + 1  # Jackson kernel g_m
-    jackson = ((big - m) * np.cos(np.pi * m / big) + np.sin(np.pi * m / big) / np.tan(np.pi / big)) / big
+    jackson = (
+        (big - orders) * np.cos(np.pi * orders / big) + np.sin(np.pi * orders / big) / np.tan(np.pi / big)
+    ) / big
     edges = np.linspace(*SPECTRUM_RANGE, SPECTRUM_BINS + 1) - 1.0  # bin edges in the H = L - I variable
     theta = np.arccos(np.clip(edges, -1.0, 1.0))  # (bins + 1,)
     # mass of the damped density on [a, b] (theta = arccos):

@@ -18,6 +18,7 @@ never ``O(N^2)``. :func:`neighborhood_attention_reference` is the slow masked fu
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from functools import reduce
 
@@ -151,11 +152,14 @@ def _plan(spatial: Ints, kernel: Ints, dilation: Ints, tile: Ints, device: torch
     tile_stride = [math.prod(m[a + 1 :]) * math.prod(t) for a in range(nd)]  # of the tile index, in slots
     slot_stride = [math.prod(t[a + 1 :]) for a in range(nd)]  # of the slot inside a tile
     # Broadcast the per-axis tables into N-D ones: (*M, *T), (*M, *R), (*M, *T, *R) and (*S).
-    query = sum(_spread(ax.query * pos_stride[a], a, nd) for a, ax in enumerate(axes))
-    key = sum(_spread(ax.key * pos_stride[a], a, nd) for a, ax in enumerate(axes))
-    home = sum(
-        _spread(ax.home[:, 0] * tile_stride[a] + ax.home[:, 1] * slot_stride[a], a, nd)
-        for a, ax in enumerate(axes)
+    query = reduce(operator.add, [_spread(ax.query * pos_stride[a], a, nd) for a, ax in enumerate(axes)])
+    key = reduce(operator.add, [_spread(ax.key * pos_stride[a], a, nd) for a, ax in enumerate(axes)])
+    home = reduce(
+        operator.add,
+        [
+            _spread(ax.home[:, 0] * tile_stride[a] + ax.home[:, 1] * slot_stride[a], a, nd)
+            for a, ax in enumerate(axes)
+        ],
     )
     mp, tp, rp = math.prod(m), math.prod(t), math.prod(r)
     return _Plan(
@@ -178,6 +182,8 @@ def _blocked(plan: _Plan, sl: slice) -> Tensor:
         shape[1 + a], shape[1 + nd + a] = table.shape[1:]
         part = table[coord].view(shape)  # (m, T_a, R_a) -> broadcastable into (m, *T, *R)
         mask = part if mask is None else mask | part
+    if mask is None:
+        raise ValueError("a neighbourhood plan needs at least one axis")
     return mask.reshape(len(tile), plan.query.shape[1], plan.key.shape[1])  # (m, *T, *R) -> (m, T^d, R^d)
 
 
@@ -423,7 +429,8 @@ class NeighborhoodAttention(nn.Module):
         out = _neighborhood_attention(q, k, v, kernel, dilation, None, None)  # (B, heads, *S, c)
         out = out.movedim(1, -2).flatten(-2)  # (B, *S, heads, c) -> (B, *S, C)
         if self.periodic:  # keep the original grid; its windows are centred (the wrap covers half a window)
-            out = out[(slice(None), *(slice(w, w + n) for w, n in zip(wrap, spatial, strict=True)))]
+            core = (slice(None), *(slice(w, w + n) for w, n in zip(wrap, spatial, strict=True)))
+            out = out[core]
         return self.proj(out).movedim(-1, 1)  # (B, *S, C) -> (B, C, *S)
 
     def extra_repr(self) -> str:

@@ -21,6 +21,7 @@ outputs of each edge).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -89,7 +90,16 @@ def by_pieces(fn, edge_index: Tensor, e: Tensor, chunk: int | None, out: Tensor 
         if out is None:
             out = piece.new_empty(e.shape[0], *piece.shape[1:])
         out[lo : lo + piece.shape[0]] = piece
+    if out is None:  # no piece: range() with a negative step is empty
+        raise ValueError(f"chunk must be positive or None, got {chunk}")
     return out
+
+
+def _given(value: Tensor | None, name: str, dim: int) -> Tensor:
+    """``value``, which a model with ``dim > 0`` features of this kind needs."""
+    if value is None:
+        raise ValueError(f"this model reads {name} with {dim} features per row: pass {name}")
+    return value
 
 
 def _check_tuples(name: str, rows: int, dim: int, index: Tensor | None, cond: Tensor | None) -> None:
@@ -121,8 +131,9 @@ class ScaleAwareGraphAttention(nn.Module):
         self.kv = nn.Linear(hidden, 2 * hidden)
         self.edge_kv = nn.Linear(hidden, 2 * hidden, bias=False)
         self.temperature = nn.Sequential(nn.Linear(2, 16), nn.SiLU(), nn.Linear(16, num_heads))
-        nn.init.zeros_(self.temperature[-1].weight)
-        nn.init.zeros_(self.temperature[-1].bias)
+        last = cast(nn.Linear, self.temperature[-1])  # the Linear just above
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         self.out = nn.Linear(hidden, hidden)
 
     def forward(
@@ -361,7 +372,7 @@ class GraphDenoiser(nn.Module):
         self.edge_out = nn.Sequential(
             nn.Linear(3 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, max(edge_dim, 1))
         )
-        for head in (self.node_out[-1], self.edge_out[-1]):
+        for head in (cast(nn.Linear, self.node_out[-1]), cast(nn.Linear, self.edge_out[-1])):  # built above
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
@@ -402,7 +413,7 @@ class GraphDenoiser(nn.Module):
         triangle_cond: Tensor | None = None,
         crossings: Tensor | None = None,
         crossing_cond: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor | None, Tensor | None]:
         self._check(x, edge_index, edge_attr, c_noise)
         cfg, n = self.config, x.shape[0]
         _check_tuples("triangles", 3, cfg.triangle_cond_dim, triangles, triangle_cond)
@@ -414,13 +425,16 @@ class GraphDenoiser(nn.Module):
         degree = x.new_zeros(n).index_add_(0, dst, x.new_ones(dst.shape[0]))  # in-degree (N,)
         log_deg = degree.log1p()[:, None]  # (N, 1)
         scale_features = torch.cat([log_deg, scale.log()[batch][:, None]], dim=1)  # (N, 2)
-        parts = ([x] if cfg.use_node_state else []) + [log_deg] + ([node_cond] if cfg.node_cond_dim else [])
+        parts = [x] if cfg.use_node_state else []
+        parts += [log_deg] + (
+            [_given(node_cond, "node_cond", cfg.node_cond_dim)] if cfg.node_cond_dim else []
+        )
         h = self.node_in(torch.cat(parts, dim=1))  # (N, C)
         eparts = [x.new_ones(edge_index.shape[1], 1)]
         if cfg.edge_dim:
-            eparts.append(edge_attr)
+            eparts.append(_given(edge_attr, "edge_attr", cfg.edge_dim))
         if cfg.edge_cond_dim:
-            eparts.append(edge_cond)
+            eparts.append(_given(edge_cond, "edge_cond", cfg.edge_cond_dim))
         e = self.edge_in(torch.cat(eparts, dim=1))  # (E, C)
         emb = F.silu(self.noise_embed(c_noise))  # (N, emb)
         inplace = not torch.is_grad_enabled()  # e is ours: in inference the layers update it in place

@@ -11,6 +11,7 @@ followed by attention at attention levels, then a strided conv; middle block-att
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -299,13 +300,13 @@ class UNet(nn.Module):
         h = self.conv_in(x)  # (B, base_channels, *S)
         skips = [h]
         for stage in self.down:
-            for block in stage:
+            for block in cast(nn.ModuleList, stage):  # every stage is a ModuleList (see __init__)
                 h = self._run(block, h, emb)
             skips.append(h)
         for block in self.mid:
             h = self._run(block, h, emb)
         for stage in self.up:
             h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, *S_level)
-            for block in stage:
+            for block in cast(nn.ModuleList, stage):  # every stage is a ModuleList (see __init__)
                 h = self._run(block, h, emb)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, *S)

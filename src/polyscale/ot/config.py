@@ -45,7 +45,11 @@ class KernelConfig:
 
     @property
     def resolved_epsilon(self) -> float:
-        return float(self.epsilon) if self.epsilon is not None else float(self.bandwidth) ** 2
+        if self.epsilon is not None:
+            return float(self.epsilon)
+        if self.bandwidth is None:
+            raise ValueError("give exactly one of epsilon and bandwidth, got neither")
+        return float(self.bandwidth) ** 2
 
     def choose(self, pairs: int, on_grid: bool) -> str:
         """The kind ``auto`` resolves to: ``grid`` for grid problems, ``dense`` up to ``dense_limit`` pairs
@@ -70,9 +74,9 @@ def make_kernel(
     the regular grid ``grid`` (then ``x`` and ``y`` are not used; ``dtype`` is the grid's)."""
     if grid is not None and (x is not None or y is not None):
         raise ValueError("give either point clouds x and y or a grid shape, not both")
-    if grid is None and (x is None or y is None):
-        raise ValueError("give point clouds x and y, or grid=(N_1, ..., N_d)")
     if grid is None:
+        if x is None or y is None:
+            raise ValueError("give point clouds x and y, or grid=(N_1, ..., N_d)")
         xb, yb = as_batch(x, "x"), as_batch(y, "y")
         pairs = max(xb.shape[0], yb.shape[0]) * xb.shape[1] * yb.shape[1]
     else:
@@ -82,7 +86,7 @@ def make_kernel(
         if grid is None:
             raise ValueError("kind='grid' needs grid=(N_1, ..., N_d)")
         return Grid(grid, eps, backend=config.backend, dtype=dtype)
-    if grid is not None:
+    if grid is not None or x is None or y is None:  # without a grid, x and y were checked on entry
         raise ValueError(f"kind={kind!r} works on point clouds; for a grid use kind='grid' or 'auto'")
     if kind == "dense":
         return Dense(x, y, eps)

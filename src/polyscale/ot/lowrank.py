@@ -189,7 +189,9 @@ class Nystrom(KernelOperator):
     def target_points(self) -> Tensor:
         return self.y
 
-    def _apply(self, left: Tensor, right: Tensor, h: Tensor, values: Tensor | None = None) -> Tensor:
+    def _apply(
+        self, left: Tensor, right: Tensor, h: Tensor, values: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``left K_LL^+ right^T (exp(h - max h) [* values])`` -> ``(B, rows, c)`` and the shift."""
         hd = h.double()
         h_max = hd.amax(dim=1, keepdim=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
+
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -12,6 +14,7 @@ from polyscale.pipelines.experiment import DataConfig
 
 def build_dataset(cfg: DataConfig, *, split: str | None = "train"):
     """The training (or held-out) dataset described by ``cfg``, wrapped in random crops when asked."""
+    ds: datasets.GridDataset | datasets.RandomCrops
     crops_per_sample = 1  # a texture is one image: every epoch draws data.num_samples windows of it
     if cfg.kind == "digits":
         ds = datasets.digits(size=cfg.size, split=split, seed=cfg.seed)
@@ -62,6 +65,8 @@ class WithoutLabels(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
+        if not isinstance(self.dataset, Sized):  # Dataset does not declare __len__
+            raise TypeError(f"object of type {type(self.dataset).__name__!r} has no len()")
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ the per-chunk noise, so a run on 2 processes equals a run on 1 process with twic
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sized
 from typing import Any
 
 import torch
@@ -114,6 +114,14 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
                 yield list(zip(idx.tolist(), epochs.tolist(), strict=True))
 
 
+def dataset_length(dataset: Dataset) -> int:
+    """``len(dataset)`` (``Dataset`` does not declare ``__len__``); a TypeError, as from ``len``, when the dataset
+    has no length."""
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"object of type {type(dataset).__name__!r} has no len()")
+    return len(dataset)
+
+
 class EpochIndexed(Dataset):
     """View of a dataset addressed by ``(index, epoch)``: calls ``dataset.set_epoch(epoch)`` (when the
     dataset has it, e.g. random crops) before reading, so epoch-dependent items are right in workers too."""
@@ -123,7 +131,7 @@ class EpochIndexed(Dataset):
         self._set_epoch = getattr(dataset, "set_epoch", None)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return dataset_length(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, epoch = key
@@ -135,7 +143,7 @@ class EpochIndexed(Dataset):
 def check_dataset(dataset: Dataset) -> None:
     """Fail early, with a message, on an empty dataset or items that are not ``{"x": tensor, ...}`` dicts."""
     try:
-        n = len(dataset)
+        n = dataset_length(dataset)
     except TypeError as err:
         raise ValueError(
             f"the training dataset must have a length (map-style), got {type(dataset).__name__}"
@@ -166,7 +174,7 @@ def make_loader(
     steps ``start_step .. max_steps - 1``, ``grad_accum_steps`` per step, in the step-indexed order.
     ``collate_fn`` replaces torch's default collate (e.g. to batch graphs of different sizes)."""
     sampler = StepBatchSampler(
-        len(dataset),
+        dataset_length(dataset),
         start_step=start_step,
         max_steps=max_steps,
         micro_batch=micro_batch,

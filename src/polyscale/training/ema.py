@@ -25,5 +25,5 @@ def ema_update(ema: nn.Module, model: nn.Module, *, decay: float) -> None:
         raise ValueError(f"EMA has {len(ema_params)} parameters but the model has {len(params)}")
     for e, p in zip(ema_params, params, strict=True):
         e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        e.copy_(b)
+    for eb, b in zip(ema.buffers(), model.buffers(), strict=True):
+        eb.copy_(b)

@@ -38,7 +38,7 @@ class MetricsLogger:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """One CSV row (columns :data:`COLUMNS`, blanks for missing ones) and one scalar per metric."""
-        if not self.enabled:
+        if not self.enabled or self.writer is None:  # the writer is None exactly when disabled
             return
         row = {"step": step, **{k: f"{metrics[k]:.6g}" for k in COLUMNS[1:] if k in metrics}}
         with open(self.path, "a", newline="") as f:

@@ -86,6 +86,8 @@ def _drop_labels(cond: dict[str, Tensor], cfg: TrainConfig, generator: torch.Gen
     labels = cond.get("class_labels")
     if labels is None or cfg.label_dropout == 0:
         return cond
+    if cfg.null_class is None:
+        raise ValueError(f"label_dropout={cfg.label_dropout} needs null_class (the model's 'no class' label)")
     drop = torch.rand(labels.shape, generator=generator, device=labels.device) < cfg.label_dropout
     return {**cond, "class_labels": torch.where(drop, torch.full_like(labels, cfg.null_class), labels)}
 
@@ -194,7 +196,8 @@ def train(
     t_start = time.perf_counter()
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     output_dir = Path(cfg.output_dir)
-    model_dir = output_dir / "model" if export_fn is not None else None
+    export_dir = output_dir / "model"
+    model_dir = export_dir if export_fn is not None else None
     grad_clip = cfg.grad_clip or math.inf  # inf: no clipping, but the norm is still computed for the logs
 
     ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -293,9 +296,9 @@ def train(
                     keep=cfg.keep_checkpoints,
                 )
                 if export_fn is not None and main:
-                    export_fn(model_dir, unwrapped, ema)
+                    export_fn(export_dir, unwrapped, ema)
         if export_fn is not None and main and start_step >= cfg.max_steps:
-            export_fn(model_dir, unwrapped, ema)  # nothing left to train: export anyway
+            export_fn(export_dir, unwrapped, ema)  # nothing left to train: export anyway
         accelerator.wait_for_everyone()
     final_loss = state.smoothed_loss if state.smoothed_loss is not None else math.nan
     return TrainResult(

@@ -44,7 +44,7 @@ def save_graph_grid(graphs: Sequence[nx.Graph], path: str | Path, *, ncols: int 
         n = len(xy)
         segments = np.array([[xy[index[u]], xy[index[v]]] for u, v in g.edges]).reshape(-1, 2, 2)
         width = 0.8 if n <= 200 else max(0.05, 0.8 * math.sqrt(200 / n))
-        ax.add_collection(LineCollection(segments, colors="0.3", linewidths=width))
+        ax.add_collection(LineCollection(list(segments), colors="0.3", linewidths=width))
         x = nx.get_node_attributes(g, "x")
         size = 12 if n <= 200 else max(0.05, 2400 / n)
         if len(x) == n:  # colour by the first node feature
@@ -77,5 +77,5 @@ def save_graphs_npz(graphs: Sequence[nx.Graph], path: str | Path) -> Path:
                     [np.atleast_1d(values[v]) for v in range(g.number_of_nodes())]
                 )
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, allow_pickle=False, **arrays)  # numeric arrays only (the file is pickle-free)
     return atomic_write_bytes(Path(path).with_suffix(".npz"), buf.getvalue())

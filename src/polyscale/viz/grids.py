@@ -40,7 +40,7 @@ def make_grid(images: Tensor, *, nrow: int | None = None, padding: int = 1) -> T
 def _save_png(array: np.ndarray, path: str | Path, *, upscale: int = 1) -> Path:
     img = Image.fromarray(array)
     if upscale > 1:
-        img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+        img = img.resize((img.width * upscale, img.height * upscale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return atomic_write_bytes(Path(path), buf.getvalue())

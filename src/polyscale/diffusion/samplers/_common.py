@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ def prepare(x: Tensor, sigmas: Tensor) -> Tensor:
     return sigmas.to(device=x.device, dtype=x.dtype)
 
 
-def steps(sigmas: Tensor, disable: bool | None) -> range:
+def steps(sigmas: Tensor, disable: bool | None) -> Iterable[int]:
     """Step indices ``0 .. len(sigmas) - 2`` with a tqdm bar unless ``disable``."""
     return trange(len(sigmas) - 1, disable=disable, desc="sampling", leave=False)
 
