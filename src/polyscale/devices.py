@@ -25,7 +25,9 @@ def _cuda() -> torch.device:
     return torch.device("cuda")
 
 
-DEVICES: Registry[Callable[[], torch.device]] = Registry("device", {"auto": _auto, "cpu": _cpu, "cuda": _cuda})
+DEVICES: Registry[Callable[[], torch.device]] = Registry(
+    "device", {"auto": _auto, "cpu": _cpu, "cuda": _cuda}
+)
 
 
 def resolve_device(name: str) -> torch.device:
