@@ -42,7 +42,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def normalise(self, argv: Sequence[str]) -> list[str]:
         """``--a_b[=v]`` -> ``--a-b[=v]``, then a known alias of another system -> our flag; stops at ``--``."""
-        flags, out = set(self.long_flags()), []
+        flags, out = set(self.long_flags()), list[str]()
         for i, token in enumerate(argv):
             if token == "--":
                 return out + list(argv[i:])

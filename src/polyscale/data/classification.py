@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from polyscale.data.base import GridDataset
 from polyscale.data.mnist1d import mnist1d
 from polyscale.registry import Registry
 
@@ -27,13 +28,19 @@ Splits = tuple[Split, Split, Split]
 def mnist1d_splits(seed: int = 0) -> Splits:
     """MNIST-1D's fixed train (first 3,600) / validation (last 400) / test split."""
     train, test = mnist1d(split="train", seed=0), mnist1d(split="test", seed=0)
-    x, y = train.data.flatten(1), train.labels
-    return (x[:3600], y[:3600]), (x[3600:], y[3600:]), (test.data.flatten(1), test.labels)
+    x, y = train.data.flatten(1), _labels(train)
+    return (x[:3600], y[:3600]), (x[3600:], y[3600:]), (test.data.flatten(1), _labels(test))
+
+
+def _labels(ds: GridDataset) -> Tensor:
+    if ds.labels is None:
+        raise ValueError(f"a classification set needs labels, got a {type(ds).__name__} without them")
+    return ds.labels
 
 
 def digits_splits(seed: int = 0) -> Splits:
     """scikit-learn's digits, ink scaled to [-1, 1], shuffled by ``seed`` into 70 / 10 / 20 %."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
     bunch = load_digits()
     x = torch.tensor(bunch.data, dtype=torch.float32) / 16.0 * 2 - 1  # 0..16 ink -> [-1, 1]

@@ -18,6 +18,7 @@ the step and the mean training loss since the last check.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 from polyscale.registry import Registry
 
@@ -85,7 +86,7 @@ DETECTORS: Registry[type[LossPlateau]] = Registry(
 )
 
 
-def make_detector(name: str, **settings: float | int | None) -> LossPlateau:
+def make_detector(name: str, **settings: Any) -> LossPlateau:
     """The detector ``name`` of :data:`DETECTORS` built from the ``settings`` among its fields (a plateau
     detector ignores ``tau_crit`` / ``kappa_crit``)."""
     cls = DETECTORS.lookup(name)
