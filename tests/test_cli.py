@@ -248,3 +248,133 @@ def test_volumes_always_get_raw_samples_in_the_format_asked(tmp_path: Path):
     assert torch.equal(torch.load(files[1], weights_only=True), volumes)
     images = save_samples(volumes[..., 0], tmp_path / "i.png", data_kind="porous")  # 2D: raw only when asked
     assert [p.name for p in images] == ["i.png"]
+
+
+# ------------------------------------------------------------------------------------ first-hour conveniences
+
+
+def test_version_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"polyscale {version('polyscale')}"
+
+
+def test_presets_lists_grid_and_graph_presets_and_shipped_models(capsys):
+    from polyscale.pipelines.experiment import preset_names
+    from polyscale.pipelines.graph_experiment import graph_preset_names
+
+    assert main(["presets"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert (
+        lines["presets"].split() == preset_names() and lines["graph presets"].split() == graph_preset_names()
+    )
+    assert "digits2d" in lines["shipped models"].split()
+
+
+def _parsers():
+    """``(command, parser)`` for the top level and every subcommand."""
+    from argparse import _SubParsersAction
+
+    from polyscale.cli.main import build_parser
+
+    todo = [("polyscale", build_parser())]
+    while todo:
+        name, parser = todo.pop()
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, _SubParsersAction):
+                todo += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+
+
+HIDDEN = {("polyscale grow sparse", "--sparsity")}  # deprecated spellings kept working, out of --help
+
+
+def test_every_flag_of_every_command_has_help_text():
+    import argparse
+
+    missing = []
+    for name, parser in _parsers():
+        for action in parser._actions:
+            if not action.option_strings or action.option_strings == ["-h", "--help"]:
+                continue
+            flag = action.option_strings[-1]
+            if action.help == argparse.SUPPRESS:
+                assert (name, flag) in HIDDEN, f"{name} {flag} is hidden from --help"
+            elif not (action.help or "").strip():
+                missing.append(f"{name} {flag}")
+    assert missing == []
+
+
+def test_connectivity_is_the_flag_and_sparsity_its_hidden_former_name(capsys, monkeypatch):
+    from polyscale.cli.main import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["grow", "sparse"]).connectivity == 1e-4
+    assert parse(["grow", "sparse", "--connectivity", "0.01"]).connectivity == 0.01
+    assert parse(["grow", "sparse", "--sparsity", "0.02"]).connectivity == 0.02
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        main(["grow", "sparse", "--help"])
+    out = capsys.readouterr().out
+    assert "--connectivity" in out and "--sparsity" not in out
+
+
+@pytest.mark.parametrize(
+    "argv, dest, value",
+    [
+        (["grow", "depth", "--n_layer", "3"], "n_layer", 3),
+        (["grow", "depth", "--n_embd=64"], "n_embd", 64),
+        (["grow", "depth", "--learning_rate", "0.5"], "lr", 0.5),  # nanoGPT / diffusers
+        (["grow", "depth", "--learning-rate", "0.5"], "lr", 0.5),
+        (["grow", "depth", "--n_embed", "32"], "n_embd", 32),
+        (["grow", "depth", "--max_iters", "7"], "max_steps", 7),
+        (["grow", "depth", "--out_dir", "run"], "output_dir", "run"),
+        (["grow", "sparse", "--hidden_sizes", "4", "5"], "hidden_sizes", [4, 5]),
+        (["sample", "--num_inference_steps", "9"], "timesteps", 9),  # diffusers
+        (["sample", "--num_samples", "3"], "num_samples", 3),
+        (
+            ["train", "--preset", "p", "--output_dir", "o", "--set", "model.hidden_dim=3"],
+            "set",
+            ["model.hidden_dim=3"],
+        ),
+    ],
+)
+def test_underscore_flags_and_other_systems_names_reach_our_flag(argv: list[str], dest: str, value):
+    from polyscale.cli.main import build_parser
+
+    assert getattr(build_parser().parse_args(argv), dest) == value
+
+
+def test_an_option_value_after_a_bare_double_dash_is_left_alone():
+    from polyscale.cli.args import OneLineParser
+
+    parser = OneLineParser(prog="t")
+    parser.add_argument("--lr")
+    parser.add_argument("rest", nargs="*")
+    args = parser.parse_args(["--learning_rate", "1", "--", "--max_iters"])
+    assert args.lr == "1" and args.rest == ["--max_iters"]
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["grow", "sparse", "--learning-rat", "1"], "did you mean --lr?"),
+        (["grow", "depth", "--n-layr", "2"], "did you mean --n-layer?"),
+        (["sample", "--resoluton", "8"], "did you mean --resolution?"),
+    ],
+)
+def test_an_unknown_flag_gets_a_did_you_mean_on_its_one_line(capsys, argv: list[str], hint: str):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    line = _one_stderr_line(capsys)
+    assert f"unrecognized arguments: {argv[-2]}" in line and hint in line
+
+
+def test_an_unknown_flag_like_nothing_of_ours_gets_no_guess(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--zzzzzz"])
+    assert "did you mean" not in _one_stderr_line(capsys)

@@ -371,3 +371,49 @@ def test_load_yaml_errors(tmp_path: Path):
 def test_yaml_loader_refuses_python_objects():
     with pytest.raises(yaml.YAMLError):
         yaml_load("!!python/object/apply:os.system ['echo hi']")
+
+
+# ------------------------------------------------------------------------------------------- did you mean
+
+
+@pytest.mark.parametrize(
+    "key, meant",
+    [
+        ("widht", "width"),  # a typo
+        ("dropout_rate", "dropout"),  # another system's name (polyscale.config.KNOWN_ALIASES)
+        ("act_fn", "act"),
+    ],
+)
+def test_an_unknown_key_suggests_the_key_it_likely_means(key: str, meant: str):
+    with pytest.raises(ConfigError) as err:
+        from_dict(Experiment, {"model": {"width": 1, key: 2}})
+    assert str(err.value).endswith(f"; did you mean {meant!r}?") and f"model.{key}" in str(err.value)
+
+
+def test_several_unknown_keys_each_get_their_suggestion_and_nonsense_gets_none():
+    with pytest.raises(ConfigError) as err:
+        from_dict(Experiment, {"modle": {}, "trian": {}})
+    assert str(err.value).endswith("did you mean 'model' for 'modle', 'train' for 'trian'?")
+    with pytest.raises(ConfigError) as err:
+        from_dict(Experiment, {"model": {"width": 1, "qqqqqq": 2}})
+    assert "did you mean" not in str(err.value)
+
+
+def test_suggest_prefers_the_alias_table_and_only_names_allowed_keys():
+    from polyscale.config import KNOWN_ALIASES, suggest
+
+    assert suggest("learning_rate", ["lr", "learning_rates"]) == "lr"
+    assert suggest("n_layers", ["num_layers", "hidden"]) == "num_layers"  # first target that is allowed
+    assert suggest("n_layers", ["hidden"]) is None
+    assert suggest("learning_rat", ["lr"]) == "lr"  # near an alias: the alias's target
+    assert suggest("lrr", ["lr"], close=False) is None
+    assert all(isinstance(v, tuple) and v for v in KNOWN_ALIASES.values())
+
+
+def test_an_override_of_another_systems_name_says_ours():
+    from polyscale.config import load_config
+
+    with pytest.raises(
+        ConfigError, match=r"unknown key train\.learning_rate in Train; .*did you mean 'lr'\?$"
+    ):
+        load_config(Experiment, {"model": {"width": 1}}, ["train.learning_rate=1e-3"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -30,12 +31,14 @@ import yaml
 T = TypeVar("T")
 
 __all__ = [
+    "KNOWN_ALIASES",
     "ConfigError",
     "from_dict",
     "load_config",
     "load_yaml",
     "merge",
     "parse_overrides",
+    "suggest",
     "to_dict",
     "yaml_load",
 ]
@@ -43,6 +46,75 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A configuration value or key that does not fit its dataclass (or a malformed YAML/override)."""
+
+
+# Names other systems (nanoGPT, diffusers, k-diffusion, ADM, PyG) use for what we call otherwise, in config keys
+# and flags (underscore spelling): name -> our names, the first one the config section or command has wins.
+KNOWN_ALIASES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("lr",),
+    "hidden_dim": ("hidden",),
+    "hidden_channels": ("hidden",),
+    "hidden_size": ("hidden", "n_embd"),
+    "channel_mult": ("channel_mults",),
+    "layers_per_block": ("num_res_blocks",),
+    "model_channels": ("base_channels",),
+    "attention_resolutions": ("attention_levels",),
+    "n_embed": ("n_embd",),
+    "n_layers": ("n_layer", "num_layers"),
+    "num_heads": ("n_head",),
+    "num_attention_heads": ("n_head",),
+    "max_iters": ("max_steps",),
+    "max_train_steps": ("max_steps",),
+    "num_train_steps": ("max_steps",),
+    "batch": ("batch_size",),
+    "train_batch_size": ("batch_size",),
+    "warmup_iters": ("warmup_steps",),
+    "lr_warmup_steps": ("warmup_steps",),
+    "ema_rate": ("ema_decay",),
+    "max_grad_norm": ("grad_clip",),
+    "dropout_rate": ("dropout",),
+    "dataloader_num_workers": ("num_workers",),
+    "log_interval": ("log_every",),
+    "checkpointing_steps": ("checkpoint_every",),
+    "num_inference_steps": ("timesteps", "steps"),
+    "num_steps": ("timesteps", "steps"),
+    "n_samples": ("num_samples",),
+    "sample_size": ("resolution", "size"),
+    "out_dir": ("output_dir",),
+    "context_length": ("block_size",),
+}
+
+
+def suggest(name: str, allowed: Sequence[str], *, close: bool = True) -> str | None:
+    """The name in ``allowed`` that ``name`` most likely means: its entry in :data:`KNOWN_ALIASES`, else (when
+    ``close``) the nearest spelling (:func:`difflib.get_close_matches`) among ``allowed`` and the aliases of
+    its names, an alias standing for its name; ``None`` when nothing fits."""
+    aliases = {alias: _first_allowed(alias, allowed) for alias in KNOWN_ALIASES}
+    if aliases.get(name.lower()) is not None:
+        return aliases[name.lower()]
+    if not close:
+        return None
+    spellings = {
+        **{a: target for a, target in aliases.items() if target is not None},
+        **{a: a for a in allowed},
+    }
+    matches = difflib.get_close_matches(name, list(spellings), n=1, cutoff=0.6)
+    return spellings[matches[0]] if matches else None
+
+
+def _first_allowed(alias: str, allowed: Sequence[str]) -> str | None:
+    return next((name for name in KNOWN_ALIASES[alias] if name in allowed), None)
+
+
+def _did_you_mean(unknown: Sequence[str], allowed: Sequence[str]) -> str:
+    """``"; did you mean 'hidden'?"`` (one key) or ``"; did you mean 'hidden' for 'hidden_dim', ...?"``."""
+    hints = [(key, suggest(key, allowed)) for key in unknown]
+    found = [(key, match) for key, match in hints if match is not None]
+    if not found:
+        return ""
+    if len(unknown) == 1:
+        return f"; did you mean {found[0][1]!r}?"
+    return "; did you mean " + ", ".join(f"{m!r} for {k!r}" for k, m in found) + "?"
 
 
 # ----------------------------------------------------------------------------------------------- YAML loading
@@ -233,7 +305,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
     if unknown:
         keys = ", ".join(f"{prefix}{k}" for k in unknown)
         plural = "s" if len(unknown) > 1 else ""
-        raise ConfigError(f"unknown key{plural} {keys} in {cls.__name__}; allowed keys: {sorted(fields)}")
+        hint = _did_you_mean([str(k) for k in unknown], sorted(fields))
+        raise ConfigError(
+            f"unknown key{plural} {keys} in {cls.__name__}; allowed keys: {sorted(fields)}{hint}"
+        )
     kwargs = {name: _convert(data[name], hints[name], f"{prefix}{name}") for name in fields if name in data}
     missing = [
         f"{prefix}{n}"

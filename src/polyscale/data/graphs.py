@@ -25,7 +25,7 @@ from scipy.spatial import Delaunay, cKDTree
 from torch import Tensor
 from torch_geometric.data import Data
 
-GRAPH_FAMILIES = ("planar", "grid", "tree", "lobster", "geometric")
+from polyscale.registry import Registry
 
 
 def _check_nodes(num_nodes: int, minimum: int, family: str) -> None:
@@ -142,19 +142,30 @@ def _set_positions(g: nx.Graph, pos: np.ndarray) -> None:
     nx.set_node_attributes(g, {i: (float(p[0]), float(p[1])) for i, p in enumerate(pos)}, "pos")
 
 
+def random_grid_graph(num_nodes: int, *, rng: np.random.Generator) -> nx.Graph:
+    """A ``rows x cols`` grid with about ``num_nodes`` nodes (:func:`grid_shape`)."""
+    return grid_graph(*grid_shape(num_nodes, rng=rng))
+
+
+# name -> (num_nodes, *, rng) -> a graph of that family
+GRAPH_FAMILIES: Registry[Callable[..., nx.Graph]] = Registry(
+    "graph family",
+    {
+        "planar": planar_graph,
+        "grid": random_grid_graph,
+        "tree": tree_graph,
+        "lobster": lobster_graph,
+        "geometric": geometric_graph,
+    },
+)
+
+
 def family_graph(family: str, num_nodes: int, *, rng: np.random.Generator) -> nx.Graph:
     """One graph of ``family`` (see ``GRAPH_FAMILIES``) with about ``num_nodes`` nodes (grids: the nearest
     ``rows x cols``; every other family: exactly ``num_nodes``)."""
-    makers: dict[str, Callable[[], nx.Graph]] = {
-        "planar": lambda: planar_graph(num_nodes, rng=rng),
-        "grid": lambda: grid_graph(*grid_shape(num_nodes, rng=rng)),
-        "tree": lambda: tree_graph(num_nodes, rng=rng),
-        "lobster": lambda: lobster_graph(num_nodes, rng=rng),
-        "geometric": lambda: geometric_graph(num_nodes, rng=rng),
-    }
-    if family not in makers:
+    if family not in GRAPH_FAMILIES:
         raise ValueError(f"unknown graph family {family!r}; expected one of {GRAPH_FAMILIES}")
-    return makers[family]()
+    return GRAPH_FAMILIES[family](num_nodes, rng=rng)
 
 
 # ------------------------------------------------------------------------------------ smooth fields on graphs

@@ -16,6 +16,8 @@ The new block is appended after the last one (``GPT.insert_layer(n_layer, state)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -27,8 +29,9 @@ from polyscale.growth.trajectory import (
     stretch_factor,
 )
 from polyscale.nn.gpt import GPT, RESIDUAL_OUTPUTS, Block
+from polyscale.registry import Registry
 
-STRATEGIES = ("geometric", "copy", "zero", "random")
+StrategyFn = Callable[..., tuple[dict[str, Tensor] | None, dict]]
 
 
 def last_block_tensors(model: GPT) -> dict[str, Tensor]:
@@ -46,22 +49,47 @@ def new_block_state(
 ) -> tuple[dict[str, Tensor] | None, dict]:
     """``(state for GPT.insert_layer or None for a random block, metrics)`` by ``strategy`` (module
     docstring). ``"geometric"`` needs ``window`` with at least one snapshot of :func:`last_block_tensors`."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    current = {k: v.detach().clone() for k, v in last_block_tensors(model).items()}
-    if strategy == "random":
-        return None, {}
-    if strategy == "copy":
-        return current, {}
-    if strategy == "zero":
-        block = Block(model.config).to(device=model.wte.weight.device, dtype=model.wte.weight.dtype)
-        block.apply(lambda m: model.init_weights(m, generator))
-        state = {k: v.detach().clone() for k, v in block.state_dict().items()}
-        for name in RESIDUAL_OUTPUTS:
-            for kind in ("weight", "bias"):
-                if f"{name}.{kind}" in state:
-                    state[f"{name}.{kind}"].zero_()
-        return state, {}
+    initialise = STRATEGIES.lookup(strategy)
+    return initialise(model, window=window, extrapolator=extrapolator, generator=generator)
+
+
+def _current(model: GPT) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in last_block_tensors(model).items()}
+
+
+def random_state(model: GPT, **_: object) -> tuple[None, dict]:
+    """A freshly initialised block: ``GPT.insert_layer`` with no state."""
+    return None, {}
+
+
+def copy_state(model: GPT, **_: object) -> tuple[dict[str, Tensor], dict]:
+    """The last block's current weights, unchanged."""
+    return _current(model), {}
+
+
+def zero_state(
+    model: GPT, *, generator: torch.Generator | None = None, **_: object
+) -> tuple[dict[str, Tensor], dict]:
+    """A fresh block whose residual output projections are zero: the model's outputs do not change."""
+    block = Block(model.config).to(device=model.wte.weight.device, dtype=model.wte.weight.dtype)
+    block.apply(lambda m: model.init_weights(m, generator))
+    state = {k: v.detach().clone() for k, v in block.state_dict().items()}
+    for name in RESIDUAL_OUTPUTS:
+        for kind in ("weight", "bias"):
+            if f"{name}.{kind}" in state:
+                state[f"{name}.{kind}"].zero_()
+    return state, {}
+
+
+def geometric_state(
+    model: GPT,
+    *,
+    window: TrajectoryWindow | None = None,
+    extrapolator: GeometricExtrapolator | None = None,
+    **_: object,
+) -> tuple[dict[str, Tensor], dict]:
+    """Every tensor of the last block extrapolated along its trajectory (the window plus the current weights)."""
+    current = _current(model)
     if window is None or len(window) == 0:
         raise ValueError("the geometric strategy needs a trajectory window with at least one snapshot")
     extrapolator = extrapolator if extrapolator is not None else GeometricExtrapolator()
@@ -84,3 +112,10 @@ def new_block_state(
     beta, gamma, eta = extrapolator.coefficients(tau, kappa)
     return state, {"tau": tau, "kappa": kappa, "beta": beta, "gamma": gamma, "eta": eta,
                    "step_norm": sum(norms.values()), "points": n_points}  # fmt: skip
+
+
+# name -> (model, *, window, extrapolator, generator) -> (state or None, metrics)
+STRATEGIES: Registry[StrategyFn] = Registry(
+    "strategy",
+    {"geometric": geometric_state, "copy": copy_state, "zero": zero_state, "random": random_state},
+)

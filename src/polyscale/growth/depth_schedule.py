@@ -17,7 +17,10 @@ the step and the mean training loss since the last check.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
+
+from polyscale.registry import Registry
 
 
 @dataclass
@@ -76,3 +79,16 @@ class StagnationDetector(LossPlateau):
             return False
         geometric = tau > self.tau_crit or kappa > self.kappa_crit
         return geometric and super()._stagnant(loss, tau, kappa)
+
+
+DETECTORS: Registry[type[LossPlateau]] = Registry(
+    "detector", {"stagnation": StagnationDetector, "plateau": LossPlateau}
+)
+
+
+def make_detector(name: str, **settings: Any) -> LossPlateau:
+    """The detector ``name`` of :data:`DETECTORS` built from the ``settings`` among its fields (a plateau
+    detector ignores ``tau_crit`` / ``kappa_crit``)."""
+    cls = DETECTORS.lookup(name)
+    known = {f.name for f in fields(cls) if f.init}
+    return cls(**{k: v for k, v in settings.items() if k in known})

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from polyscale.growth.routing import sparse_blocks
 from polyscale.nn.sparse import ParameterChange, SparseMLP
-
-METHODS = ("set", "rigl")
+from polyscale.registry import Registry
 
 
 def cosine_fraction(step: int, total: int, start: float = 0.3) -> float:
@@ -64,6 +64,35 @@ def dense_gradients(
     return grads
 
 
+@dataclass(frozen=True)
+class RegrowthRule:
+    """Where a prune-and-regrow update adds its connections: ``pick(pool, k, dense_grad, generator)`` returns
+    ``k`` positions of ``pool`` (flat indices of inactive positions); ``dense_grad`` is the block's flattened
+    ``dL/dW`` when ``needs_gradients``, else possibly ``None``."""
+
+    pick: Callable[[Tensor, int, Tensor | None, torch.Generator | None], Tensor]
+    needs_gradients: bool
+
+
+def _random_positions(pool: Tensor, k: int, grad: Tensor | None, generator: torch.Generator | None) -> Tensor:
+    return pool[torch.randperm(pool.numel(), generator=generator)[:k]]
+
+
+def _largest_gradient(pool: Tensor, k: int, grad: Tensor | None, generator: torch.Generator | None) -> Tensor:
+    if grad is None:
+        raise ValueError("regrowth by gradient needs the block's dense gradient, got None")
+    return pool[grad[pool].abs().argsort(descending=True)[:k]]
+
+
+METHODS: Registry[RegrowthRule] = Registry(
+    "method",
+    {
+        "set": RegrowthRule(_random_positions, needs_gradients=False),
+        "rigl": RegrowthRule(_largest_gradient, needs_gradients=True),
+    },
+)
+
+
 def prune_and_regrow(
     net: SparseMLP,
     fraction: float,
@@ -73,12 +102,11 @@ def prune_and_regrow(
     generator: torch.Generator | None = None,
 ) -> list[ParameterChange]:
     """One SET / RigL update of every block (module docstring); returns the changed parameters."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    rule = METHODS.lookup(method)
     if not 0 <= fraction <= 1:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    if method == "rigl" and dense_grads is None:
-        raise ValueError("rigl regrows by dense gradient: pass dense_grads (see dense_gradients)")
+    if rule.needs_gradients and dense_grads is None:
+        raise ValueError(f"{method} regrows by dense gradient: pass dense_grads (see dense_gradients)")
     changes = []
     for name, block in sparse_blocks(net).items():
         k = int(fraction * block.nnz)
@@ -91,13 +119,8 @@ def prune_and_regrow(
         inactive[drop] = False  # a dropped position is not regrown in the same update
         pool = inactive.nonzero().squeeze(1)
         k = min(k, pool.numel())
-        if method == "set":
-            grow = pool[torch.randperm(pool.numel(), generator=generator)[:k]]
-        else:
-            if dense_grads is None:  # checked on entry
-                raise ValueError("rigl regrows by dense gradient: pass dense_grads (see dense_gradients)")
-            score = dense_grads[name].flatten()[pool].abs()
-            grow = pool[score.argsort(descending=True)[:k]]
+        grads = None if dense_grads is None else dense_grads[name].flatten()
+        grow = rule.pick(pool, k, grads, generator)
         drop = drop[:k]
         where_drop = block.remove_connections(drop)
         where_add = block.add_connections(grow, 0.0)

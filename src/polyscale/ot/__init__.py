@@ -16,8 +16,15 @@ from polyscale.ot.sinkhorn import (
     sinkhorn,
     sinkhorn_divergence,
 )
+from polyscale.registry import Registry
+
+# KernelConfig.kind -> operator class (point clouds: (x, y, epsilon, ...); grid: (shape, epsilon, ...))
+KERNELS: Registry[type[KernelOperator]] = Registry(
+    "kind", {"dense": Dense, "grid": Grid, "random_features": RandomFeatures, "nystrom": Nystrom}
+)
 
 __all__ = [
+    "KERNELS",
     "ConvergenceWarning",
     "Dense",
     "Grid",

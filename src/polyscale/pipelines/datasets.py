@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sized
 
-import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -14,40 +13,11 @@ from polyscale.pipelines.experiment import DataConfig
 
 def build_dataset(cfg: DataConfig, *, split: str | None = "train"):
     """The training (or held-out) dataset described by ``cfg``, wrapped in random crops when asked."""
-    ds: datasets.GridDataset | datasets.RandomCrops
-    crops_per_sample = 1  # a texture is one image: every epoch draws data.num_samples windows of it
-    if cfg.kind == "digits":
-        ds = datasets.digits(size=cfg.size, split=split, seed=cfg.seed)
-    elif cfg.kind == "mnist1d":
-        ds = datasets.mnist1d(num_samples=cfg.num_samples, seed=cfg.seed, split=split)
-    elif cfg.kind == "porous":
-        # Held-out porous media come from a different seed, so "test" never repeats a training sample.
-        seed = cfg.seed if split != "test" else cfg.seed + 1_000_003
-        generator = torch.Generator().manual_seed(seed)
-        ds = datasets.porous_media(
-            cfg.num_samples or 256,
-            size=cfg.size,
-            dims=cfg.dims,
-            porosity=cfg.porosity,
-            correlation_length=cfg.correlation_length,
-            generator=generator,
-            stationary=cfg.stationary,
-        )
-    elif cfg.kind == "texture":
-        if cfg.crop_size is None:
-            raise ValueError("data.kind='texture' needs data.crop_size (the model trains on random crops)")
-        ds = datasets.texture(cfg.image, split=split, downsample=cfg.downsample)
-        crops_per_sample = cfg.num_samples or 1024
-    elif cfg.kind == "image_folder":
-        if cfg.path is None:
-            raise ValueError("data.kind='image_folder' needs data.path (a folder of images)")
-        ds = datasets.image_folder(cfg.path, size=cfg.size, channels=cfg.channels)
-    elif cfg.kind == "array":
-        if cfg.path is None:
-            raise ValueError("data.kind='array' needs data.path (a .npy or .npz file)")
-        ds = datasets.array_file(cfg.path)
-    else:  # the config validator already restricts kind; this guards programmatic use
+    if cfg.kind not in datasets.DATASETS:  # the config validator restricts kind; this guards programmatic use
         raise ValueError(f"unknown data.kind {cfg.kind!r}")
+    kind = datasets.DATASETS[cfg.kind]
+    ds = kind.build(cfg, split)
+    crops_per_sample = kind.crops_per_sample(cfg)
     if cfg.crop_size is not None:
         ds = datasets.RandomCrops(ds, cfg.crop_size, seed=cfg.seed, crops_per_sample=crops_per_sample)
     return ds
@@ -81,6 +51,6 @@ class WithoutLabels(Dataset):
 
 def to_display(x: Tensor, kind: str) -> Tensor:
     """Map model-space samples to what a person looks at: [0, 1] for images and media, raw for signals."""
-    if kind in ("digits", "porous", "texture", "image_folder", "array"):
+    if kind in datasets.DATASETS and datasets.DATASETS[kind].unit_range:
         return ((x + 1) / 2).clamp(0, 1)
     return x

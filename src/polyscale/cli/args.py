@@ -1,0 +1,145 @@
+"""Pieces every ``polyscale`` command shares: the one-line-error parser, argparse value types, flag groups.
+
+:class:`OneLineParser` also reads flags the way users of nanoGPT, diffusers, k-diffusion or PyG write them:
+``--n_layer`` is ``--n-layer``, and a name from those systems (``--learning_rate``) becomes ours (``--lr``)
+through :data:`polyscale.config.KNOWN_ALIASES`. An unknown flag gets a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from polyscale.config import suggest
+
+EXIT_ERROR = 2  # for usage errors and for errors the pipelines report
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr (no usage block) pointing at ``--help``.
+
+    ``add_subparsers`` builds subcommand parsers of the same class, so ``polyscale sample --dim 4`` reports as
+    ``polyscale sample: error: argument --dim: invalid choice: 4 (choose from 1, 2, 3) (see polyscale sample
+    --help)``. Each parser rewrites the long flags it is given (:meth:`normalise`) before parsing them.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        line = " ".join(message.split())  # argparse messages may hold newlines
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {line} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        import sys
+
+        argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self.normalise(argv), namespace)
+
+    def long_flags(self) -> list[str]:
+        """This parser's ``--flags``, hidden ones included."""
+        return [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+
+    def normalise(self, argv: Sequence[str]) -> list[str]:
+        """``--a_b[=v]`` -> ``--a-b[=v]``, then a known alias of another system -> our flag; stops at ``--``."""
+        flags, out = set(self.long_flags()), list[str]()
+        for i, token in enumerate(argv):
+            if token == "--":
+                return out + list(argv[i:])
+            out.append(_rename(token, flags) if token.startswith("--") else token)
+        return out
+
+    def unknown_flag_hint(self, extras: Sequence[str]) -> str:
+        """``"; did you mean --lr?"`` for the first unknown ``--flag`` in ``extras`` that resembles one of ours."""
+        for token in extras:
+            if token.startswith("--"):
+                name = token.partition("=")[0][2:]
+                ours = [f[2:].replace("-", "_") for f in self.long_flags() if f != "--help"]
+                match = suggest(name.replace("-", "_"), ours)
+                if match is not None:
+                    return f"; did you mean --{match.replace('_', '-')}?"
+        return ""
+
+
+def _rename(token: str, flags: set[str]) -> str:
+    name, sep, value = token.partition("=")
+    name = name.replace("_", "-")
+    if name not in flags:
+        match = suggest(name[2:].replace("-", "_"), [f[2:].replace("-", "_") for f in flags], close=False)
+        name = f"--{match.replace('_', '-')}" if match is not None else name
+    return f"{name}{sep}{value}"
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` accepting integers >= ``minimum`` with a message naming what arrived."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def any_int(text: str) -> int:
+    """An argparse ``type`` for any integer, with a message naming what arrived."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def float_in(low: float, high: float) -> Callable[[str], float]:
+    """An argparse ``type`` accepting numbers in ``(low, high]``, with a message naming what arrived."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(f"expected a number in ({low}, {high}], got {value}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def add_command(
+    sub: argparse._SubParsersAction, name: str, func: Handler, help: str
+) -> argparse.ArgumentParser:
+    """A subcommand ``name`` running ``func``; ``command_parser`` reports unrecognised flags in its name."""
+    p = sub.add_parser(name, help=help, description=help)
+    p.set_defaults(func=func, command_parser=p)
+    return p
+
+
+def add_device(p: argparse.ArgumentParser, help: str = "auto: CUDA when present (default auto)") -> None:
+    """``--device``, its choices from :data:`polyscale.devices.DEVICES`."""
+    from polyscale.devices import DEVICES
+
+    p.add_argument("--device", default="auto", choices=list(DEVICES), help=help)
+
+
+def add_seed(p: argparse.ArgumentParser, help: str = "random seed (default 0)") -> None:
+    p.add_argument("--seed", type=any_int, default=0, help=help)
+
+
+def add_run_dir(p: argparse.ArgumentParser, *, required: bool, help: str, no_resume: str) -> None:
+    """``--output-dir`` and ``--no-resume``: where a run writes, and whether it ignores what is there."""
+    p.add_argument("--output-dir", required=required, default=None, help=help)
+    p.add_argument("--no-resume", action="store_true", help=no_resume)
+
+
+def add_overrides(p: argparse.ArgumentParser, *, metavar: str, help: str) -> None:
+    """``--set KEY=VALUE``, repeatable: dotted overrides of the experiment's configuration."""
+    p.add_argument("--set", action="append", default=[], metavar=metavar, help=help)
