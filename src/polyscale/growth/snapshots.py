@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from polyscale.config import to_dict
+from polyscale.io import model_from_state
 from polyscale.nn.sparse import SparseMLP
 
 FORMAT = "polyscale.sparse_snapshots/1"
@@ -61,7 +63,8 @@ def _block_in_features(key: str, config: dict) -> int | None:
     parts = key.split(".")
     if len(parts) != 3 or parts[0] != "blocks" or parts[2] != "values":
         return None
-    return int(config["sizes"][int(parts[1].split("<-")[1])])
+    sizes = [config["in_features"], *config["hidden_sizes"], config["out_features"]]  # a SparseMLPConfig
+    return int(sizes[int(parts[1].split("<-")[1])])
 
 
 def _reference(key: str, new: dict, new_config: dict, old: dict | None, old_config: dict | None) -> Tensor:
@@ -127,7 +130,7 @@ class SnapshotStore:
         if reason not in ("growth", "improvement", "final"):
             raise ValueError(f"reason must be 'growth', 'improvement' or 'final', got {reason!r}")
         state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        config = net.config()
+        config = to_dict(net.config)
         keyframe = not self.infos or self.infos[-1].phase != phase
         old, old_config = (None, None) if keyframe else (self._previous_state(), self.infos[-1].config)
         blobs = {k: _encode(v, _reference(k, state, config, old, old_config)) for k, v in state.items()}
@@ -179,7 +182,7 @@ class SnapshotStore:
 
     def model(self, index: int) -> SparseMLP:
         """Snapshot ``index`` as a network of the structure it had when it was taken."""
-        return SparseMLP.from_state(self.infos[index].config, self.state(index))
+        return model_from_state(SparseMLP, self.infos[index].config, self.state(index))
 
     def by_phase(self) -> dict[str, list[int]]:
         """Snapshot indices grouped by growth phase, in order."""
@@ -212,7 +215,7 @@ class SnapshotStore:
         """Write the store to ``path`` (one ``.safetensors`` file, written atomically)."""
         from safetensors.torch import save
 
-        from polyscale.io import atomic_write_bytes
+        from polyscale.atomic import atomic_write_bytes
 
         tensors = {
             f"{i}/{key}": torch.frombuffer(bytearray(blob), dtype=torch.uint8)
