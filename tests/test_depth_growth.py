@@ -347,7 +347,7 @@ def test_cli_grow_depth_writes_a_run_and_resumes(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["final_val_loss"] == summary["final_val_loss"]
     capsys.readouterr()
     assert main([*argv, "--lr", "0.002"]) == 2
-    assert "other settings (lr: saved 0.001, given 0.002)" in capsys.readouterr().err
+    assert "settings differ from the saved run's (lr: 0.001 -> 0.002)" in capsys.readouterr().err
     (out / "layers" / "index.json").write_text(
         json.dumps([{"layer_id": 9, "state_name": "old", "step": 1, "file": "layer_9/old_step1.safetensors"}])
     )  # an entry no fresh run would write

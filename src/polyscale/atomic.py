@@ -18,7 +18,14 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_replace_dir", "atomic_write_bytes", "atomic_write_text", "commit_dir", "fsync_dir", "temp_sibling"]
+__all__ = [
+    "atomic_replace_dir",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "commit_dir",
+    "fsync_dir",
+    "temp_sibling",
+]
 
 
 def fsync_dir(path: Path) -> None:

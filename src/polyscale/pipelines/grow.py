@@ -20,18 +20,16 @@ each (old -> new).
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from polyscale.growth import SparseGrowthSchedule
-from polyscale.growth.snapshots import ensemble_probabilities
-from polyscale.growth.sparse_grower import SparseGrower
 from polyscale.config import to_dict
-from polyscale.growth.snapshots import SnapshotStore
+from polyscale.growth import SparseGrowthSchedule
+from polyscale.growth.snapshots import SnapshotStore, ensemble_probabilities
+from polyscale.growth.sparse_grower import SparseGrower
 from polyscale.nn.sparse import SparseMLP
 from polyscale.pipelines.grow_config import GrowSparseConfig
 from polyscale.pipelines.sample import resolve_device

@@ -113,6 +113,8 @@ def train_experiment(
     def export(directory: Path, model: EDMPrecond, ema: EDMPrecond) -> None:
         save_pretrained(model.net, directory, ema=ema.net, metadata=metadata)
 
-    result = train(denoiser, loss_fn, dataset, train_cfg, export_fn=export, resume=resume, callbacks=callbacks)
+    result = train(
+        denoiser, loss_fn, dataset, train_cfg, export_fn=export, resume=resume, callbacks=callbacks
+    )
     write_summary(output_dir, {"steps": result.step, "final_loss": result.final_loss, "model": "model"})
     return result

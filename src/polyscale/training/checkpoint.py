@@ -149,7 +149,9 @@ def callback_state(callbacks: Sequence[object]) -> tuple[dict[str, Tensor], dict
     return tensors, meta
 
 
-def restore_callbacks(callbacks: Sequence[object], tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
+def restore_callbacks(
+    callbacks: Sequence[object], tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+) -> None:
     """Undo :func:`callback_state`: ``cb.load_state_dict(tensors, meta)`` for each callback saved."""
     for i, cb in enumerate(callbacks):
         if str(i) in meta:

@@ -52,8 +52,8 @@ from polyscale.training.checkpoint import (
     save_training_state,
 )
 from polyscale.training.lr import warmup_cosine
-from polyscale.training.run_dir import check_same_settings
 from polyscale.training.optimizer_state import add_parameters, load_optimizer_state, optimizer_state_tensors
+from polyscale.training.run_dir import check_same_settings
 
 StepCallback = Callable[[int, GPT, torch.optim.Optimizer, float], None]
 
@@ -285,7 +285,9 @@ def train_lm(
     if checkpoint is not None and not resume:
         clear_checkpoints(checkpoint)  # a fresh start: no older, later step may outrank the new checkpoints
     if checkpoint is not None and resume and (last := latest_checkpoint(checkpoint)) is not None:
-        first, flops, history, optimizer = _load_checkpoint(last, model, optimizer, g_train, callbacks, settings)
+        first, flops, history, optimizer = _load_checkpoint(
+            last, model, optimizer, g_train, callbacks, settings
+        )
         first = min(first, max_steps)
 
     def record(step: int) -> None:

@@ -45,7 +45,9 @@ def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_same_settings(saved: Mapping[str, Any], requested: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> None:
+def check_same_settings(
+    saved: Mapping[str, Any], requested: Mapping[str, Any], *, ignore: Iterable[str] = ()
+) -> None:
     """Refuse to resume a run whose settings changed.
 
     Compares the flattened settings (:func:`flatten`), skipping dotted keys in ``ignore``.
@@ -57,7 +59,9 @@ def check_same_settings(saved: Mapping[str, Any], requested: Mapping[str, Any], 
     skip = set(ignore)
     old, new = flatten(saved), flatten(requested)
     missing = "<unset>"
-    differ = sorted(k for k in set(old) | set(new) if k not in skip and old.get(k, missing) != new.get(k, missing))
+    differ = sorted(
+        k for k in set(old) | set(new) if k not in skip and old.get(k, missing) != new.get(k, missing)
+    )
     if differ:
         detail = ", ".join(f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}" for k in differ)
         raise ValueError(
