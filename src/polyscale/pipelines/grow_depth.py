@@ -14,9 +14,9 @@ each growth). How: ``strategy`` (``geometric`` by default; ``copy``, ``zero``, `
 The run directory has the one layout of :mod:`polyscale.training.run_dir`: ``config.yaml`` (the
 :class:`GrowDepthConfig`), ``checkpoints/``, ``model/`` (the final model as a model directory, its vocabulary
 in the metadata: :func:`load_grown_gpt`), ``history.jsonl`` (validation and training loss, FLOPs and depth
-at every evaluation), ``growth.json`` (every insertion with its loss jump, and ``tau`` / ``kappa`` at every check), ``layers/`` (each inserted
-block's initial state and the block it was extrapolated from, :class:`LayerStateManager`), ``sample.txt``
-(500 generated characters) and ``summary.json``. Every file is written atomically.
+at every evaluation), ``growth.json`` (every insertion with its loss jump, and ``tau`` / ``kappa`` at every
+check), ``layers/`` (each inserted block's initial state and the block it was extrapolated from,
+:class:`LayerStateManager`), ``sample.txt`` (500 generated characters) and ``summary.json``. Every file is written atomically.
 
 Runs resume: every ``checkpoint_every`` steps (500) and at the end, the whole training state (model at its
 current depth, AdamW moments, detector, trajectory window, random streams, history) goes to
