@@ -16,7 +16,8 @@ The run directory has the one layout of :mod:`polyscale.training.run_dir`: ``con
 in the metadata: :func:`load_grown_gpt`), ``history.jsonl`` (validation and training loss, FLOPs and depth
 at every evaluation), ``growth.json`` (every insertion with its loss jump, and ``tau`` / ``kappa`` at every
 check), ``layers/`` (each inserted block's initial state and the block it was extrapolated from,
-:class:`LayerStateManager`), ``sample.txt`` (500 generated characters) and ``summary.json``. Every file is written atomically.
+:class:`LayerStateManager`), ``sample.txt`` (500 generated characters) and ``summary.json``.
+Every file is written atomically.
 
 Runs resume: every ``checkpoint_every`` steps (500) and at the end, the whole training state (model at its
 current depth, AdamW moments, detector, trajectory window, random streams, history) goes to
