@@ -39,6 +39,7 @@ from torch import nn
 
 from polyscale.nn.sparse import ACTIVATIONS, SparseMLP
 from polyscale.pipelines.grow import classification_data, grow_sparse
+from polyscale.pipelines.grow_config import GrowSparseConfig
 from polyscale.training.sparse_growth import SparseGrowthTrainer, accuracy
 
 
@@ -192,10 +193,13 @@ def main() -> None:
         connections = None
         if "grown" in args.methods:
             start = time.perf_counter()
-            grown = grow_sparse(
-                dataset="mnist1d", hidden_sizes=args.hidden_sizes, activation=args.activation, skip=args.skip,
-                seed=seed, progress=False, schedule=schedule, grower=grower, regrowth=args.regrowth, **common,
+            fields = {k: grower[k] for k in ("structure_size", "rank", "fill") if k in grower}
+            cfg = GrowSparseConfig(
+                dataset="mnist1d", hidden_sizes=tuple(args.hidden_sizes), activation=args.activation,
+                skip=args.skip, seed=seed, progress=False, schedule=schedule, regrowth=args.regrowth, **fields,
+                grower={k: v for k, v in grower.items() if k not in fields}, **common,
             )  # fmt: skip
+            grown = grow_sparse(cfg)
             row = {"seed": seed, "method": "grown", "seconds": time.perf_counter() - start, **grown}
             print(json.dumps(row), flush=True)
             runs.append(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from polyscale.growth import (
 from polyscale.growth.depth_grower import new_block_state
 from polyscale.growth.layer_state import LayerStateManager
 from polyscale.growth.trajectory import TrajectoryWindow
+from polyscale.io import model_from_state
 from polyscale.nn.gpt import GPT, GPTConfig
 from polyscale.training.depth_growth import DepthGrowthCallback, make_optimizer, train_lm
 from polyscale.training.optimizer_state import add_parameters
@@ -139,7 +141,7 @@ def test_insert_layer_updates_config_and_checks_its_input():
     with pytest.raises(ValueError, match="keys"):
         model.insert_layer(0, {"nope": torch.zeros(1)})
     assert model.config.n_layer == 3
-    rebuilt = GPT.from_state(model.config_dict(), model.state_dict())
+    rebuilt = model_from_state(GPT, asdict(model.config), model.state_dict())
     x = _tokens()
     assert torch.equal(rebuilt.eval()(x)[0], model.eval()(x)[0])
 
@@ -298,7 +300,7 @@ def test_train_lm_resumes_exactly_where_it_stopped(tmp_path):
                                  collect_interval_steps=5, history_window_size=4, max_layers=3,
                                  generator=torch.Generator().manual_seed(0))  # fmt: skip
         result = train_lm(model, corpus, max_steps=50, batch_size=4, warmup_steps=5, eval_interval=10, eval_iters=2,
-                          callbacks=[cb, *extra], progress=False, checkpoint_dir=directory, checkpoint_every=10,
+                          callbacks=[cb, *extra], progress=False, output_dir=directory, checkpoint_every=10,
                           settings={"seed": 0})  # fmt: skip
         return model, cb, result
 
@@ -316,9 +318,9 @@ def test_train_lm_resumes_exactly_where_it_stopped(tmp_path):
     )
     assert r_whole.history == r_split.history and r_whole.flops == r_split.flops
     assert cb_whole.checks == cb_split.checks
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"settings differ .*\(seed: 0 -> 1\)"):
         train_lm(GPT(GPTConfig(vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)),
-                 corpus, max_steps=60, checkpoint_dir=tmp_path / "split", settings={"seed": 1},
+                 corpus, max_steps=60, output_dir=tmp_path / "split", settings={"seed": 1},
                  progress=False)  # fmt: skip
 
 
@@ -345,7 +347,7 @@ def test_cli_grow_depth_writes_a_run_and_resumes(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["final_val_loss"] == summary["final_val_loss"]
     capsys.readouterr()
     assert main([*argv, "--lr", "0.002"]) == 2
-    assert "other settings (lr: saved 0.001, given 0.002)" in capsys.readouterr().err
+    assert "settings differ from the saved run's (lr: 0.001 -> 0.002)" in capsys.readouterr().err
     (out / "layers" / "index.json").write_text(
         json.dumps([{"layer_id": 9, "state_name": "old", "step": 1, "file": "layer_9/old_step1.safetensors"}])
     )  # an entry no fresh run would write

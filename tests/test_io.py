@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import polyscale.atomic as patomic
 import polyscale.io as pio
+from polyscale.atomic import atomic_write_bytes, atomic_write_text
 from polyscale.config import ConfigError, to_dict
 from polyscale.io import (
     ModelDir,
-    atomic_write_bytes,
-    atomic_write_text,
     load_pretrained,
     load_weights,
     read_model_dir,
@@ -231,7 +231,7 @@ def test_failed_rename_restores_previous_directory(tmp_path: Path, monkeypatch):
             raise PermissionError("rename refused")
         real_replace(src, dst)
 
-    monkeypatch.setattr(pio.os, "replace", replace)
+    monkeypatch.setattr(patomic.os, "replace", replace)
     with pytest.raises(PermissionError):
         save_pretrained(make_tiny(1), target)
     monkeypatch.undo()
@@ -242,6 +242,7 @@ def test_failed_rename_restores_previous_directory(tmp_path: Path, monkeypatch):
 _KILL_SCRIPT = """
 import os, sys
 import polyscale.io as pio
+import polyscale.atomic as patomic
 sys.path.insert(0, {tests!r})
 from test_io import make_tiny
 stage = sys.argv[1]
@@ -257,7 +258,7 @@ else:
         real_replace(src, dst)
         if ".old-" in str(dst):
             os._exit(7)  # killed between moving the old model aside and moving the new one in
-    pio.os.replace = replace
+    patomic.os.replace = replace
 pio.save_pretrained(make_tiny(9), sys.argv[2])
 """
 
@@ -315,7 +316,7 @@ def test_atomic_write_bytes_and_text(tmp_path: Path, monkeypatch):
     def failing_fsync(fd):
         raise OSError("io error")
 
-    monkeypatch.setattr(pio.os, "fsync", failing_fsync)
+    monkeypatch.setattr(patomic.os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="io error"):
         atomic_write_bytes(path, b"new content")
     assert path.read_bytes() == b"\x00\x01" and siblings(path) == ["out.txt"]

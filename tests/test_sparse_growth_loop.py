@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,7 +14,9 @@ from polyscale.growth.regrowth import cosine_fraction, dense_gradients, prune_an
 from polyscale.growth.snapshots import SnapshotStore, ensemble_probabilities
 from polyscale.growth.sparse_grower import SparseGrower
 from polyscale.nn.sparse import SparseMLP
+from polyscale.pipelines.grow_config import GrowSparseConfig
 from polyscale.training.optimizer_state import apply_changes
+from polyscale.training.run_dir import read_settings
 from polyscale.training.sparse_growth import SparseGrowthTrainer
 
 
@@ -276,9 +279,9 @@ def test_cli_grow_sparse_opt_in_flags_reach_the_run(tmp_path, capsys):
                  "--structure-size", "4", "--rank", "gradient", "--fill", "gradient", "--regrowth", "rigl",
                  "--output-dir", str(out)])  # fmt: skip
     assert code == 0 and "test accuracy" in capsys.readouterr().out
-    saved = json.loads((out / "checkpoint" / "trainer.json").read_text())["settings"]
-    assert saved["grower"] == {"structure_size": 4, "rank": "gradient", "fill": "gradient"}
-    assert saved["regrowth"] == "rigl"
+    saved = read_settings(out)
+    assert (saved["structure_size"], saved["rank"], saved["fill"]) == (4, "gradient", "gradient")
+    assert saved["regrowth"] == "rigl" and saved["grower"] == {}
 
 
 def test_cli_grow_sparse_flag_errors(capsys):
@@ -296,20 +299,21 @@ def test_grow_run_resumes_exactly_where_it_stopped(tmp_path):
     from polyscale.pipelines.grow import grow_sparse
 
     schedule = {"stabilisation_epochs": 1, "spike_threshold": 0.05}
-    kw = dict(dataset="digits", hidden_sizes=[16, 16], progress=False, checkpoint_every=2, schedule=schedule,
-              grower={"high": 0.7, "low": 0.3})  # fmt: skip
-    whole = grow_sparse(epochs=6, output_dir=tmp_path / "whole", **kw)
-    grow_sparse(epochs=4, output_dir=tmp_path / "split", **kw)
-    split = grow_sparse(epochs=6, output_dir=tmp_path / "split", **kw)  # resumes at epoch 4
+    cfg = GrowSparseConfig(dataset="digits", hidden_sizes=(16, 16), progress=False, checkpoint_every=2,
+                           schedule=schedule, grower={"high": 0.7, "low": 0.3})  # fmt: skip
+    whole = grow_sparse(replace(cfg, epochs=6), tmp_path / "whole")
+    grow_sparse(replace(cfg, epochs=4), tmp_path / "split")
+    split = grow_sparse(replace(cfg, epochs=6), tmp_path / "split")  # resumes at epoch 4
     assert whole["growth_events"] > 0
     for key in ("test_accuracy", "final_connections", "growth_events", "connections_added", "final_sizes"):
         assert split[key] == whole[key], key
     a, b = (
-        load_file(tmp_path / "whole" / "model.safetensors"),
-        load_file(tmp_path / "split" / "model.safetensors"),
+        load_file(tmp_path / "whole" / "model" / "model.safetensors"),
+        load_file(tmp_path / "split" / "model" / "model.safetensors"),
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     h = [json.loads(line) for line in (tmp_path / "split" / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in h] == list(range(1, 7))
-    with pytest.raises(ValueError, match="other settings"):
-        grow_sparse(epochs=6, output_dir=tmp_path / "split", **{**kw, "hidden_sizes": [8, 8]})
+    with pytest.raises(ValueError, match=r"settings differ .*\(hidden_sizes: \[16, 16\] -> \[8, 8\]\)"):
+        grow_sparse(replace(cfg, epochs=6, hidden_sizes=(8, 8)), tmp_path / "split")
+    assert [p.name for p in (tmp_path / "split" / "checkpoints").iterdir()] == ["step_00000006"]

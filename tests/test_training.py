@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from polyscale.training import TrainConfig, batch_indices, ema_decay_at, ema_update, train, warmup_cosine
+from polyscale.training.checkpoint import load_training_state, prefixed
 from polyscale.training.data import make_loader
 
 _spec = importlib.util.spec_from_file_location(
@@ -309,13 +310,13 @@ def test_checkpoints_logs_and_export(tmp_path):
         "model.safetensors",
         "optimizer.bin",
         "random_states_0.pkl",
-        "ema.safetensors",
-        "trainer_state.json",
+        "state.safetensors",
+        "state.json",
     } <= files
-    state = json.loads((result.last_checkpoint / "trainer_state.json").read_text())
+    tensors, state = load_training_state(result.last_checkpoint)
     assert state["step"] == 7 and state["scheduler"]["last_epoch"] == 7
     assert_same(load_file(str(result.last_checkpoint / "model.safetensors")), params(model))
-    assert_same(load_file(str(result.last_checkpoint / "ema.safetensors")), recorder.ema)
+    assert_same(prefixed(tensors, "ema"), recorder.ema)
 
     with open(out / "metrics.csv", newline="") as f:
         reader = csv.DictReader(f)

@@ -1,4 +1,4 @@
-"""Model directories and atomic writes.
+"""Model directories: one save/load protocol for every polyscale model.
 
 A saved model is a directory::
 
@@ -10,18 +10,17 @@ A saved model is a directory::
 **Model protocol.** A saveable model class has a class attribute ``config_class`` (a dataclass whose init
 fields are exactly the constructor's keyword arguments) and an instance attribute ``config`` (an instance of
 it). Loading rebuilds the model as ``cls(**fields(from_dict(cls.config_class, config)))``, then loads the
-weights into it.
+weights into it. A class whose structure lives in its weights (``SparseMLP``: connection positions of
+variable size) defines ``cls.build_for_weights(config, state) -> model`` instead, which builds a model whose
+parameters have the shapes of ``state``. :class:`PretrainedMixin` gives a model class
+``model.save_pretrained(dir)`` and ``Class.from_pretrained(dir)`` on top of this.
 
 **Safety.** Weights are read with safetensors only; nothing is ever unpickled. Pickle checkpoints (``.pt``,
 ``.pth``, ``.bin``, ``.ckpt``, ``.pkl``, or files starting with a pickle/torch-zip signature) are refused with
 a message saying how to convert them once, in a trusted environment.
 
-**Atomicity.** Files are written to a temporary name in the same folder, fsynced, then renamed. A model
-directory is built in a hidden sibling ``.<name>.tmp-<hex>``, fsynced, and renamed into place; an existing
-directory is first renamed aside to ``.<name>.old-<hex>`` and deleted only once the new one is in place. A
-process killed mid-save therefore leaves at the target path either the previous complete model or (killed
-between the two renames) nothing, never a half-written one; the hidden siblings it leaves behind are
-complete-or-partial copies that can be deleted (or, for ``.old-``, renamed back).
+**Atomicity.** A model directory is written with :func:`polyscale.atomic.atomic_replace_dir`: a process
+killed mid-save leaves the previous complete model or nothing, never a half-written one.
 """
 
 from __future__ import annotations
@@ -29,11 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import os
-import shutil
-import uuid
-import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,121 +38,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from polyscale.atomic import atomic_replace_dir, atomic_write_bytes, atomic_write_text
 from polyscale.config import ConfigError, from_dict, to_dict
+from polyscale.pickles import PICKLE_SUFFIXES, has_pickle_signature, is_pickle_file, pickle_error
+
+# the atomic writers live in polyscale.atomic; re-exported here for older imports
+__all__ = ["PretrainedMixin", "atomic_replace_dir", "atomic_write_bytes", "atomic_write_text", "load_pretrained",
+           "load_weights", "model_from_state", "read_model_dir", "resolve_model_dir", "save_pretrained"]  # fmt: skip
 
 FORMAT = "polyscale-model"
 FORMAT_VERSION = 1
 CONFIG_NAME, WEIGHTS_NAME, EMA_NAME = "config.json", "model.safetensors", "ema.safetensors"
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
-
-# ---------------------------------------------------------------------------------------------- atomic writes
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist a directory's entries (renames); a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temp_sibling(path: Path, tag: str) -> Path:
-    return path.parent / f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}"
-
-
-def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview) -> Path:
-    """Write ``data`` to ``path``: temporary file in the same folder, fsync, then ``os.replace``.
-
-    Readers see the old content or the new one, never a partial file. The new file gets the usual
-    permissions (``0o666`` minus the umask). Parent folders are created. Returns ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path, "tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def read_run_dir(directory: str | Path, command: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """``(config.json, model.safetensors)`` of a run directory that ``polyscale <command>`` wrote."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    for name in ("config.json", "model.safetensors"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(
-                f"{directory} has no {name}; expected a `polyscale {command}` run directory"
-            )
-    return json.loads((directory / "config.json").read_text()), load_file(directory / "model.safetensors")
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Text (UTF-8) version of :func:`atomic_write_bytes`."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _fsync_tree(root: Path) -> None:
-    for p in sorted(root.rglob("*"), key=lambda q: len(q.parts), reverse=True):  # files before their folders
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-        elif p.is_dir():
-            _fsync_dir(p)
-    _fsync_dir(root)
-
-
-def atomic_replace_dir(build: Callable[[Path], None], target: str | Path) -> Path:
-    """Create directory ``target`` atomically from ``build(tmp_dir)``, replacing any existing directory.
-
-    ``build`` fills a hidden sibling temporary directory, which is fsynced and renamed into place. An existing
-    ``target`` is renamed aside first and deleted only after the new one is in place; if anything raises,
-    the temporary directory is removed and the previous ``target`` restored. See the module docstring for what
-    a killed process leaves behind.
-
-    Raises:
-        NotADirectoryError: ``target`` exists and is not a directory.
-    """
-    target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"{target} exists and is not a directory; refusing to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(target, "tmp")
-    tmp.mkdir()
-    old: Path | None = None
-    try:
-        build(tmp)
-        _fsync_tree(tmp)
-        if target.exists():
-            old = _temp_sibling(target, "old")
-            os.replace(target, old)
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None and not target.exists():
-            os.replace(old, target)  # put the previous version back
-            old = None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
 
 # ----------------------------------------------------------------------------------------------------- saving
 
@@ -286,34 +177,6 @@ def save_pretrained(
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def _pickle_error(path: Path) -> ValueError:
-    return ValueError(
-        f"{path} looks like a pickle checkpoint; polyscale refuses to unpickle files for safety (unpickling "
-        "can run arbitrary code). Convert it once, in an environment you trust: "
-        f"safetensors.torch.save_file(torch.load({str(path)!r}, weights_only=True), 'model.safetensors'), "
-        "then rebuild the model and save it with polyscale.io.save_pretrained"
-    )
-
-
-def _has_pickle_signature(path: Path) -> bool:
-    """Pickle protocol 2-5 header (``\\x80`` + version; also torch's legacy format) or a torch zip archive."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
-        return True
-    if head == b"PK\x03\x04":  # zip: torch.save's container holds <archive>/data.pkl (numpy .npz does not)
-        try:
-            with zipfile.ZipFile(path) as zf:
-                return any(n.endswith("data.pkl") for n in zf.namelist())
-        except (zipfile.BadZipFile, OSError):
-            return False
-    return False
-
-
-def _is_pickle_file(path: Path) -> bool:
-    return path.suffix.lower() in PICKLE_SUFFIXES or _has_pickle_signature(path)
-
-
 @dataclass
 class ModelDir:
     """What a model directory's ``config.json`` says, read without loading weights."""
@@ -363,8 +226,8 @@ def read_model_dir(directory: str | Path) -> ModelDir:
     if not path.exists():
         raise _missing_dir_error(path)
     if not path.is_dir():
-        if path.suffix.lower() != ".safetensors" and _is_pickle_file(path):
-            raise _pickle_error(path)
+        if path.suffix.lower() != ".safetensors" and is_pickle_file(path):
+            raise pickle_error(path)
         parent = (
             f" (did you mean its folder {str(path.parent)!r}?)"
             if path.name in (CONFIG_NAME, WEIGHTS_NAME)
@@ -375,9 +238,9 @@ def read_model_dir(directory: str | Path) -> ModelDir:
         )
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
-        pickles = sorted(p for p in path.iterdir() if p.is_file() and _is_pickle_file(p))
+        pickles = sorted(p for p in path.iterdir() if p.is_file() and is_pickle_file(p))
         if pickles:
-            raise _pickle_error(pickles[0])
+            raise pickle_error(pickles[0])
         found = sorted(p.name for p in path.iterdir())[:8]
         raise FileNotFoundError(
             f"{path} has no {CONFIG_NAME}; expected a model directory saved by save_pretrained, found {found}"
@@ -413,20 +276,18 @@ def load_weights(path: str | Path, *, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise _pickle_error(path)
+        raise pickle_error(path)
     try:
         return load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        if _has_pickle_signature(path):
-            raise _pickle_error(path) from None
+        if has_pickle_signature(path):
+            raise pickle_error(path) from None
         raise ValueError(
             f"{path} is not a readable safetensors file (corrupt or truncated?): {err}"
         ) from None
 
 
-def _check_fits(
-    model: nn.Module, state: Mapping[str, torch.Tensor], info: ModelDir, weights: Path, strict: bool
-):
+def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, strict: bool) -> None:
     expected = model.state_dict()
     shapes = [f"{k}: config builds {tuple(v.shape)}, file has {tuple(state[k].shape)}"
               for k, v in expected.items() if k in state and v.shape != state[k].shape]  # fmt: skip
@@ -436,8 +297,7 @@ def _check_fits(
         problems += [f"missing keys {missing[:5]}"] if missing else []
         problems += [f"unexpected keys {extra[:5]}"] if extra else []
     if problems:
-        where = f"the {info.class_name} described by {info.config_path}"
-        raise ValueError(f"{weights} does not fit {where}: {'; '.join(problems)}")
+        raise ValueError(f"{what}: {'; '.join(problems)}")
 
 
 def load_pretrained(
@@ -448,7 +308,8 @@ def load_pretrained(
     map_location: str | torch.device = "cpu",
     strict: bool = True,
 ) -> nn.Module:
-    """Rebuild the model saved in ``directory`` and load its weights (bit-identical to what was saved).
+    """Rebuild the model saved in ``directory`` and load its weights (bit-identical to what was saved). The
+    model is in training mode; weights saved in another dtype are converted to the constructor's.
 
     Args:
         directory: a model directory written by :func:`save_pretrained`.
@@ -458,22 +319,39 @@ def load_pretrained(
         map_location: device for the model and its weights.
         strict: require the file's keys to equal the model's (shapes must always match).
 
-    Returns:
-        The model (in training mode, as constructed; call ``.eval()`` to sample). Parameters keep the dtype
-        the constructor gives them; weights saved in another dtype are converted on load.
-
     Raises:
-        ValueError: unknown class (lists the known ones), class without ``config_class``, weights that do
-            not fit the config, or any error of :func:`read_model_dir` / :func:`load_weights`.
-        ConfigError: config.json's ``config`` does not validate against ``config_class``.
-        FileNotFoundError: missing directory, config.json or weights file.
+        ValueError: unknown class, class without ``config_class``, weights that do not fit the config, or
+            any error of :func:`read_model_dir` / :func:`load_weights`; ConfigError: an invalid ``config``;
+            FileNotFoundError: missing directory, config.json or weights file.
     """
     info = read_model_dir(directory)
     if info.class_name not in classes:
         raise ValueError(
             f"{info.config_path}: unknown model class {info.class_name!r}; known: {sorted(classes)}"
         )
+    weights = info.ema_path if ema else info.model_path
+    if not weights.is_file():
+        hint = "; it was saved without EMA weights, load with ema=False" if ema else ""
+        raise FileNotFoundError(f"{info.path} has no {weights.name}{hint}")
+    state = load_weights(weights, map_location=map_location)
     cls = classes[info.class_name]
+    return model_from_state(
+        cls, info.config, state, strict=strict, source=str(info.config_path), weights=weights
+    )
+
+
+def model_from_state(
+    cls: type,
+    config: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    source: str = "config",
+    weights: str | Path = "state",
+) -> nn.Module:
+    """``cls`` rebuilt from ``config`` (plain JSON, as in config.json) holding ``state`` (on its device): the
+    in-memory protocol (module docstring) that :func:`load_pretrained` applies to a directory's files.
+    ``source``/``weights`` name the two in error messages."""
     config_class = getattr(cls, "config_class", None)
     if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)):
         raise ValueError(
@@ -481,21 +359,91 @@ def load_pretrained(
             "model classes expose config_class (constructor arguments) and config (its instance)"
         )
     try:
-        config = from_dict(config_class, info.config, where="config")
+        cfg = from_dict(config_class, config, where="config")
     except ConfigError as err:
-        raise ConfigError(f"{info.config_path}: {err}") from None
-    kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+        raise ConfigError(f"{source}: {err}") from None
+    kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
+    builder = getattr(cls, "build_for_weights", None)
     try:
-        model = cls(**kwargs).to(map_location)
+        model = builder(cfg, state) if builder is not None else cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{info.config_path}: could not build {cls.__name__} from its config: {err}"
-        ) from err
-    weights = info.ema_path if ema else info.model_path
-    if not weights.is_file():
-        hint = "; it was saved without EMA weights, load with ema=False" if ema else ""
-        raise FileNotFoundError(f"{info.path} has no {weights.name}{hint}")
-    state = load_weights(weights, map_location=map_location)
-    _check_fits(model, state, info, weights, strict)
+        raise ValueError(f"{source}: could not build {cls.__name__} from its config: {err}") from err
+    model = model.to(next(iter(state.values())).device if state else "cpu")
+    _check_fits(model, state, f"{weights} does not fit the {cls.__name__} described by {source}", strict)
     model.load_state_dict(state, strict=strict)
     return model
+
+
+# ------------------------------------------------------------------------------------- resolving and mixin
+
+PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"  # shipped models, one directory each
+
+
+def resolve_model_dir(name_or_path: str | Path, *, kind: str | None = None) -> Path:
+    """The model directory meant by ``name_or_path``: a model directory itself, a run directory (its
+    ``model/``), or the name of a shipped model (``polyscale/pretrained/<name>``), tried in that order.
+
+    ``kind`` (a class name such as ``"UNet"``) additionally requires the model to be of that class.
+
+    Raises:
+        FileNotFoundError: none of the three forms exists (the message lists the shipped names).
+        ValueError: the model is of another class than ``kind``, or any error of :func:`read_model_dir`.
+    """
+    path = Path(name_or_path)
+    if (path / CONFIG_NAME).is_file() or (path.exists() and not (path / "model").is_dir()):
+        found = path
+    elif (path / "model" / CONFIG_NAME).is_file():
+        found = path / "model"
+    elif path.parent == Path(".") and (PRETRAINED_ROOT / path.name / CONFIG_NAME).is_file():
+        found = PRETRAINED_ROOT / path.name
+    else:
+        raise FileNotFoundError(
+            f"{str(name_or_path)!r} is not a model directory, a run directory with model/, or a shipped model "
+            f"(shipped: {sorted(p.parent.name for p in PRETRAINED_ROOT.glob('*/' + CONFIG_NAME))})"
+        )
+    info = read_model_dir(found)
+    if kind is not None and info.class_name != kind:
+        raise ValueError(f"{found} holds a {info.class_name}, expected a {kind}")
+    return found
+
+
+class PretrainedMixin:
+    """``model.save_pretrained(directory)`` and ``Class.from_pretrained(name_or_path)`` for a model class that
+    follows the model protocol (module docstring): ``config.json`` + ``model.safetensors`` (+ EMA weights).
+
+    Not ``huggingface_hub.PyTorchModelHubMixin``: it downloads any name that is not a local folder (we never
+    download at run time), its config.json lacks our format header (shipped models would not load unchanged)
+    and it has no place for EMA weights or for structure stored in the weights (``SparseMLP``).
+    """
+
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        *,
+        ema: nn.Module | Mapping[str, torch.Tensor] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write this model (and optionally EMA weights) to ``directory`` atomically; see
+        :func:`save_pretrained`."""
+        return save_pretrained(self, directory, ema=ema, metadata=metadata)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        ema: bool = False,
+        map_location: str | torch.device = "cpu",
+        strict: bool = True,
+    ):
+        """The model saved at ``name_or_path`` (model directory, run directory or shipped model name; see
+        :func:`resolve_model_dir`), bit-identical to what was saved. ``ema=True`` loads the EMA weights.
+
+        Raises:
+            ValueError: the directory holds another class than ``cls`` (or any error of
+                :func:`load_pretrained`).
+        """
+        directory = resolve_model_dir(name_or_path, kind=cls.__name__)
+        return load_pretrained(
+            directory, {cls.__name__: cls}, ema=ema, map_location=map_location, strict=strict
+        )

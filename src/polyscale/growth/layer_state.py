@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from polyscale.io import atomic_write_bytes, atomic_write_text
+from polyscale.atomic import atomic_write_bytes, atomic_write_text
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 

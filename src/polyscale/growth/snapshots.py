@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from polyscale.config import to_dict
+from polyscale.io import model_from_state
 from polyscale.nn.sparse import SparseMLP
 
 FORMAT = "polyscale.sparse_snapshots/1"
@@ -56,13 +58,13 @@ class SnapshotInfo:
     stored_bytes: int
 
 
-def _block_source(key: str) -> int | None:
-    """Source layer ``s`` of the block that ``blocks.{t}<-{s}.values`` belongs to (None for other keys); its
-    ``in_features`` is ``config["sizes"][s]``."""
+def _block_in_features(key: str, config: dict) -> int | None:
+    """``in_features`` of the block that ``blocks.{t}<-{s}.values`` belongs to (None for other keys)."""
     parts = key.split(".")
     if len(parts) != 3 or parts[0] != "blocks" or parts[2] != "values":
         return None
-    return int(parts[1].split("<-")[1])
+    sizes = [config["in_features"], *config["hidden_sizes"], config["out_features"]]  # a SparseMLPConfig
+    return int(sizes[int(parts[1].split("<-")[1])])
 
 
 def _reference(key: str, new: dict, new_config: dict, old: dict | None, old_config: dict | None) -> Tensor:
@@ -70,14 +72,14 @@ def _reference(key: str, new: dict, new_config: dict, old: dict | None, old_conf
     target = new[key]
     if old is None or key not in old:
         return torch.zeros_like(target)
-    source = _block_source(key)
-    if source is not None:
-        in_new = int(new_config["sizes"][source])
+    in_new = _block_in_features(key, new_config)
+    if in_new is not None:
         flat_key = key[: -len("values")] + "flat_index"
         if flat_key in old and flat_key in new:
             if old_config is None:
                 raise ValueError(f"{key}: the previous state was given without its config")
-            in_old = int(old_config["sizes"][source])
+            in_old = _block_in_features(key, old_config)
+            assert in_old is not None  # the same key in both configs
             # (row, col) of each connection, as one sortable integer independent of the layer's width
             width = max(in_new, in_old) + 1
             old_rc = (old[flat_key] // in_old) * width + old[flat_key] % in_old
@@ -131,7 +133,7 @@ class SnapshotStore:
         if reason not in ("growth", "improvement", "final"):
             raise ValueError(f"reason must be 'growth', 'improvement' or 'final', got {reason!r}")
         state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        config = net.config()
+        config = to_dict(net.config)
         keyframe = not self.infos or self.infos[-1].phase != phase
         old, old_config = (None, None) if keyframe else (self._previous_state(), self.infos[-1].config)
         blobs = {k: _encode(v, _reference(k, state, config, old, old_config)) for k, v in state.items()}
@@ -183,7 +185,7 @@ class SnapshotStore:
 
     def model(self, index: int) -> SparseMLP:
         """Snapshot ``index`` as a network of the structure it had when it was taken."""
-        return SparseMLP.from_state(self.infos[index].config, self.state(index))
+        return model_from_state(SparseMLP, self.infos[index].config, self.state(index))
 
     def by_phase(self) -> dict[str, list[int]]:
         """Snapshot indices grouped by growth phase, in order."""
@@ -216,7 +218,7 @@ class SnapshotStore:
         """Write the store to ``path`` (one ``.safetensors`` file, written atomically)."""
         from safetensors.torch import save
 
-        from polyscale.io import atomic_write_bytes
+        from polyscale.atomic import atomic_write_bytes
 
         tensors = {
             f"{i}/{key}": torch.frombuffer(bytearray(blob), dtype=torch.uint8)

@@ -22,11 +22,13 @@ residual stream, so inserting one leaves the model's outputs unchanged exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from polyscale.io import PretrainedMixin
 
 
 @dataclass
@@ -100,9 +102,12 @@ class Block(nn.Module):
 RESIDUAL_OUTPUTS = ("attn.c_proj", "mlp.c_proj")  # a block is the identity when both are zero
 
 
-class GPT(nn.Module):
+class GPT(PretrainedMixin, nn.Module):
     """The model of the module docstring. ``forward(idx (B, T) long, targets=None) -> (logits (B, T, V),
-    loss or None)``; the loss is the mean cross-entropy over all ``B * T`` positions."""
+    loss or None)``; the loss is the mean cross-entropy over all ``B * T`` positions. Saved and loaded with
+    ``save_pretrained(dir)`` / ``GPT.from_pretrained(dir)`` (:class:`polyscale.io.PretrainedMixin`)."""
+
+    config_class = GPTConfig
 
     def __init__(self, config: GPTConfig | None = None, **kwargs) -> None:
         super().__init__()
@@ -212,16 +217,3 @@ class GPT(nn.Module):
         ``T`` (default ``block_size``); the estimate of Kaplan et al. (2020) that nanoGPT's MFU uses."""
         cfg, T = self.config, seq_len if seq_len is not None else self.config.block_size
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_state(cls, config: dict, state: dict[str, Tensor]) -> GPT:
-        """A model rebuilt from :meth:`config_dict` and a ``state_dict`` (safetensors drops the tied head's
-        duplicate, so ``lm_head.weight`` may be missing)."""
-        model = cls(GPTConfig(**config))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or set(missing) - {"lm_head.weight"}:
-            raise ValueError(f"state does not fit the config: missing {missing}, unexpected {unexpected}")
-        return model

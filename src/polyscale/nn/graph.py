@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from polyscale.io import PretrainedMixin
 from polyscale.nn.embeddings import NoiseEmbedding
 
 
@@ -314,7 +315,7 @@ class GraphLayer(nn.Module):
         )  # symmetric in (src, dst)
 
 
-class GraphDenoiser(nn.Module):
+class GraphDenoiser(PretrainedMixin, nn.Module):
     """``forward(x (N, node_dim), edge_index (2, E), edge_attr (E, edge_dim), c_noise (N,), *, batch (N,),
     node_cond (N, node_cond_dim), edge_cond (E, edge_cond_dim), scale (G,), triangles (3, T),
     triangle_cond (T, triangle_cond_dim)) -> (node_out (N, node_dim), edge_out (E, edge_dim))``.

@@ -25,11 +25,13 @@ growth"). Connectivity then starts at ``density`` or at the per-unit minima, whi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from polyscale.io import PretrainedMixin
 
 MODES = ("auto", "masked", "sparse")
 
@@ -245,7 +247,25 @@ class SparseLinear(nn.Module):
 ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
 
 
-class SparseMLP(nn.Module):
+@dataclass
+class SparseMLPConfig:
+    """:class:`SparseMLP`'s constructor arguments. ``hidden_sizes`` follows growth (cloning widens layers);
+    ``density``, ``min_inputs`` and ``min_outputs`` describe the initial draw only: a saved network's
+    connections are its weights file's ``blocks.<t><-<s>.flat_index`` tensors, which rebuild it exactly."""
+
+    in_features: int = 40
+    hidden_sizes: tuple[int, ...] = field(default_factory=lambda: (256, 256))
+    out_features: int = 10
+    activation: str = "tanh"
+    skip: int = 0
+    density: float = 1e-4
+    min_inputs: int = 1
+    min_outputs: int = 1
+    mode: str = "auto"
+    sparse_below: float = 0.005
+
+
+class SparseMLP(PretrainedMixin, nn.Module):
     """A multi-layer network of ``SparseLinear`` blocks, with optional skip connections.
 
     Sizes ``[in, *hidden, out]``; layer ``l`` (1-based) computes ``h_l = act(sum_s W_{l,s} h_s + b_l)`` over
@@ -253,8 +273,11 @@ class SparseMLP(nn.Module):
     radius). The last layer has no activation (logits). The adjacent block ``W_{l,l-1}`` starts with the
     per-unit minima of incoming (``min_inputs``) and, for hidden units, outgoing connections
     (``min_outputs``; module docstring); skip blocks start at ``density`` with no minimum.
-    ``x (B, in) -> (B, out)``.
+    ``x (B, in) -> (B, out)``. Saved and loaded with ``save_pretrained(dir)`` / ``SparseMLP.from_pretrained``
+    (:class:`polyscale.io.PretrainedMixin`); :meth:`build_for_weights` rebuilds the connections.
     """
+
+    config_class = SparseMLPConfig
 
     def __init__(
         self,
@@ -268,6 +291,7 @@ class SparseMLP(nn.Module):
         min_inputs: int = 1,
         min_outputs: int = 1,
         mode: str = "auto",
+        sparse_below: float = 0.005,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -277,6 +301,7 @@ class SparseMLP(nn.Module):
             raise ValueError(f"skip must be 0 to 3 layers back, got {skip}")
         self.sizes = [in_features, *hidden_sizes, out_features]
         self.activation, self.skip = activation, skip
+        self.initial = {"density": density, "min_inputs": min_inputs, "min_outputs": min_outputs}
         self.blocks = nn.ModuleDict()
         for layer in range(1, len(self.sizes)):
             for source in range(layer - 1, max(-1, layer - 2 - skip), -1):
@@ -288,6 +313,7 @@ class SparseMLP(nn.Module):
                     min_inputs=min_inputs if adjacent else 0,
                     bias=adjacent,
                     mode=mode,
+                    sparse_below=sparse_below,
                     generator=generator,
                 )
         for layer in range(1, len(self.sizes) - 1):
@@ -330,35 +356,33 @@ class SparseMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.hidden_activations(x)[-1]
 
-    def config(self) -> dict:
-        """What rebuilds this network's structure (with :meth:`from_state`): sizes, activation, skip, mode."""
+    @property
+    def config(self) -> SparseMLPConfig:
+        """The current structure's :class:`SparseMLPConfig` (layer sizes follow growth)."""
         first = next(iter(self.blocks.values()))
-        return {
-            "sizes": list(self.sizes),
-            "activation": self.activation,
-            "skip": self.skip,
-            "mode": first.mode,
-            "sparse_below": first.sparse_below,
-        }
+        return SparseMLPConfig(
+            self.sizes[0], tuple(self.sizes[1:-1]), self.sizes[-1], self.activation, self.skip,
+            **self.initial, mode=first.mode, sparse_below=first.sparse_below,
+        )  # fmt: skip
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, Tensor]) -> SparseMLP:
-        """The network described by ``config`` (from :meth:`config`) holding ``state`` (from ``state_dict()``),
-        connections included: the structure may differ from any freshly initialised one."""
-        sizes = list(config["sizes"])
+    def build_for_weights(cls, config: SparseMLPConfig, state: dict[str, Tensor]) -> SparseMLP:
+        """A network of ``config``'s shape whose blocks hold the connection positions of ``state`` (a
+        ``state_dict()``), values still to be loaded: the structure-from-weights hook of the model protocol
+        (:mod:`polyscale.io`), so any grown network loads back exactly."""
         net = cls(
-            sizes[0], sizes[1:-1], sizes[-1], activation=config["activation"], skip=config["skip"],
-            density=0.0, min_inputs=0, min_outputs=0, mode=config.get("mode", "auto"),
+            config.in_features, list(config.hidden_sizes), config.out_features, activation=config.activation,
+            skip=config.skip, density=0.0, min_inputs=0, min_outputs=0, mode=config.mode,
+            sparse_below=config.sparse_below,
         )  # fmt: skip
+        net.initial = {"density": config.density, "min_inputs": config.min_inputs,
+                       "min_outputs": config.min_outputs}  # fmt: skip
         for name, block in net.blocks.items():
-            for key in ("flat_index", "values"):
-                if f"blocks.{name}.{key}" not in state:
-                    raise ValueError(f"state has no entry blocks.{name}.{key} for block {name!r}")
-            block.sparse_below = float(config.get("sparse_below", block.sparse_below))
-            flat = state[f"blocks.{name}.flat_index"].to(torch.long)
-            block.flat_index = flat
-            block.values = nn.Parameter(torch.empty(flat.numel()))
-        net.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)  # keeps the state's dtypes
+            key = f"blocks.{name}.flat_index"
+            if key not in state:
+                raise ValueError(f"weights have no {key} for block {name!r}; expected a SparseMLP state_dict")
+            block.flat_index = state[key].to(device="cpu", dtype=torch.long).clone()
+            block.values = nn.Parameter(torch.empty(block.nnz))
         return net
 
     def clone_units(

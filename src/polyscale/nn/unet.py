@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from polyscale.io import PretrainedMixin
 from polyscale.nn.blocks import (
     NORMS,
     PADDING_MODES,
@@ -100,7 +101,7 @@ def _validate(cfg: UNetConfig) -> None:
             raise ValueError(f"channel width {width} is not divisible by norm_groups={cfg.norm_groups}")
 
 
-class UNet(nn.Module):
+class UNet(PretrainedMixin, nn.Module):
     """N-D U-Net: ``forward(x (B, C_in, *S), c_noise (B,) | (), class_labels (B,) | None) -> (B, C_out, *S)``.
 
     Conditioning: sinusoidal features of ``c_noise`` through an MLP, plus a learned class embedding when

@@ -4,34 +4,41 @@ Data (offline, procedural or shipped): ``mnist1d`` (the benchmark's 4,000 traini
 length 40; the last 400 training signals are the validation set) or ``digits`` (scikit-learn's 1,797 8x8
 images, 64 features; a seeded 70 / 10 / 20 % train / validation / test split).
 
-The run directory gets ``model.safetensors`` + ``config.json`` (the final network), ``snapshots.safetensors``
-(every snapshot, as deltas; :class:`polyscale.growth.snapshots.SnapshotStore`), ``history.jsonl`` (one line
-of statistics per epoch) and ``summary.json`` (test accuracy of the final network, of the best snapshot and
-of the snapshot ensemble, growth events, connectivity, compression ratio).
+The run directory has the one layout of :mod:`polyscale.training.run_dir`: ``config.yaml`` (the
+:class:`GrowSparseConfig`), ``checkpoints/``, ``model/`` (the final network as a model directory:
+``SparseMLP.from_pretrained(run_dir)``), ``history.jsonl`` (one line of statistics per epoch),
+``summary.json`` (test accuracy of the final network, of the best snapshot and of the snapshot ensemble,
+growth events, connectivity, compression ratio), plus ``snapshots.safetensors`` (every snapshot, as deltas;
+:class:`polyscale.growth.snapshots.SnapshotStore`).
 
 Runs resume. Every ``checkpoint_every`` epochs (10) the trainer's whole state, the snapshots and the history
-go to ``output_dir/checkpoint/``, written atomically (a new directory renamed into place). A later call with
-the same settings continues from there (``resume=False`` starts over); a run asked for more epochs than it
-has continues to the new total. Other settings that differ from the saved run's are an error.
+go to ``checkpoints/step_<epoch>`` in the one checkpoint format (:mod:`polyscale.training.checkpoint`). A
+later call with the same settings continues from there (``resume=False`` starts over); a run asked for more
+epochs continues to the new total. Other settings that differ from the saved run's are an error naming
+each (old -> new).
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from polyscale.config import to_dict
 from polyscale.growth import SparseGrowthSchedule
-from polyscale.growth.snapshots import ensemble_probabilities
+from polyscale.growth.snapshots import SnapshotStore, ensemble_probabilities
 from polyscale.growth.sparse_grower import SparseGrower
-from polyscale.io import atomic_write_bytes, atomic_write_text, read_run_dir
 from polyscale.nn.sparse import SparseMLP
+from polyscale.pipelines.grow_config import GrowSparseConfig
 from polyscale.pipelines.sample import resolve_device
+from polyscale.training.checkpoint import load_training_state, save_training_state
+from polyscale.training.run_dir import MODEL, prepare_run, write_history, write_summary
 from polyscale.training.sparse_growth import SparseGrowthTrainer, accuracy
 
 DATASETS = ("mnist1d", "digits")
+RESUMABLE = ("epochs", "device", "progress", "checkpoint_every")  # may change when a run resumes
 ENSEMBLE_SIZE = 5  # snapshots in the reported ensemble: the best ones by validation accuracy
 
 Split = tuple[Tensor, Tensor]
@@ -59,68 +66,76 @@ def classification_data(dataset: str, *, seed: int = 0) -> tuple[Split, Split, S
 
 
 def grow_sparse(
-    *,
-    dataset: str = "mnist1d",
-    epochs: int = 100,
-    sparsity: float = 1e-4,
-    activation: str = "tanh",
-    hidden_sizes: tuple[int, ...] | list[int] = (256, 256),
-    skip: int = 1,
-    lr: float = 1e-2,
-    batch_size: int = 100,
-    device: str = "auto",
-    seed: int = 0,
-    output_dir: str | Path | None = None,
-    progress: bool = True,
-    schedule: dict | None = None,
-    grower: dict | None = None,
-    regrowth: str | None = None,
-    resume: bool = True,
-    checkpoint_every: int = 10,
+    cfg: GrowSparseConfig | None = None, output_dir: str | Path | None = None, *, resume: bool = True, **flags
 ) -> dict:
     """Train a growing sparse network; returns the summary (also written to ``output_dir/summary.json``).
 
-    ``sparsity`` is the initial connectivity, the share of possible connections present at the start
-    (default 1e-4 = 0.01 %), before the per-unit minima of one input and one output (``polyscale.nn.sparse``).
-    ``schedule`` and ``grower`` override fields of :class:`SparseGrowthSchedule` and :class:`SparseGrower`
-    (e.g. ``{"phase_limits": (100, 500, 2000)}``); the defaults are the issue's numbers. ``regrowth``
-    (``"set"`` or ``"rigl"``, default none) also prunes and regrows after every epoch that does not grow
-    (:class:`SparseGrowthTrainer`)."""
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if not 0 < sparsity <= 1:
-        raise ValueError(f"sparsity (the initial connectivity) must be in (0, 1], got {sparsity}")
-    if not hidden_sizes or min(hidden_sizes) < 1:
-        raise ValueError(f"hidden_sizes must be one or more positive widths, got {list(hidden_sizes)}")
-    train, val, test = classification_data(dataset, seed=seed)
-    torch.manual_seed(seed)
+    ``cfg`` (default :class:`GrowSparseConfig()`) holds every setting: ``connectivity`` is the initial share
+    of possible connections present (default 1e-4 = 0.01 %), before the per-unit minima of one input and one
+    output (``polyscale.nn.sparse``); ``schedule`` and ``grower`` override further fields of
+    :class:`SparseGrowthSchedule` and :class:`SparseGrower`. Without ``output_dir`` nothing is written.
+    ``**flags``: the older keyword form (one keyword per field, ``sparsity`` for ``connectivity``), applied
+    on top of ``cfg`` until every caller passes a config.
+    """
+    cfg = _with_flags(cfg or GrowSparseConfig(), flags)
+    cfg.validate()
+    train, val, test = classification_data(cfg.dataset, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
     net = SparseMLP(
-        train[0].shape[1], list(hidden_sizes), 10, activation=activation, skip=min(skip, len(hidden_sizes)),
-        density=sparsity, generator=torch.Generator().manual_seed(seed),
+        train[0].shape[1], list(cfg.hidden_sizes), 10, activation=cfg.activation,
+        skip=min(cfg.skip, len(cfg.hidden_sizes)), density=cfg.connectivity,
+        generator=torch.Generator().manual_seed(cfg.seed),
     )  # fmt: skip
     start = net.connectivity_stats()
+    grower = {"structure_size": cfg.structure_size, "rank": cfg.rank, "fill": cfg.fill, **cfg.grower}
     trainer = SparseGrowthTrainer(
-        net, train, val, lr=lr, batch_size=batch_size,
-        schedule=SparseGrowthSchedule(**{"max_epochs": epochs, **(schedule or {})}),
-        grower=SparseGrower(**(grower or {})), regrowth=regrowth, total_epochs=epochs,
-        device=resolve_device(device), seed=seed,
+        net, train, val, lr=cfg.lr, batch_size=cfg.batch_size,
+        schedule=SparseGrowthSchedule(**{"max_epochs": cfg.epochs, **cfg.schedule}),
+        grower=SparseGrower(**grower), regrowth=cfg.regrowth, total_epochs=cfg.epochs,
+        device=resolve_device(cfg.device), seed=cfg.seed,
     )  # fmt: skip
-    settings = {
-        "dataset": dataset, "sparsity": sparsity, "activation": activation, "hidden_sizes": list(hidden_sizes),
-        "skip": skip, "lr": lr, "batch_size": batch_size, "seed": seed, "schedule": _jsonable(schedule or {}),
-        "grower": _jsonable(grower or {}), "regrowth": regrowth,
-    }  # fmt: skip
+    out = None if output_dir is None else Path(output_dir)
     history: list[dict] = []
-    checkpoint = None if output_dir is None else Path(output_dir) / "checkpoint"
-    if checkpoint is not None and resume and checkpoint.is_dir():
-        history = _resume(trainer, checkpoint, settings, epochs)
+    if out is not None and (last := prepare_run(out, to_dict(cfg), resume=resume, ignore=RESUMABLE)):
+        history = _resume(trainer, last, cfg.epochs)
 
     def after_epoch(stats: dict) -> None:
         history.append(stats)
-        if checkpoint is not None and (trainer.epoch % checkpoint_every == 0 or trainer.epoch == epochs):
-            _save_checkpoint(trainer, checkpoint, settings, history)
+        if out is not None and (trainer.epoch % cfg.checkpoint_every == 0 or trainer.epoch == cfg.epochs):
+            _save_checkpoint(trainer, out, history)
 
-    trainer.fit(max(0, epochs - trainer.epoch), progress=progress, after_epoch=after_epoch)
+    trainer.fit(max(0, cfg.epochs - trainer.epoch), progress=cfg.progress, after_epoch=after_epoch)
+    summary = _summary(cfg, trainer, history, test, start)
+    if out is not None:
+        trainer.net.save_pretrained(out / MODEL, metadata={"dataset": cfg.dataset, "epochs": cfg.epochs})
+        trainer.store.save(out / "snapshots.safetensors")
+        write_history(out, history)
+        write_summary(out, summary)
+    return summary
+
+
+def _with_flags(cfg: GrowSparseConfig, flags: dict) -> GrowSparseConfig:
+    """``cfg`` with the older keyword arguments applied (``sparsity`` is ``connectivity``; ``grower`` entries
+    that are fields of the config move there)."""
+    if not flags:
+        return cfg
+    flags = dict(flags)
+    if "sparsity" in flags:
+        flags["connectivity"] = flags.pop("sparsity")
+    grower = dict(flags.pop("grower", None) or {})
+    for key in ("structure_size", "rank", "fill"):
+        if key in grower:
+            flags[key] = grower.pop(key)
+    flags["grower"], flags["schedule"] = grower, dict(flags.get("schedule") or {})
+    flags["hidden_sizes"] = tuple(flags.get("hidden_sizes", cfg.hidden_sizes))
+    unknown = sorted(set(flags) - set(to_dict(cfg)))
+    if unknown:
+        raise TypeError(f"grow_sparse() got unexpected keyword arguments {unknown}")
+    return replace(cfg, **flags)
+
+
+def _summary(cfg: GrowSparseConfig, trainer: SparseGrowthTrainer, history: list[dict], test, start) -> dict:
+    """Test accuracy of the final network, the best snapshot and the snapshot ensemble, and growth counts."""
     store = trainer.store
     store.add(trainer.net, epoch=trainer.epoch, phase=trainer.schedule.phase, reason="final",
               metric=history[-1]["val_accuracy"])  # fmt: skip
@@ -132,8 +147,8 @@ def grow_sparse(
     members = [store.model(i.index).to(trainer.device) for i in chosen]
     probs = ensemble_probabilities(members, x_test)
     end = trainer.net.connectivity_stats()
-    summary = {
-        "dataset": dataset,
+    return {
+        "dataset": cfg.dataset,
         "test_accuracy": accuracy(trainer.net, x_test, y_test),
         "best_snapshot": best,
         "best_snapshot_test_accuracy": accuracy(store.model(best).to(trainer.device), x_test, y_test),
@@ -149,67 +164,26 @@ def grow_sparse(
         "snapshots": len(store),
         "snapshots_by_phase": store.by_phase(),
         "snapshot_compression_ratio": store.compression_ratio,
-        "epochs": epochs,
+        "epochs": cfg.epochs,
     }
-    if output_dir is not None:
-        _write_run(Path(output_dir), trainer, history, summary)
-    return summary
 
 
-def _jsonable(d: dict) -> dict:
-    return json.loads(json.dumps(d))  # tuples -> lists, so saved and given settings compare equal
-
-
-def _save_checkpoint(
-    trainer: SparseGrowthTrainer, checkpoint: Path, settings: dict, history: list[dict]
-) -> None:
-    from safetensors.torch import save_file
-
-    from polyscale.io import atomic_replace_dir
-
+def _save_checkpoint(trainer: SparseGrowthTrainer, out: Path, history: list[dict]) -> None:
+    """The trainer's state (:meth:`SparseGrowthTrainer.state_dict`), the history and the snapshots."""
     tensors, meta = trainer.state_dict()
-
-    def build(tmp: Path) -> None:
-        save_file(tensors, tmp / "trainer.safetensors")
-        (tmp / "trainer.json").write_text(json.dumps({"settings": settings, "state": meta}, indent=1) + "\n")
-        trainer.store.save(tmp / "snapshots.safetensors")
-        (tmp / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-
-    atomic_replace_dir(build, checkpoint)
+    save_training_state(out, trainer.epoch, tensors=tensors, meta={"trainer": meta, "history": history}, keep=1,
+                        extra=lambda tmp: trainer.store.save(tmp / "snapshots.safetensors"))  # fmt: skip
 
 
-def _resume(trainer: SparseGrowthTrainer, checkpoint: Path, settings: dict, epochs: int) -> list[dict]:
-    from safetensors.torch import load_file
-
-    from polyscale.growth.snapshots import SnapshotStore
-
-    saved = json.loads((checkpoint / "trainer.json").read_text())
-    differ = sorted(k for k in settings if saved["settings"].get(k) != settings[k])
-    if differ:
-        detail = ", ".join(f"{k}: saved {saved['settings'].get(k)!r}, given {settings[k]!r}" for k in differ)
-        raise ValueError(f"{checkpoint} holds a run with other settings ({detail}); pass resume=False "
-                         "(--no-resume) or another output directory")  # fmt: skip
-    trainer.load_state_dict(load_file(checkpoint / "trainer.safetensors"), saved["state"])
+def _resume(trainer: SparseGrowthTrainer, checkpoint: Path, epochs: int) -> list[dict]:
+    tensors, meta = load_training_state(checkpoint)
+    trainer.load_state_dict(tensors, meta["trainer"])
     trainer.store = SnapshotStore.load(checkpoint / "snapshots.safetensors")
     if trainer.schedule is not None:
         trainer.schedule.max_epochs = epochs
-    history = [json.loads(line) for line in (checkpoint / "history.jsonl").read_text().splitlines()]
-    return history[: trainer.epoch]
-
-
-def _write_run(out: Path, trainer: SparseGrowthTrainer, history: list[dict], summary: dict) -> None:
-    from safetensors.torch import save
-
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in trainer.net.state_dict().items()}
-    atomic_write_bytes(out / "model.safetensors", save(state))
-    atomic_write_text(out / "config.json", json.dumps(trainer.net.config(), indent=2) + "\n")
-    trainer.store.save(out / "snapshots.safetensors")
-    atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return meta["history"][: trainer.epoch]
 
 
 def load_grown(directory: str | Path) -> SparseMLP:
-    """The final network of a ``polyscale grow sparse`` run directory."""
-    config, state = read_run_dir(directory, "grow sparse")
-    return SparseMLP.from_state(config, state)
+    """The final network of a ``polyscale grow sparse`` run directory (``SparseMLP.from_pretrained``)."""
+    return SparseMLP.from_pretrained(directory)

@@ -37,16 +37,11 @@ def shipped_models() -> list[str]:
 
 
 def resolve_checkpoint(checkpoint: str | Path) -> Path:
-    """A model directory path, or the name of a shipped model (``digits2d``)."""
-    path = Path(checkpoint)
-    if path.exists():
-        return path
-    if str(checkpoint) in shipped_models():
-        return Path(str(resources.files("polyscale") / "pretrained" / str(checkpoint)))
-    raise FileNotFoundError(
-        f"checkpoint {str(checkpoint)!r} is neither an existing model directory nor a shipped model "
-        f"(shipped: {shipped_models()})"
-    )
+    """The model directory ``--checkpoint`` names: a model directory, a run directory (its ``model/``) or a
+    shipped model's name (``digits2d``); see :func:`polyscale.io.resolve_model_dir`."""
+    from polyscale.io import resolve_model_dir
+
+    return resolve_model_dir(checkpoint)
 
 
 def resolve_device(device: str) -> torch.device:

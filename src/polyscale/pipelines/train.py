@@ -7,14 +7,19 @@ from pathlib import Path
 
 import torch
 
-from polyscale.config import to_dict, yaml_dump
+from polyscale.config import to_dict
 from polyscale.diffusion import EDMLoss, EDMPrecond
-from polyscale.io import atomic_write_text, save_pretrained
+from polyscale.io import save_pretrained
 from polyscale.nn.unet import UNet
 from polyscale.pipelines.datasets import WithoutLabels, build_dataset
 from polyscale.pipelines.experiment import ExperimentConfig
 from polyscale.pipelines.sample import load_denoiser
 from polyscale.training import TrainResult, train
+from polyscale.training.run_dir import prepare_run, write_summary
+
+# settings a resumed run may change: how far it trains and how it reports, not what it computes
+RESUMABLE = ("train.max_steps", "train.output_dir", "train.progress", "train.num_workers", "train.checkpoint_every",
+             "train.keep_checkpoints", "train.log_every")  # fmt: skip
 
 
 def make_denoiser(cfg: ExperimentConfig) -> EDMPrecond:
@@ -73,7 +78,12 @@ def train_experiment(
     callbacks=(),
     init_from: str | Path | None = None,
 ) -> TrainResult:
-    """Train ``cfg`` into ``output_dir``; the final model directory is ``output_dir/model``.
+    """Train ``cfg`` into the run directory ``output_dir`` (:mod:`polyscale.training.run_dir`: ``config.yaml``,
+    ``checkpoints/``, ``model/``, ``metrics.csv``, ``summary.json``).
+
+    Resuming (``resume=True`` and a checkpoint in ``output_dir``) requires the saved ``config.yaml`` to equal
+    ``cfg`` except for the keys in :data:`RESUMABLE` (``train.max_steps`` extends a run); otherwise a
+    ValueError names every differing key (old -> new).
 
     ``init_from`` (a model directory or shipped model name) starts the weights, and so the EMA, from that
     model instead of the seeded initialisation: fine-tuning, e.g. on larger volumes. A run that resumes from
@@ -81,6 +91,8 @@ def train_experiment(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    train_cfg = replace(cfg.train, output_dir=str(output_dir))
+    prepare_run(output_dir, to_dict(replace(cfg, train=train_cfg)), resume=resume, ignore=RESUMABLE)
     dataset = build_dataset(cfg.data, split="train")
     sample_shape = tuple(dataset[0]["x"].shape)
     check_data_matches_model(cfg, sample_shape)
@@ -94,7 +106,6 @@ def train_experiment(
         P_mean=d.P_mean, P_std=d.P_std, sigma_data=d.sigma_data,
         lowpass_factor=d.lowpass_factor, lowpass_weight=d.lowpass_weight,
     )  # fmt: skip
-    atomic_write_text(output_dir / "experiment.yaml", yaml_dump(to_dict(cfg), sort_keys=False))
     metadata = {"experiment": to_dict(cfg), "sample_shape": list(sample_shape)}
     if source is not None:
         metadata["init_from"] = source
@@ -102,5 +113,8 @@ def train_experiment(
     def export(directory: Path, model: EDMPrecond, ema: EDMPrecond) -> None:
         save_pretrained(model.net, directory, ema=ema.net, metadata=metadata)
 
-    train_cfg = replace(cfg.train, output_dir=str(output_dir))
-    return train(denoiser, loss_fn, dataset, train_cfg, export_fn=export, resume=resume, callbacks=callbacks)
+    result = train(
+        denoiser, loss_fn, dataset, train_cfg, export_fn=export, resume=resume, callbacks=callbacks
+    )
+    write_summary(output_dir, {"steps": result.step, "final_loss": result.final_loss, "model": "model"})
+    return result

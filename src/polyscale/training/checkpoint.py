@@ -1,42 +1,47 @@
-"""Checkpoints of the full training state: ``output_dir/checkpoints/step_{N:08d}``.
+"""One checkpoint format for the training state of every loop: ``<run>/checkpoints/step_{N:08d}/``.
 
-A checkpoint holds what ``accelerator.save_state`` writes (model, optimizer, gradient scaler, RNG state of
-every process; loaded back with ``weights_only=True``) plus two files of ours, so nothing we load unpickles
-arbitrary objects: ``ema.safetensors`` (the EMA weights) and ``trainer_state.json`` (step, LR-scheduler
-state, smoothed loss). Each is written into a temporary directory that is renamed when complete, so a
-crash never leaves a partial ``step_*`` directory behind.
+A checkpoint directory holds two files of ours, so nothing we load unpickles arbitrary objects:
+
+- ``state.safetensors``: every tensor of the state under a prefix: ``model.*`` (the growth loops' network),
+  ``ema.*`` (EMA weights), ``optimizer.*`` (:func:`polyscale.training.optimizer_state.optimizer_state_tensors`),
+  ``rng.*`` (random streams), ``cb{i}.*`` (callback ``i``'s tensors);
+- ``state.json``: the JSON half: ``step``, the loop's counters and schedule, ``settings``, and
+  ``callbacks`` (``{i: callback i's metadata}``).
+
+The diffusion loop (:func:`polyscale.training.train`) also lets ``accelerator.save_state`` write the model,
+optimizer, scaler and every process's RNG into the same directory (loaded back by accelerate with
+``weights_only=True``). A callback with ``state_dict() -> (tensors, meta)`` and
+``load_state_dict(tensors, meta)`` is saved and restored by :func:`callback_state` / :func:`restore_callbacks`.
+
+**Kill-safety.** A checkpoint is built in a hidden sibling directory and renamed into place
+(:func:`polyscale.atomic.atomic_replace_dir` / :func:`~polyscale.atomic.commit_dir`); older ones are pruned
+only after the new one is complete, so the newest complete checkpoint is never lost. Hidden directories are
+never listed as checkpoints.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from accelerate import Accelerator
-from safetensors.torch import load_model, save_model
-from torch import nn
-from torch.optim.lr_scheduler import LRScheduler
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from polyscale.atomic import atomic_replace_dir
 
 PREFIX = "step_"
-EMA_FILE = "ema.safetensors"
-STATE_FILE = "trainer_state.json"
-
-
-@dataclass
-class TrainerState:
-    """The loop's own counters, saved as JSON beside the accelerate state."""
-
-    step: int = 0  # optimizer steps done
-    smoothed_loss: float | None = None  # exponentially smoothed loss (so a resumed run reports the same)
+CHECKPOINTS = "checkpoints"
+TENSORS_FILE = "state.safetensors"
+META_FILE = "state.json"
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints under ``output_dir/checkpoints``, oldest first (temporary dirs are not listed)."""
-    folder = Path(output_dir) / "checkpoints"
+    folder = Path(output_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
@@ -48,62 +53,106 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    """``output_dir/checkpoints/step_{step:08d}``."""
+    return Path(output_dir) / CHECKPOINTS / f"{PREFIX}{step:08d}"
+
+
 def clear_checkpoints(output_dir: str | Path) -> None:
     """Delete ``output_dir/checkpoints`` (a fresh run started with ``resume=False`` replaces the old one)."""
-    shutil.rmtree(Path(output_dir) / "checkpoints", ignore_errors=True)
+    shutil.rmtree(Path(output_dir) / CHECKPOINTS, ignore_errors=True)
 
 
-def save_checkpoint(
-    accelerator: Accelerator,
-    output_dir: Path,
+def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
+    """Delete all but the ``keep`` (>= 1) newest complete checkpoints."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    for stale in checkpoint_dirs(output_dir)[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def write_state_files(directory: Path, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
+    """``state.safetensors`` + ``state.json`` into ``directory`` (a checkpoint being built)."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(directory / TENSORS_FILE))
+    (directory / META_FILE).write_text(json.dumps(meta) + "\n", encoding="utf-8")
+
+
+def save_training_state(
+    output_dir: str | Path,
+    step: int,
     *,
-    state: TrainerState,
-    ema: nn.Module,
-    scheduler: LRScheduler,
-    keep: int,
+    tensors: Mapping[str, Tensor],
+    meta: Mapping[str, Any],
+    keep: int = 2,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``checkpoints/step_{state.step:08d}`` atomically and prune to the ``keep`` most recent.
+    """Write ``output_dir/checkpoints/step_{step:08d}`` atomically, then keep the ``keep`` newest.
 
-    Collective: every process must call it (each writes its own RNG state).
+    ``meta`` gets ``step`` added; ``extra(directory)`` may write more files into the checkpoint being built
+    (e.g. snapshots). Returns the checkpoint directory.
     """
-    folder = output_dir / "checkpoints"
-    final = folder / f"{PREFIX}{state.step:08d}"
-    tmp = folder / f".tmp-{PREFIX}{state.step:08d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)  # left over by a crash during an earlier save
-        folder.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    if accelerator.is_main_process:
-        save_model(ema, str(tmp / EMA_FILE))
-        payload: dict[str, Any] = {
-            "step": state.step,
-            "smoothed_loss": state.smoothed_loss,
-            "scheduler": scheduler.state_dict(),
-        }
-        (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():  # the same step saved again (e.g. a rerun with resume=False)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for stale in checkpoint_dirs(output_dir)[:-keep]:
-            shutil.rmtree(stale, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    final = checkpoint_path(output_dir, step)
+
+    def build(tmp: Path) -> None:
+        write_state_files(tmp, tensors, {**meta, "step": step})
+        if extra is not None:
+            extra(tmp)
+
+    atomic_replace_dir(build, final)
+    prune_checkpoints(output_dir, keep)
     return final
 
 
-def load_checkpoint(
-    accelerator: Accelerator, path: Path, *, ema: nn.Module, scheduler: LRScheduler
-) -> TrainerState:
-    """Restore model, optimizer, RNG (via accelerate), EMA and scheduler from ``path``; return counters."""
-    for name in (EMA_FILE, STATE_FILE):
+def load_training_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(tensors, meta)`` of the checkpoint directory ``path`` (safetensors and JSON only).
+
+    Raises:
+        ValueError: ``path`` lacks ``state.safetensors`` or ``state.json`` (names what it holds).
+    """
+    path = Path(path)
+    for name in (TENSORS_FILE, META_FILE):
         if not (path / name).is_file():
-            raise ValueError(
-                f"checkpoint {path} is incomplete: expected {name} in it, found {sorted(os.listdir(path))}"
-            )
-    accelerator.load_state(str(path))
-    load_model(ema, str(path / EMA_FILE), device=str(accelerator.device))
-    payload = json.loads((path / STATE_FILE).read_text())
-    scheduler.load_state_dict(payload["scheduler"])
-    return TrainerState(step=int(payload["step"]), smoothed_loss=payload.get("smoothed_loss"))
+            found = sorted(p.name for p in path.iterdir()) if path.is_dir() else "nothing"
+            raise ValueError(f"checkpoint {path} is incomplete: expected {name}, found {found}")
+    return load_file(str(path / TENSORS_FILE)), json.loads((path / META_FILE).read_text(encoding="utf-8"))
+
+
+def prefixed(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of ``tensors`` under ``prefix.`` with the prefix removed."""
+    start = len(prefix) + 1
+    return {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def rng_tensors(generators: Mapping[str, torch.Generator]) -> dict[str, Tensor]:
+    """``rng.<name>`` states of ``generators`` plus ``rng.torch``, the global CPU stream."""
+    out = {f"rng.{name}": g.get_state() for name, g in generators.items()}
+    out["rng.torch"] = torch.get_rng_state()
+    return out
+
+
+def restore_rng(tensors: Mapping[str, Tensor], generators: Mapping[str, torch.Generator]) -> None:
+    """Undo :func:`rng_tensors`: every named generator and the global CPU stream."""
+    for name, g in generators.items():
+        g.set_state(tensors[f"rng.{name}"])
+    torch.set_rng_state(tensors["rng.torch"])
+
+
+def callback_state(callbacks: Sequence[object]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(cb{i}.* tensors, {i: meta})`` of every callback that has ``state_dict() -> (tensors, meta)``."""
+    tensors: dict[str, Tensor] = {}
+    meta: dict[str, Any] = {}
+    for i, cb in enumerate(callbacks):
+        if hasattr(cb, "state_dict"):
+            cb_tensors, cb_meta = cb.state_dict()
+            tensors.update({f"cb{i}.{k}": v for k, v in cb_tensors.items()})
+            meta[str(i)] = cb_meta
+    return tensors, meta
+
+
+def restore_callbacks(
+    callbacks: Sequence[object], tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+) -> None:
+    """Undo :func:`callback_state`: ``cb.load_state_dict(tensors, meta)`` for each callback saved."""
+    for i, cb in enumerate(callbacks):
+        if str(i) in meta:
+            cb.load_state_dict(prefixed(tensors, f"cb{i}"), meta[str(i)])

@@ -40,8 +40,20 @@ from polyscale.growth.depth_schedule import LossPlateau
 from polyscale.growth.layer_state import LayerStateManager
 from polyscale.growth.trajectory import GeometricExtrapolator, TrajectoryWindow
 from polyscale.nn.gpt import GPT
+from polyscale.training.checkpoint import (
+    callback_state,
+    clear_checkpoints,
+    latest_checkpoint,
+    load_training_state,
+    prefixed,
+    restore_callbacks,
+    restore_rng,
+    rng_tensors,
+    save_training_state,
+)
 from polyscale.training.lr import warmup_cosine
 from polyscale.training.optimizer_state import add_parameters, load_optimizer_state, optimizer_state_tensors
+from polyscale.training.run_dir import check_same_settings
 
 StepCallback = Callable[[int, GPT, torch.optim.Optimizer, float], None]
 
@@ -235,15 +247,16 @@ def train_lm(
     callbacks: Sequence[StepCallback] = (),
     seed: int = 0,
     progress: bool = True,
-    checkpoint_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
     checkpoint_every: int = 500,
     resume: bool = True,
     settings: dict | None = None,
 ) -> LMRun:
     """Train ``model`` in place on ``corpus`` (module docstring); ``min_lr`` defaults to ``lr / 10``.
 
-    With ``checkpoint_dir``, everything a resumed run needs is written there every ``checkpoint_every``
-    steps and at the end, atomically: the model (at its current depth), AdamW's state and group membership,
+    With ``output_dir``, everything a resumed run needs goes to ``output_dir/checkpoints/step_*`` every
+    ``checkpoint_every`` steps and at the end, atomically, in the one checkpoint format
+    (:mod:`polyscale.training.checkpoint`): the model (at its current depth), AdamW's state and group membership,
     the step, the FLOP count, the history, the random streams and the state of every callback that has
     ``state_dict`` / ``load_state_dict`` (:class:`DepthGrowthCallback` does). With ``resume`` a later call
     continues from it (the model passed in grows to the saved depth first) to the same result an
@@ -268,10 +281,12 @@ def train_lm(
     train_batches = [corpus.batch("train", batch_size, T, generator=g_eval) for _ in range(eval_iters)]
     history: list[dict] = []
     flops, first = 0.0, 0
-    checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir)
-    if checkpoint is not None and resume and (checkpoint / "state.json").is_file():
+    checkpoint = None if output_dir is None else Path(output_dir)
+    if checkpoint is not None and not resume:
+        clear_checkpoints(checkpoint)  # a fresh start: no older, later step may outrank the new checkpoints
+    if checkpoint is not None and resume and (last := latest_checkpoint(checkpoint)) is not None:
         first, flops, history, optimizer = _load_checkpoint(
-            checkpoint, model, optimizer, g_train, callbacks, settings
+            last, model, optimizer, g_train, callbacks, settings
         )
         first = min(first, max_steps)
 
@@ -310,57 +325,30 @@ def train_lm(
 
 
 def _save_checkpoint(
-    path: Path, model, optimizer, step, flops, history, g_train, callbacks, settings
+    output_dir: Path, model, optimizer, step, flops, history, g_train, callbacks, settings
 ) -> None:
-    import json
-
-    from safetensors.torch import save_file
-
-    from polyscale.io import atomic_replace_dir
-
+    """The training state in the one checkpoint format (:mod:`polyscale.training.checkpoint`); the tied head
+    is stored once, as ``model.wte.weight``, and the optimizer's groups by parameter name."""
     names = {id(p): n for n, p in model.named_parameters()}  # the tied head appears once, as wte.weight
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-               if k != "lm_head.weight"}  # fmt: skip
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     tensors.update(optimizer_state_tensors(model, optimizer))
-    tensors["rng.train"] = g_train.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update(rng_tensors({"train": g_train}))
+    cb_tensors, cb_meta = callback_state(callbacks)
     groups = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
-    meta = {"config": model.config_dict(), "step": step, "flops": flops, "history": history, "settings": settings,
-            "groups": groups, "callbacks": {}}  # fmt: skip
-    for i, cb in enumerate(callbacks):
-        if hasattr(cb, "state_dict"):
-            cb_tensors, cb_meta = cb.state_dict()
-            tensors.update({f"cb{i}.{k}": v.detach().cpu().contiguous() for k, v in cb_tensors.items()})
-            meta["callbacks"][str(i)] = cb_meta
-
-    def build(tmp: Path) -> None:
-        save_file(tensors, tmp / "state.safetensors")
-        (tmp / "state.json").write_text(json.dumps(meta) + "\n")
-
-    atomic_replace_dir(build, path)
+    meta = {"config": asdict(model.config), "flops": flops, "history": history, "settings": settings,
+            "groups": groups, "callbacks": cb_meta}  # fmt: skip
+    save_training_state(output_dir, step, tensors={**tensors, **cb_tensors}, meta=meta, keep=1)
 
 
 def _load_checkpoint(path: Path, model, optimizer, g_train, callbacks, settings):
-    import json
-
-    from safetensors.torch import load_file
-
-    meta = json.loads((path / "state.json").read_text())
-    if meta["settings"] != settings:
-        saved, given = meta["settings"] or {}, settings or {}
-        differ = sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
-        detail = ", ".join(f"{k}: saved {saved.get(k)!r}, given {given.get(k)!r}" for k in differ)
-        raise ValueError(f"{path} holds a run with other settings ({detail}); start over (--no-resume / "
-                         "resume=False) or use another directory")  # fmt: skip
+    tensors, meta = load_training_state(path)
+    check_same_settings(meta["settings"] or {}, settings or {})
     saved_layers = meta["config"]["n_layer"]
     if model.config.n_layer > saved_layers:
         raise ValueError(f"the model has {model.config.n_layer} layers, the checkpoint only {saved_layers}")
-    tensors = load_file(path / "state.safetensors")
     while model.config.n_layer < saved_layers:
         model.insert_layer(model.config.n_layer)  # its weights are loaded just below
-    missing, unexpected = model.load_state_dict(
-        {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False
-    )
+    missing, unexpected = model.load_state_dict(prefixed(tensors, "model"), strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise ValueError(f"{path} does not fit the model: missing {missing}, unexpected {unexpected}")
     params = dict(model.named_parameters())
@@ -368,11 +356,6 @@ def _load_checkpoint(path: Path, model, optimizer, g_train, callbacks, settings)
         group["params"] = [params[n] for n in group_names]
     optimizer.state.clear()
     load_optimizer_state(model, optimizer, tensors)
-    g_train.set_state(tensors["rng.train"])
-    torch.set_rng_state(tensors["rng.torch"])
-    for i, cb in enumerate(callbacks):
-        if str(i) in meta["callbacks"]:
-            prefix = f"cb{i}."
-            cb.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
-                               meta["callbacks"][str(i)])  # fmt: skip
+    restore_rng(tensors, {"train": g_train})
+    restore_callbacks(callbacks, tensors, meta["callbacks"])
     return meta["step"], meta["flops"], meta["history"], optimizer

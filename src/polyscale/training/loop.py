@@ -14,6 +14,7 @@ import contextlib
 import copy
 import functools
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,12 +27,17 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from polyscale.atomic import commit_dir
 from polyscale.training.checkpoint import (
-    TrainerState,
+    callback_state,
+    checkpoint_path,
     clear_checkpoints,
     latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
+    load_training_state,
+    prefixed,
+    prune_checkpoints,
+    restore_callbacks,
+    write_state_files,
 )
 from polyscale.training.config import TrainConfig
 from polyscale.training.data import check_dataset, chunk_index, make_loader, mix_seed
@@ -55,6 +61,66 @@ class TrainResult:
     last_checkpoint: Path | None = None  # the newest checkpoint directory
     model_dir: Path | None = None  # where export_fn wrote the model (None without export_fn)
     wall_time: float = 0.0  # seconds spent in this call
+
+
+@dataclass
+class TrainerState:
+    """The loop's own counters, saved in the checkpoint's ``state.json``."""
+
+    step: int = 0  # optimizer steps done
+    smoothed_loss: float | None = None  # exponentially smoothed loss (so a resumed run reports the same)
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: Path,
+    *,
+    state: TrainerState,
+    ema: nn.Module,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    keep: int,
+    callbacks: Sequence[object] = (),
+) -> Path:
+    """The loop's checkpoint (:mod:`polyscale.training.checkpoint`): accelerate's state of every process plus
+    ``state.safetensors`` (``ema.*``, callbacks' tensors) and ``state.json`` (step, smoothed loss, scheduler,
+    callbacks' metadata), built in a hidden directory and renamed into place. Collective: every process
+    calls it (each writes its own RNG state)."""
+    final = checkpoint_path(output_dir, state.step)
+    tmp = final.parent / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left over by a crash during an earlier save
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        cb_tensors, cb_meta = callback_state(callbacks)
+        tensors = {f"ema.{k}": v.detach().cpu().clone() for k, v in ema.state_dict().items()}
+        meta = {"step": state.step, "smoothed_loss": state.smoothed_loss, "scheduler": scheduler.state_dict(),
+                "callbacks": cb_meta}  # fmt: skip
+        write_state_files(tmp, {**tensors, **cb_tensors}, meta)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        commit_dir(tmp, final)
+        prune_checkpoints(output_dir, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(
+    accelerator: Accelerator,
+    path: Path,
+    *,
+    ema: nn.Module,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    callbacks: Sequence[object] = (),
+) -> TrainerState:
+    """Restore model, optimizer, RNG (via accelerate), EMA, scheduler and callbacks from ``path``."""
+    tensors, meta = load_training_state(path)
+    accelerator.load_state(str(path))
+    ema.load_state_dict(prefixed(tensors, "ema"))
+    scheduler.load_state_dict(meta["scheduler"])
+    restore_callbacks(callbacks, tensors, meta.get("callbacks", {}))
+    return TrainerState(step=int(meta["step"]), smoothed_loss=meta.get("smoothed_loss"))
 
 
 def _make_accelerator(mixed_precision: str) -> Accelerator:
@@ -182,7 +248,8 @@ def train(
         resume: continue from the latest checkpoint in ``output_dir`` (to ``max_steps``) when there is one.
             ``resume=False`` starts over: the checkpoints and logs already in ``output_dir`` are replaced.
         callbacks: ``cb(step, model, metrics)`` on the main process after each optimizer step; ``metrics`` has
-            ``loss``, ``lr``, ``grad_norm`` (and ``samples_per_s`` on logging steps).
+            ``loss``, ``lr``, ``grad_norm`` (and ``samples_per_s`` on logging steps). A callback with
+            ``state_dict() -> (tensors, meta)`` / ``load_state_dict(tensors, meta)`` is checkpointed too.
         collate_fn: batches items of different shapes (graphs: :func:`polyscale.pipelines.graph.collate_graphs`,
             whose batches carry a ``"layout"`` and whose loss is one value per graph).
     """
@@ -220,7 +287,7 @@ def train(
             clear_checkpoints(output_dir)
         accelerator.wait_for_everyone()
         if resume and (last_ckpt := latest_checkpoint(output_dir)) is not None:
-            state = load_checkpoint(accelerator, last_ckpt, ema=ema, scheduler=scheduler)
+            state = load_checkpoint(accelerator, last_ckpt, ema=ema, scheduler=scheduler, callbacks=callbacks)
         start_step = state.step
         batches = iter(
             make_loader(
@@ -294,6 +361,7 @@ def train(
                     ema=ema,
                     scheduler=scheduler,
                     keep=cfg.keep_checkpoints,
+                    callbacks=callbacks,
                 )
                 if export_fn is not None and main:
                     export_fn(export_dir, unwrapped, ema)

@@ -36,10 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import trange
 
+from polyscale.config import to_dict
 from polyscale.growth.regrowth import METHODS, cosine_fraction, dense_gradients, prune_and_regrow
 from polyscale.growth.snapshots import SnapshotStore
 from polyscale.growth.sparse_grower import SparseGrower, layer_extrema
 from polyscale.growth.sparse_schedule import SparseGrowthSchedule
+from polyscale.io import model_from_state
 from polyscale.nn.sparse import SparseMLP
 from polyscale.training.optimizer_state import apply_changes, load_optimizer_state, optimizer_state_tensors
 
@@ -201,11 +203,11 @@ class SparseGrowthTrainer:
         """Everything a resumed run needs, as ``(tensors, json-able metadata)``: the network (structure
         included), Adam's state by parameter name, the schedule, the counters and the random stream. The
         snapshots are saved on their own (:meth:`SnapshotStore.save`)."""
-        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         tensors.update(optimizer_state_tensors(self.net, self.optimizer))
-        tensors["generator"] = self.generator.get_state()
+        tensors["rng.train"] = self.generator.get_state()
         meta = {
-            "net_config": self.net.config(),
+            "net_config": to_dict(self.net.config),
             "epoch": self.epoch,
             "reference": self.reference,
             "growth_events": self.growth_events,
@@ -217,11 +219,11 @@ class SparseGrowthTrainer:
 
     def load_state_dict(self, tensors: dict[str, Tensor], meta: dict) -> None:
         """Continue from :meth:`state_dict`'s output (the network and optimizer are rebuilt from it)."""
-        net_state = {k[len("net.") :]: v for k, v in tensors.items() if k.startswith("net.")}
-        self.net = SparseMLP.from_state(meta["net_config"], net_state).to(self.device)
+        net_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.net = model_from_state(SparseMLP, meta["net_config"], net_state).to(self.device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         load_optimizer_state(self.net, self.optimizer, tensors)
-        self.generator.set_state(tensors["generator"])
+        self.generator.set_state(tensors["rng.train"])
         self.epoch, self.reference = int(meta["epoch"]), float(meta["reference"])
         self.growth_events, self.connections_added = (
             int(meta["growth_events"]),

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from polyscale.io import atomic_write_bytes
+from polyscale.atomic import atomic_write_bytes
 from polyscale.viz.grids import line_plots_figure, make_grid, volume_slice_tiles
 
 

@@ -63,7 +63,7 @@ def save_graphs_npz(graphs: Sequence[nx.Graph], path: str | Path) -> Path:
     ``x_i`` when every node has one (load with ``numpy.load(path)``, ``allow_pickle`` stays off)."""
     import io
 
-    from polyscale.io import atomic_write_bytes
+    from polyscale.atomic import atomic_write_bytes
 
     arrays: dict[str, np.ndarray] = {}
     for i, g in enumerate(graphs):

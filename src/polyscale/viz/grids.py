@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from polyscale.io import atomic_write_bytes
+from polyscale.atomic import atomic_write_bytes
 
 
 def _to_uint8(x: Tensor) -> np.ndarray:
