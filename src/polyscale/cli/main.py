@@ -124,7 +124,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_graph_train(args: argparse.Namespace) -> int:
-    from polyscale.pipelines.graph_experiment import load_graph_experiment, train_graph_experiment
+    from polyscale.pipelines.graph_config import load_graph_experiment
+    from polyscale.pipelines.graph_train import train_graph_experiment
 
     cfg = load_graph_experiment(args.preset, overrides=args.set)
     results = train_graph_experiment(cfg, args.output_dir, resume=not args.no_resume, stages=args.stage)
@@ -139,7 +140,7 @@ def _with_position_sampler(model, args: argparse.Namespace):
     replaced by the flags that are given."""
     from dataclasses import replace
 
-    from polyscale.pipelines.graph_experiment import with_sampling_overrides
+    from polyscale.pipelines.graph_sample import with_sampling_overrides
 
     model = with_sampling_overrides(model, args.set)
     diff = model.config.diffusion
@@ -149,7 +150,7 @@ def _with_position_sampler(model, args: argparse.Namespace):
 
 
 def _cmd_graph_sample(args: argparse.Namespace) -> int:
-    from polyscale.pipelines.graph_experiment import generate_graphs, load_graph_model
+    from polyscale.pipelines.graph_sample import generate_graphs, load_graph_model
     from polyscale.viz.graphs import save_graph_grid, save_graphs_npz
 
     model = _with_position_sampler(load_graph_model(args.checkpoint, device=args.device), args)
@@ -163,11 +164,8 @@ def _cmd_graph_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_graph_evaluate(args: argparse.Namespace) -> int:
-    from polyscale.pipelines.graph_experiment import (
-        evaluate_graph_model,
-        format_graph_table,
-        load_graph_model,
-    )
+    from polyscale.pipelines.graph_evaluate import evaluate_graph_model, format_graph_table
+    from polyscale.pipelines.graph_sample import load_graph_model
 
     model = _with_position_sampler(load_graph_model(args.checkpoint, device=args.device), args)
     rows = evaluate_graph_model(

@@ -181,7 +181,7 @@ def train(
             ``resume=False`` starts over: the checkpoints and logs already in ``output_dir`` are replaced.
         callbacks: ``cb(step, model, metrics)`` on the main process after each optimizer step; ``metrics`` has
             ``loss``, ``lr``, ``grad_norm`` (and ``samples_per_s`` on logging steps).
-        collate_fn: batches items of different shapes (graphs: :func:`polyscale.pipelines.graph.collate_graphs`,
+        collate_fn: batches items of different shapes (graphs: :func:`polyscale.data.graph_datasets.collate_graphs`,
             whose batches carry a ``"layout"`` and whose loss is one value per graph).
     """
     cfg = config
