@@ -492,7 +492,7 @@ def test_sample_edges_does_not_depend_on_the_callers_node_labels():
 TINY = ["--set", "optimization.max_steps=2", "--set", "optimization.batch_size=4", "--set", "data.num_graphs=8",
         "--set", "model.hidden=16", "--set", "model.num_layers=1", "--set", "optimization.checkpoint_every=2",
         "--set", "optimization.log_every=1", "--set", "optimization.warmup_steps=1",
-        "--set", "diffusion.position_max_steps=2"]  # fmt: skip
+        "--set", "diffusion.positions.max_steps=2"]  # fmt: skip
 
 
 def test_graph_cli_train_sample_evaluate(tmp_path, capsys, monkeypatch):
@@ -511,7 +511,7 @@ def test_graph_cli_train_sample_evaluate(tmp_path, capsys, monkeypatch):
     assert (data.candidates_k, data.candidates_sectors, data.candidates_hull) == (5, 0, True)
     # the positions stage takes its own default sampler; an explicit one serves both stages
     model = load_graph_model(run)
-    model.config.diffusion.position_sampler, model.config.diffusion.position_steps = "euler", 3
+    model = graph_sample.with_position_sampler(model, "euler", 3)
     seen = []
     real = graph_sample.sample_positions
 
@@ -525,9 +525,14 @@ def test_graph_cli_train_sample_evaluate(tmp_path, capsys, monkeypatch):
     assert seen == [("euler", 3, {}, 0.0), ("ddim", 2, {}, 0.0)]
     # sampling overrides: churn reaches a Heun positions sampler only, the margin any sampler
     churned = graph_sample.with_sampling_overrides(
-        model, ["diffusion.position_s_churn=10", "diffusion.position_start_margin=0.5"]
+        model,
+        [
+            "positions.sampler.name=heun",
+            "positions.sampler.options={s_churn: 10, s_tmin: 0.05, s_tmax: 1.0}",
+            "diffusion.positions.start_margin=0.5",
+        ],
     )
-    assert model.config.diffusion.position_s_churn == 0  # the original is left alone
+    assert model.config.diffusion.positions.sampler.options == {}  # the original is left alone
     graph_sample.generate_graphs(churned, 40, 1, sampler="heun", steps=2)
     graph_sample.generate_graphs(churned, 40, 1, sampler="euler", steps=2)
     assert seen[2:] == [
@@ -536,8 +541,8 @@ def test_graph_cli_train_sample_evaluate(tmp_path, capsys, monkeypatch):
     ]
     with pytest.raises(ValueError, match=r"diffusion.\* fields only, got \['model.hidden=8'\]"):
         graph_sample.with_sampling_overrides(model, ["model.hidden=8"])
-    with pytest.raises(ValueError, match="position_s_churn >= 0"):
-        graph_sample.with_sampling_overrides(model, ["diffusion.position_s_churn=-1"])
+    with pytest.raises(ValueError, match="unknown option 'eta' for sampler 'euler'"):
+        graph_sample.with_sampling_overrides(model, ["positions.sampler.options.eta=0.5"])
     out = tmp_path / "g.png"
     argv = ["graph", "sample", "--checkpoint", str(run), "--num-nodes", "150", "--num-graphs", "2"]
     assert main([*argv, "--timesteps", "2", "--output-file", str(out)]) == 0
@@ -545,7 +550,7 @@ def test_graph_cli_train_sample_evaluate(tmp_path, capsys, monkeypatch):
     assert int(saved["num_nodes_0"]) == 150 and saved["pos_1"].shape == (150, 2)
     capsys.readouterr()
     argv = ["graph", "evaluate", "--checkpoint", str(run), "--sizes", "40", "90", "--num-graphs", "2"]
-    assert main([*argv, "--timesteps", "2", "--set", "diffusion.position_start_margin=0.5"]) == 0
+    assert main([*argv, "--timesteps", "2", "--set", "diffusion.positions.start_margin=0.5"]) == 0
     assert seen[-1][3] == 0.5
     table = capsys.readouterr().out
     assert "degree MMD2" in table and "orbit floor" in table and "valid" in table
@@ -568,13 +573,19 @@ def test_graph_config_validation_and_cli_errors(capsys):
         load_graph_experiment("graph_planar", ["data.min_nodes=70"])
     with pytest.raises(ValueError, match="family"):
         load_graph_experiment("graph_planar", ["data.family=sbm"])
-    with pytest.raises(ValueError, match="diffusion.position_sampler must be one of"):
-        load_graph_experiment("graph_grid", ["diffusion.position_sampler=langevin"])
-    grid = load_graph_experiment("graph_grid", ["diffusion.position_sampler=pc", "diffusion.position_steps=64"])
+    with pytest.raises(ValueError, match="unknown sampler 'langevin'"):
+        load_graph_experiment("graph_grid", ["diffusion.positions.sampler.name=langevin"])
+    with pytest.raises(ValueError, match="unknown option 's_churn' for sampler 'pc'"):
+        load_graph_experiment("graph_grid", ["diffusion.positions.sampler.name=pc"])
+    grid = load_graph_experiment("graph_planar", ["diffusion.positions.sampler={name: pc, steps: 64}"])
     diff = grid.diffusion
-    assert (diff.position_sampler, diff.position_steps, diff.sampler) == ("pc", 64, "heun")
-    with pytest.raises(ValueError, match="diffusion.position_start must be one of"):
-        load_graph_experiment("graph_grid", ["diffusion.position_start=lattice"])
+    assert (diff.positions.sampler.name, diff.positions.sampler.steps, diff.edges.sampler.name) == (
+        "pc",
+        64,
+        "heun",
+    )
+    with pytest.raises(ValueError, match="diffusion.positions.start must be one of"):
+        load_graph_experiment("graph_grid", ["diffusion.positions.start=lattice"])
     with pytest.raises(ValueError, match="data.periodic_share must be in .* family 'planar'"):
         load_graph_experiment("graph_features", ["data.periodic_share=0.5"])
     with pytest.raises(ValueError, match=r"data.periodic_share must be in \[0, 1\].*got -0.1"):
@@ -690,7 +701,7 @@ def test_grid_stages_train_apart_and_sample_with_the_phase_and_the_stratified_st
     assert (run / "edges" / "model").is_dir() and not (run / "positions").exists()
     assert main([*base, "--stage", "positions"]) == 0
     model = load_graph_model(run)
-    assert model.positions.features.period == 1.0 and model.config.diffusion.position_start == "stratified"
+    assert model.positions.features.period == 1.0 and model.config.diffusion.positions.start == "stratified"
     assert (
         model.positions.features.density_scales == (2.0, 4.0)
         and model.positions.features.density_margin == 0.5
@@ -791,17 +802,17 @@ def test_node_jumps_follow_their_schedule_step_by_step():
         with pytest.raises(ValueError, match=match):
             structure.NodeJumps(rate=0.1, schedule=bad)
     with pytest.raises(ValueError, match="start at 0"):
-        graph_config.load_graph_experiment("graph_grid", ["diffusion.position_jump_schedule=[[5, 1.0]]"])
-    with pytest.raises(ValueError, match="position_max_steps must be None or >= 1"):
-        graph_config.load_graph_experiment("graph_grid", ["diffusion.position_max_steps=0"])
-    with pytest.raises(ValueError, match="position_jump_schedule needs diffusion.position_jump_rate > 0"):
-        graph_config.load_graph_experiment("graph_grid", ["diffusion.position_jump_rate=0"])
+        graph_config.load_graph_experiment("graph_grid", ["diffusion.positions.jump_schedule=[[5, 1.0]]"])
+    with pytest.raises(ValueError, match="positions.max_steps must be None or >= 1"):
+        graph_config.load_graph_experiment("graph_grid", ["diffusion.positions.max_steps=0"])
+    with pytest.raises(ValueError, match="positions.jump_schedule needs diffusion.positions.jump_rate > 0"):
+        graph_config.load_graph_experiment("graph_grid", ["diffusion.positions.jump_rate=0"])
 
 
 def test_positions_stage_takes_its_own_step_count(tmp_path):
     run = tmp_path / "grid"
     argv = ["graph", "train", "--preset", "graph_grid", "--output-dir", str(run), *TINY]
-    argv += ["--set", "diffusion.position_max_steps=3", "--set", "optimization.checkpoint_every=1"]
+    argv += ["--set", "diffusion.positions.max_steps=3", "--set", "optimization.checkpoint_every=1"]
     assert main(argv) == 0
     assert sorted(p.name for p in (run / "positions" / "checkpoints").iterdir())[-1] == "step_00000003"
     assert sorted(p.name for p in (run / "edges" / "checkpoints").iterdir())[-1] == "step_00000002"

@@ -138,15 +138,10 @@ def _cmd_graph_train(args: argparse.Namespace) -> int:
 def _with_position_sampler(model, args: argparse.Namespace):
     """The model with its ``--set diffusion.*`` overrides, then its positions stage's default sampler / steps
     replaced by the flags that are given."""
-    from dataclasses import replace
-
-    from polyscale.pipelines.graph_sample import with_sampling_overrides
+    from polyscale.pipelines.graph_sample import with_position_sampler, with_sampling_overrides
 
     model = with_sampling_overrides(model, args.set)
-    diff = model.config.diffusion
-    diff = replace(diff, position_sampler=args.position_sampler or diff.position_sampler,
-                   position_steps=args.position_timesteps or diff.position_steps)  # fmt: skip
-    return replace(model, config=replace(model.config, diffusion=diff))
+    return with_position_sampler(model, args.position_sampler, args.position_timesteps)
 
 
 def _cmd_graph_sample(args: argparse.Namespace) -> int:
@@ -516,7 +511,7 @@ def _add_graph_commands(sub: argparse._SubParsersAction) -> None:
         )
         p.add_argument(
             "--set", action="append", default=[], metavar="diffusion.KEY=VALUE",
-            help="override how the run samples, e.g. diffusion.position_s_churn=0 (diffusion.* only)",
+            help="override how the run samples, e.g. diffusion.positions.sampler.options.s_churn=0 (diffusion.* only)",
         )  # fmt: skip
         p.add_argument("--seed", type=_int, default=0)
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

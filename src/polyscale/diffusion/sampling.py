@@ -5,8 +5,8 @@ calls the sampler. Grids and graphs (features and both structure stages) all sam
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -60,7 +60,33 @@ class SamplerConfig:
 
     def sigmas(self, device: torch.device | str | None = None) -> Tensor:
         """``(steps + 1,)`` Karras noise levels from ``sigma_max`` to ``sigma_min``, then 0."""
-        return sigmas_karras(self.steps, self.sigma_min, self.sigma_max, rho=self.rho).to(device)
+        return sigmas_karras(self.steps, self.sigma_min, self.sigma_max, rho=self.rho, device=device)
+
+
+def nest_sampler_keys(section: Mapping[str, Any], keys: Mapping[str, str], *, into: str = "sampler") -> dict:
+    """``section`` (a config mapping) with its flat sampling keys (``keys``: old name -> :class:`SamplerConfig`
+    field) moved into the mapping ``section[into]``; a key already nested wins over a flat one. A section
+    without flat keys comes back unchanged (a copy)."""
+    out = dict(section)
+    flat = {}
+    for old, new in keys.items():
+        if old in out and not isinstance(out[old], Mapping):
+            flat[new] = out.pop(old)
+    if flat:
+        out[into] = {**flat, **dict(out.get(into) or {})}
+    return out
+
+
+def with_sampler(config: SamplerConfig, name: str | None = None, steps: int | None = None) -> SamplerConfig:
+    """``config`` with another sampler ``name`` and / or ``steps`` (None: keep). A new sampler keeps the options
+    it accepts too (Heun's churn passes to another sampler that has churn, DDIM's ``eta`` does not pass to
+    Euler), so a flag that picks a sampler never makes the configured options an error."""
+    if name is None and steps is None:
+        return config
+    name = config.name if name is None else name
+    allowed = sampler_options(name)
+    options = {k: v for k, v in config.options.items() if k in allowed}
+    return replace(config, name=name, steps=config.steps if steps is None else steps, options=options)
 
 
 def run_sampler(
@@ -81,4 +107,4 @@ def run_sampler(
               disable=not progress, cond=cond, **config.options)  # fmt: skip
 
 
-__all__ = ["RESERVED", "SamplerConfig", "run_sampler", "sampler_options"]
+__all__ = ["RESERVED", "SamplerConfig", "nest_sampler_keys", "run_sampler", "sampler_options", "with_sampler"]

@@ -12,13 +12,14 @@ evaluation :mod:`polyscale.pipelines.graph_evaluate`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from polyscale.config import load_config
-from polyscale.diffusion import SAMPLERS
+from polyscale.config import ConfigError, load_config, load_yaml
+from polyscale.diffusion.sampling import SamplerConfig, sampler_options
 from polyscale.diffusion.structure import POSITION_STARTS, check_jump_schedule
 from polyscale.training.config import TrainConfig
 
@@ -71,49 +72,61 @@ class GraphDataConfig:
     seed: int = 0
 
 
+def _position_sampler() -> SamplerConfig:
+    return SamplerConfig(
+        sigma_max=3.0
+    )  # positions start from points in the box + N(0, 3^2), not from N(0, 80^2)
+
+
+@dataclass
+class PositionStageConfig:
+    """Structure task, the positions stage: how it samples, where sampling starts, how it trains."""
+
+    # sampler, steps and schedule; lattices need long stochastic sampling, e.g. Heun's churn (Karras et al.
+    # 2022, Alg. 2; options s_churn, s_tmin, s_tmax): fresh noise lets a node leave a doubly-claimed site
+    # before the lattice freezes. sigma_max: positions start from the start points + N(0, sigma_max^2); a
+    # sampler section written in a file builds a SamplerConfig from its own defaults, so give sigma_max there
+    sampler: SamplerConfig = field(default_factory=_position_sampler)
+    # the start points (uniform: i.i.d., as planar nodes are; stratified: one per cell of an equal-area
+    # partition, so node counts match area at every scale as on a lattice, see start_points)
+    start: str = "uniform"
+    # the start points fill the box grown by this on every side (grids: 0.5, as their sites on the sides fill
+    # the box grown by half a spacing at one node per unit area; see sample_positions)
+    start_margin: float = 0.0
+    # share of nodes training moves by up to max_jump (their targets stay put), so the denoiser learns to undo
+    # the misplaced nodes sampling makes (0: off; NodeJumps)
+    jump_rate: float = 0.0
+    max_jump: float = 2.0
+    # a jump curriculum, [from_step, max_jump] pairs from step 0 on, that replaces max_jump step by step (0: no
+    # jumps in that stretch); empty: max_jump throughout; needs jump_rate > 0
+    jump_schedule: list[tuple[int, float]] = field(default_factory=list)
+    # the stage's own number of optimizer steps (None: optimization.max_steps, which the edge stage takes)
+    max_steps: int | None = None
+    P_mean: float = -0.8  # training ln sigma ~ N(P_mean, P_std^2)
+    P_std: float = 1.2
+
+
+@dataclass
+class EdgeStageConfig:
+    """Structure task, the edge stage: how it samples and how it trains. Edge existence is (nearly) decided
+    by the geometry, so training weights the high-noise regime where the labels are not yet visible."""
+
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    P_mean: float = 1.0  # training ln sigma ~ N(P_mean, P_std^2)
+    P_std: float = 1.5
+
+
 @dataclass
 class GraphDiffusionConfig:
-    """Noise distribution in training and the default sampler."""
+    """Noise distribution in training and how each model samples: ``sampler`` for the features task,
+    ``positions`` and ``edges`` for the two stages of the structure task."""
 
-    P_mean: float = -1.2
+    P_mean: float = -1.2  # features task: training ln sigma ~ N(P_mean, P_std^2)
     P_std: float = 1.2
     sigma_data: float = 1.0
-    sampler: str = "heun"
-    steps: int = 32
-    # structure task: the positions stage's own sampler and steps (None: the two above). Lattices need
-    # long stochastic sampling, whose Langevin steps let a misplaced row of nodes move before it freezes
-    position_sampler: str | None = None
-    position_steps: int | None = None
-    # structure task: Heun's churn in the positions stage (Karras et al. 2022, Alg. 2; the positions sampler
-    # must be heun, other samplers take no churn): fresh noise at the levels in [position_s_tmin,
-    # position_s_tmax] lets a node leave a doubly-claimed site before the lattice freezes (0: off)
-    position_s_churn: float = 0.0
-    position_s_tmin: float = 0.05
-    position_s_tmax: float = 1.0
-    sigma_max: float = 80.0  # features and edges start from N(0, sigma_max^2)
-    position_sigma_max: float = 3.0  # positions start from position_start points + N(0, position_sigma_max^2)
-    # structure task: the start points (uniform: i.i.d., as planar nodes are; stratified: one per cell of an
-    # equal-area partition, so node counts match area at every scale as on a lattice, see start_points)
-    position_start: str = "uniform"
-    # structure task: the start points fill the box grown by this on every side (grids: 0.5, as their sites
-    # on the sides fill the box grown by half a spacing at one node per unit area; see sample_positions)
-    position_start_margin: float = 0.0
-    # structure task: share of nodes the positions stage's training moves by up to position_max_jump (their
-    # targets stay put), so the denoiser learns to undo the misplaced nodes sampling makes (0: off; NodeJumps)
-    position_jump_rate: float = 0.0
-    position_max_jump: float = 2.0
-    # structure task: a jump curriculum, [from_step, max_jump] pairs from step 0 on, that replaces
-    # position_max_jump step by step (0: no jumps in that stretch); empty: position_max_jump throughout;
-    # needs position_jump_rate > 0
-    position_jump_schedule: list[tuple[int, float]] = field(default_factory=list)
-    # structure task: the positions stage's own number of optimizer steps (None: optimization.max_steps,
-    # which the edge stage always takes)
-    position_max_steps: int | None = None
-    position_P_mean: float = -0.8  # positions: training ln sigma ~ N(position_P_mean, P_std^2)
-    # edges: training ln sigma ~ N(edge_P_mean, edge_P_std^2). Edge existence is (nearly) decided by the
-    # geometry, so what matters is the high-noise regime where the labels are not yet visible
-    edge_P_mean: float = 1.0
-    edge_P_std: float = 1.5
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    positions: PositionStageConfig = field(default_factory=PositionStageConfig)
+    edges: EdgeStageConfig = field(default_factory=EdgeStageConfig)
 
 
 @dataclass
@@ -148,7 +161,68 @@ def load_graph_experiment(name_or_path: str | Path, overrides: list[str] | tuple
                 f"unknown graph preset {str(name_or_path)!r}; expected one of {graph_preset_names()} or a .yaml path"
             )
         path = Path(str(resources.files("polyscale") / "presets" / "graph" / f"{name_or_path}.yaml"))
-    return check_graph_experiment(load_config(GraphExperimentConfig, path, overrides))
+    try:
+        cfg = load_config(GraphExperimentConfig, migrate_graph_experiment(load_yaml(path)), overrides)
+    except ConfigError as err:
+        raise ConfigError(
+            f"{path}" + (f" with overrides {list(overrides)}" if overrides else "") + f": {err}"
+        ) from None
+    return check_graph_experiment(cfg)
+
+
+# the flat diffusion keys of earlier versions -> their place in the stage sections
+FLAT_POSITION_KEYS = {"position_start": "start", "position_start_margin": "start_margin",
+                      "position_jump_rate": "jump_rate", "position_max_jump": "max_jump",
+                      "position_jump_schedule": "jump_schedule", "position_max_steps": "max_steps",
+                      "position_P_mean": "P_mean", "P_std": "P_std"}  # fmt: skip
+FLAT_EDGE_KEYS = {"edge_P_mean": "P_mean", "edge_P_std": "P_std"}
+
+
+def migrate_graph_diffusion(diff: Mapping[str, Any]) -> dict[str, Any]:
+    """A graph ``diffusion`` mapping with the flat keys of earlier versions (``sampler: heun``, ``steps``,
+    ``sigma_max``, ``position_*``, ``edge_*``, as older runs' ``config.json`` hold them) in the nested form:
+    the shared sampler and steps serve ``sampler`` (features), ``edges.sampler`` and, unless
+    ``position_sampler`` / ``position_steps`` say otherwise, ``positions.sampler``; Heun's churn goes into
+    the positions sampler's options where that sampler takes it (as it sampled before). Keys already nested
+    win; a mapping without flat keys comes back unchanged (a copy)."""
+    out = dict(diff)
+    old = {k: out.pop(k) for k in list(out) if k.startswith(("position_", "edge_"))}
+    shared = {new: out.pop(k) for k, new in (("sampler", "name"), ("steps", "steps"), ("sigma_max", "sigma_max"))
+              if k in out and not isinstance(out[k], Mapping)}  # fmt: skip
+    if not old and not shared:
+        return out
+    positions = {new: old[k] for k, new in FLAT_POSITION_KEYS.items() if k in old}
+    if "P_std" in out:
+        positions["P_std"] = out["P_std"]  # the positions stage trained with the shared P_std
+    pos_sampler = {k: v for k, v in shared.items() if k != "sigma_max"} | {
+        "sigma_max": _position_sampler().sigma_max
+    }
+    for key, new in (
+        ("position_sampler", "name"),
+        ("position_steps", "steps"),
+        ("position_sigma_max", "sigma_max"),
+    ):
+        if old.get(key) is not None:
+            pos_sampler[new] = old[key]
+    churn = {k: old[f"position_{k}"] for k in ("s_churn", "s_tmin", "s_tmax") if f"position_{k}" in old}
+    if churn.get("s_churn") and "s_churn" in sampler_options(pos_sampler.get("name", SamplerConfig.name)):
+        pos_sampler["options"] = churn
+    positions["sampler"] = pos_sampler
+    edges = {new: old[k] for k, new in FLAT_EDGE_KEYS.items() if k in old} | {"sampler": dict(shared)}
+    out["sampler"] = {**shared, **dict(out.get("sampler") or {})}
+    for name, stage in (("positions", positions), ("edges", edges)):
+        nested = dict(out.get(name) or {})
+        stage["sampler"] = {**stage["sampler"], **dict(nested.pop("sampler", None) or {})}
+        out[name] = {**stage, **nested}
+    return out
+
+
+def migrate_graph_experiment(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A graph experiment mapping with its ``diffusion`` section migrated (:func:`migrate_graph_diffusion`)."""
+    out = dict(data)
+    if isinstance(out.get("diffusion"), Mapping):
+        out["diffusion"] = migrate_graph_diffusion(out["diffusion"])
+    return out
 
 
 def check_graph_experiment(cfg: GraphExperimentConfig) -> GraphExperimentConfig:
@@ -156,38 +230,29 @@ def check_graph_experiment(cfg: GraphExperimentConfig) -> GraphExperimentConfig:
     d, diff = cfg.data, cfg.diffusion
     if not 2 <= d.min_nodes <= d.max_nodes:
         raise ValueError(f"need 2 <= data.min_nodes <= data.max_nodes, got {d.min_nodes} and {d.max_nodes}")
-    for key, name in (("sampler", diff.sampler), ("position_sampler", diff.position_sampler)):
-        if name is not None and name not in SAMPLERS:
-            raise ValueError(f"diffusion.{key} must be one of {sorted(SAMPLERS)}, got {name!r}")
-    if diff.position_start not in POSITION_STARTS:
+    pos = diff.positions
+    if pos.start not in POSITION_STARTS:
+        raise ValueError(f"diffusion.positions.start must be one of {POSITION_STARTS}, got {pos.start!r}")
+    if not 0 <= pos.jump_rate <= 1 or not pos.max_jump > 0:
         raise ValueError(
-            f"diffusion.position_start must be one of {POSITION_STARTS}, got {diff.position_start!r}"
-        )
-    if not 0 <= diff.position_jump_rate <= 1 or not diff.position_max_jump > 0:
-        raise ValueError(
-            "need 0 <= diffusion.position_jump_rate <= 1 and diffusion.position_max_jump > 0, got "
-            f"{diff.position_jump_rate} and {diff.position_max_jump}"
+            "need 0 <= diffusion.positions.jump_rate <= 1 and diffusion.positions.max_jump > 0, got "
+            f"{pos.jump_rate} and {pos.max_jump}"
         )
     if not 0 <= d.periodic_share <= 1 or (d.periodic_share and d.family != "grid"):
         raise ValueError(
             f"data.periodic_share must be in [0, 1] and needs family 'grid', got {d.periodic_share} with "
             f"family {d.family!r}"
         )
-    check_jump_schedule(diff.position_jump_schedule)
-    if diff.position_jump_schedule and not diff.position_jump_rate > 0:
+    check_jump_schedule(pos.jump_schedule)
+    if pos.jump_schedule and not pos.jump_rate > 0:
         raise ValueError(
-            "diffusion.position_jump_schedule needs diffusion.position_jump_rate > 0 (the share of nodes that "
-            f"jump), got rate {diff.position_jump_rate} with schedule {diff.position_jump_schedule}"
+            "diffusion.positions.jump_schedule needs diffusion.positions.jump_rate > 0 (the share of nodes that "
+            f"jump), got rate {pos.jump_rate} with schedule {pos.jump_schedule}"
         )
-    if diff.position_max_steps is not None and diff.position_max_steps < 1:
-        raise ValueError(f"diffusion.position_max_steps must be None or >= 1, got {diff.position_max_steps}")
-    if diff.position_s_churn < 0 or not 0 <= diff.position_s_tmin <= diff.position_s_tmax:
-        raise ValueError(
-            "need diffusion.position_s_churn >= 0 and 0 <= position_s_tmin <= position_s_tmax, got "
-            f"{diff.position_s_churn}, {diff.position_s_tmin}, {diff.position_s_tmax}"
-        )
-    if diff.position_start_margin < 0:
-        raise ValueError(f"diffusion.position_start_margin must be >= 0, got {diff.position_start_margin}")
+    if pos.max_steps is not None and pos.max_steps < 1:
+        raise ValueError(f"diffusion.positions.max_steps must be None or >= 1, got {pos.max_steps}")
+    if pos.start_margin < 0:
+        raise ValueError(f"diffusion.positions.start_margin must be >= 0, got {pos.start_margin}")
     period = cfg.model.position_period
     if period is not None and not period > 0:
         raise ValueError(f"model.position_period must be None or > 0, got {period}")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -12,7 +13,12 @@ from torch import Tensor
 from polyscale.data.graphs import family_graph, to_data
 from polyscale.diffusion.graph import sample_graph_features
 from polyscale.metrics.graphs import VALIDITY, mmd_table, uniqueness_novelty
-from polyscale.pipelines.graph_sample import GraphModel, generate_graphs, stage_samplers
+from polyscale.pipelines.graph_sample import (
+    GraphModel,
+    generate_graphs,
+    stage_samplers,
+    with_sampling_overrides,
+)
 from polyscale.pipelines.graph_train import training_graphs
 
 
@@ -24,6 +30,7 @@ def evaluate_structure(
     sampler: str | None = None,
     steps: int | None = None,
     seed: int = 0,
+    overrides: Sequence[str] = (),
 ) -> list[dict]:
     """Per size: validity (family check), MMD^2 of degree / clustering / orbit / spectrum against real graphs
     of that size, and the real-vs-real floor (two independent real sets of the same count); uniqueness and
@@ -37,7 +44,9 @@ def evaluate_structure(
     rows = []
     for n in sizes:
         t0 = time.perf_counter()
-        fake = generate_graphs(model, n, num_graphs, sampler=sampler, steps=steps, seed=seed)
+        fake = generate_graphs(
+            model, n, num_graphs, sampler=sampler, steps=steps, seed=seed, overrides=overrides
+        )
         seconds = time.perf_counter() - t0
         rng = np.random.default_rng(seed + n)
         real_a = [family_graph(family, n, rng=rng) for _ in range(num_graphs)]
@@ -76,6 +85,7 @@ def evaluate_features(
     sampler: str | None = None,
     steps: int | None = None,
     seed: int = 0,
+    overrides: Sequence[str] = (),
 ) -> list[dict]:
     """Per size: on ``num_graphs`` graphs of the training family, sliced Wasserstein distances between the
     generated features and real smooth fields on the same graphs (node features, neighbour pairs, edge
@@ -86,7 +96,9 @@ def evaluate_features(
     from polyscale.metrics.graphs import graph_power_spectrum, spectrum_error
     from polyscale.metrics.sliced_wasserstein import sliced_wasserstein
 
+    model = with_sampling_overrides(model, overrides)
     cfg = model.config
+    feature_sampler = stage_samplers(cfg, sampler, steps)[0]
     d = cfg.data
     rows = []
     for n in sizes:
@@ -100,7 +112,7 @@ def evaluate_features(
             m = data.edge_index.shape[1] // 2
             node, edge = sample_graph_features(
                 model.features, data.num_nodes, 2 * m, d.node_dim, d.edge_dim, data.edge_index,
-                sampler=stage_samplers(cfg, sampler, steps)[1], generator=torch.Generator().manual_seed(seed + i),
+                sampler=feature_sampler, generator=torch.Generator().manual_seed(seed + i),
             )  # fmt: skip
             drawn = {"model": (node, edge[:m])}
             for name in ("real", "floor"):

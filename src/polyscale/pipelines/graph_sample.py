@@ -16,11 +16,16 @@ from polyscale.config import load_config, to_dict
 from polyscale.data.graph_geometry import candidate_conditioning, candidate_edges, spatial_order
 from polyscale.data.graphs import family_graph, grid_shape, to_data
 from polyscale.diffusion.graph import sample_graph_features
-from polyscale.diffusion.sampling import SamplerConfig
+from polyscale.diffusion.sampling import SamplerConfig, with_sampler
 from polyscale.diffusion.structure import sample_edges, sample_positions
 from polyscale.io import load_pretrained, read_model_dir
 from polyscale.nn.graph import GraphDenoiser
-from polyscale.pipelines.graph_config import GraphExperimentConfig, candidate_options, check_graph_experiment
+from polyscale.pipelines.graph_config import (
+    GraphExperimentConfig,
+    candidate_options,
+    check_graph_experiment,
+    migrate_graph_experiment,
+)
 from polyscale.pipelines.graph_nets import graph_denoiser, position_denoiser, reads_crossings
 
 
@@ -42,21 +47,38 @@ def load_net(directory: Path, device: torch.device) -> tuple[GraphDenoiser, Grap
             f"{directory} is not a graph model (its config.json has no graph_experiment metadata)"
         )
     net = load_pretrained(directory, {"GraphDenoiser": GraphDenoiser}, ema=True, map_location=device).eval()
-    return net, load_config(GraphExperimentConfig, meta)
+    return net, load_config(GraphExperimentConfig, migrate_graph_experiment(meta))
+
+
+SAMPLING_SECTIONS = ("sampler.", "positions.", "edges.")  # diffusion keys an override may name without prefix
 
 
 def with_sampling_overrides(model: GraphModel, overrides: Sequence[str]) -> GraphModel:
-    """``model`` with ``diffusion.KEY=VALUE`` overrides applied to its configuration (how it samples: the
-    sampler, steps, start, churn); anything outside ``diffusion`` would not match the trained weights and is
-    an error. Values are validated like the preset's."""
-    outside = [o for o in overrides if not o.startswith("diffusion.")]
+    """``model`` with ``KEY=VALUE`` overrides of its ``diffusion`` section (how it samples: the samplers of
+    the features task and of each stage, their steps and options, the start), e.g.
+    ``positions.sampler.options.s_churn=0.5``, ``edges.sampler.steps=10``, ``sampler.name=ddim``; a leading
+    ``diffusion.`` is accepted. Anything outside ``diffusion`` would not match the trained weights and is an
+    error; values are validated like the preset's (an unknown sampler option is an error)."""
+    if isinstance(overrides, str):
+        raise ValueError(f"overrides must be a list of KEY=VALUE strings, got the string {overrides!r}")
+    keys = [o if o.startswith("diffusion.") or not o.startswith(SAMPLING_SECTIONS) else f"diffusion.{o}"
+            for o in overrides]  # fmt: skip
+    outside = [o for o, k in zip(overrides, keys, strict=True) if not k.startswith("diffusion.")]
     if outside:
         raise ValueError(f"sampling overrides must set diffusion.* fields only, got {outside}")
-    if not overrides:
+    if not keys:
         return model
-    cfg = load_config(GraphExperimentConfig, to_dict(model.config), list(overrides))
+    cfg = load_config(GraphExperimentConfig, to_dict(model.config), keys)
     check_graph_experiment(cfg)
     return replace(model, config=replace(model.config, diffusion=cfg.diffusion))
+
+
+def with_position_sampler(model: GraphModel, name: str | None = None, steps: int | None = None) -> GraphModel:
+    """``model`` with its positions stage's sampler ``name`` and / or ``steps`` replaced (None: keep; a new
+    sampler keeps the options it accepts, see :func:`~polyscale.diffusion.sampling.with_sampler`)."""
+    diff = model.config.diffusion
+    positions = replace(diff.positions, sampler=with_sampler(diff.positions.sampler, name, steps))
+    return replace(model, config=replace(model.config, diffusion=replace(diff, positions=positions)))
 
 
 def load_graph_model(run_dir: str | Path, *, device: str = "auto") -> GraphModel:
@@ -111,19 +133,12 @@ def edge_geometry(model: GraphModel) -> dict:
 
 def stage_samplers(
     cfg: GraphExperimentConfig, sampler: str | None = None, steps: int | None = None
-) -> tuple[SamplerConfig, SamplerConfig]:
-    """The positions stage's and the edge stage's (or the features') :class:`SamplerConfig` as ``cfg.diffusion``
-    describes them; an explicit ``sampler`` / ``steps`` serves both stages."""
+) -> tuple[SamplerConfig, SamplerConfig, SamplerConfig]:
+    """The features', the positions stage's and the edge stage's :class:`SamplerConfig` of ``cfg.diffusion``;
+    an explicit ``sampler`` / ``steps`` serves all of them (each keeps the options the new sampler accepts)."""
     diff = cfg.diffusion
-    pos_name = sampler or diff.position_sampler or diff.sampler
-    pos_options = (
-        {"s_churn": diff.position_s_churn, "s_tmin": diff.position_s_tmin, "s_tmax": diff.position_s_tmax}
-        if diff.position_s_churn and pos_name == "heun"
-        else {}
-    )
-    positions = SamplerConfig(pos_name, steps or diff.position_steps or diff.steps,
-                              sigma_max=diff.position_sigma_max, options=pos_options)  # fmt: skip
-    return positions, SamplerConfig(sampler or diff.sampler, steps or diff.steps, sigma_max=diff.sigma_max)
+    return tuple(with_sampler(s, sampler, steps or None) for s in (diff.sampler, diff.positions.sampler,
+                                                                  diff.edges.sampler))  # fmt: skip
 
 
 def generate_graphs(
@@ -135,11 +150,15 @@ def generate_graphs(
     steps: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    overrides: Sequence[str] = (),
 ) -> list[nx.Graph]:
     """Structure task: ``num_graphs`` graphs of ``num_nodes`` nodes. Features task: ``num_graphs`` graphs of the
-    training family at ``num_nodes`` nodes with generated node features (``x``) and edge features (``e``)."""
+    training family at ``num_nodes`` nodes with generated node features (``x``) and edge features (``e``).
+    ``overrides``: ``KEY=VALUE`` sampling settings (:func:`with_sampling_overrides`), then ``sampler`` /
+    ``steps`` for every stage."""
+    model = with_sampling_overrides(model, overrides)
     cfg = model.config
-    pos_sampler, sampler = stage_samplers(cfg, sampler, steps)
+    feature_sampler, pos_sampler, edge_sampler = stage_samplers(cfg, sampler, steps)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     out = []
@@ -149,7 +168,7 @@ def generate_graphs(
             d = to_data(g)
             node, edge = sample_graph_features(
                 model.features, d.num_nodes, d.edge_index.shape[1], cfg.data.node_dim, cfg.data.edge_dim,
-                d.edge_index, sampler=sampler, generator=generator, progress=progress,
+                d.edge_index, sampler=feature_sampler, generator=generator, progress=progress,
             )  # fmt: skip
             nx.set_node_attributes(g, {i: node[i].tolist() for i in range(d.num_nodes)}, "x")
             m = d.edge_index.shape[1] // 2
@@ -159,11 +178,11 @@ def generate_graphs(
         else:
             n, box = sampling_domain(cfg.data.family, num_nodes, rng=rng)
             pos = sample_positions(
-                model.positions, n, pos_sampler, box=box, start=cfg.diffusion.position_start,
-                start_margin=cfg.diffusion.position_start_margin, order=spatial_order, generator=generator,
+                model.positions, n, pos_sampler, box=box, start=cfg.diffusion.positions.start,
+                start_margin=cfg.diffusion.positions.start_margin, order=spatial_order, generator=generator,
                 progress=progress,
             )  # fmt: skip
-            g = sample_edges(model.edges, pos, sampler, **edge_geometry(model), generator=generator,
+            g = sample_edges(model.edges, pos, edge_sampler, **edge_geometry(model), generator=generator,
                              progress=progress)  # fmt: skip
         out.append(g)
     return out

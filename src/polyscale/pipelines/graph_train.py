@@ -99,7 +99,7 @@ def train_graph_experiment(
         edges = graph_denoiser(
             edge_net(crossings=cfg.model.crossings, **net_kwargs(cfg.model)), sigma_data=1.0
         )
-        edge_loss = GraphLoss(P_mean=diff.edge_P_mean, P_std=diff.edge_P_std, sigma_data=1.0)
+        edge_loss = GraphLoss(P_mean=diff.edges.P_mean, P_std=diff.edges.P_std, sigma_data=1.0)
         candidates = CandidateDataset(graphs, **candidate_options(d), crossings=cfg.model.crossings)
         out.append(_train_one(edges, edge_loss, candidates, cfg, output_dir / "edges", resume=resume,
                               role="edges"))  # fmt: skip
@@ -121,18 +121,18 @@ def position_graphs(cfg: GraphExperimentConfig, graphs: list[nx.Graph]) -> list[
 
 def _train_positions(cfg: GraphExperimentConfig, graphs: list[nx.Graph], output_dir: Path, *, resume: bool):
     positions = position_denoiser(cfg.model)
-    diff = cfg.diffusion
+    stage = cfg.diffusion.positions
     jumps = (
         NodeJumps(
-            rate=diff.position_jump_rate,
-            max_jump=diff.position_max_jump,
-            schedule=diff.position_jump_schedule,
+            rate=stage.jump_rate,
+            max_jump=stage.max_jump,
+            schedule=stage.jump_schedule,
         )  # fmt: skip
-        if diff.position_jump_rate
+        if stage.jump_rate
         else None
     )
-    pos_loss = GraphLoss(P_mean=diff.position_P_mean, P_std=diff.P_std, weight=eps_weight, perturb=jumps)
-    steps = diff.position_max_steps
+    pos_loss = GraphLoss(P_mean=stage.P_mean, P_std=stage.P_std, weight=eps_weight, perturb=jumps)
+    steps = stage.max_steps
     stage_cfg = (
         cfg if steps is None else replace(cfg, optimization=replace(cfg.optimization, max_steps=steps))
     )
