@@ -38,11 +38,11 @@ def worker(run: str, n: int, sampler: str, steps: int, edge_steps: int, seed: in
     generator = torch.Generator().manual_seed(seed)
     n, box = sampling_domain(cfg.data.family, n, rng=np.random.default_rng(seed))
     t0 = time.perf_counter()
-    pos_sampler = SamplerConfig(sampler, steps, sigma_max=cfg.diffusion.position_sigma_max)
-    pos = sample_positions(model.positions, n, pos_sampler, box=box, start=cfg.diffusion.position_start,
+    pos_sampler = SamplerConfig(sampler, steps, sigma_max=cfg.diffusion.positions.sampler.sigma_max)
+    pos = sample_positions(model.positions, n, pos_sampler, box=box, start=cfg.diffusion.positions.start,
                            order=spatial_order, generator=generator)  # fmt: skip
     t1 = time.perf_counter()
-    edge_sampler = SamplerConfig(sampler, edge_steps, sigma_max=cfg.diffusion.sigma_max)
+    edge_sampler = SamplerConfig(sampler, edge_steps, sigma_max=cfg.diffusion.edges.sampler.sigma_max)
     g = sample_edges(model.edges, pos, edge_sampler, **edge_geometry(model), generator=generator)
     t2 = time.perf_counter()
     return {

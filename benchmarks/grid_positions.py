@@ -73,14 +73,14 @@ def main() -> None:
         type=float,
         nargs="+",
         default=[None],
-        help="start noise levels (default: the model's position_sigma_max)",
+        help="start noise levels (default: the model's positions.sampler.sigma_max)",
     )
     ap.add_argument(
         "--margins",
         type=float,
         nargs="+",
         default=[None],
-        help="start margins (default: the model's position_start_margin)",
+        help="start margins (default: the model's positions.start_margin)",
     )
     ap.add_argument(
         "--churn",
@@ -105,13 +105,13 @@ def main() -> None:
             for c in args.churn
             for m in args.margins
         ]:
-            margin = cfg.diffusion.position_start_margin if margin is None else margin
+            margin = cfg.diffusion.positions.start_margin if margin is None else margin
             options = {}
             if churn:
                 s_churn, s_tmin, s_tmax = (float(v) for v in churn.split(":"))
                 options = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax}
-            start = start or cfg.diffusion.position_start
-            sigma_max = sigma_max or cfg.diffusion.position_sigma_max
+            start = start or cfg.diffusion.positions.start
+            sigma_max = sigma_max or cfg.diffusion.positions.sampler.sigma_max
             for size in args.sizes:
                 rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
                 exact, worst, empty, t0 = 0, [], [], time.perf_counter()

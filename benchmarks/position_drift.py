@@ -121,16 +121,12 @@ def main() -> None:
     text = (f"Machine: {machine_description()}. Model: `{args.run}`, {rows} x {cols} lattice, {args.draws} draws "
             "per sigma. Mean inward error (standard error):\n\n" + markdown_table(table))  # fmt: skip
     diff = cfg.diffusion
-    options = {
-        "s_churn": diff.position_s_churn,
-        "s_tmin": diff.position_s_tmin,
-        "s_tmax": diff.position_s_tmax,
-    }
+    options = dict(diff.positions.sampler.options)
     if args.churn:
         options = dict(
             zip(("s_churn", "s_tmin", "s_tmax"), (float(v) for v in args.churn.split(":")), strict=False)
         )
-    margin = diff.position_start_margin if args.margin is None else args.margin
+    margin = diff.positions.start_margin if args.margin is None else args.margin
     counts = []
     per_size = args.num_graphs * len(args.check_sizes) if len(args.num_graphs) == 1 else args.num_graphs
     for size, graphs in zip(args.check_sizes, per_size, strict=False):
@@ -139,8 +135,8 @@ def main() -> None:
             empty, exact = [], 0
             for _ in range(graphs):
                 n, box = sampling_domain("grid", size, rng=rng)
-                heun = SamplerConfig("heun", 32, sigma_max=diff.position_sigma_max, options=options or {})
-                pos = sample_positions(model, n, heun, box=box, start=diff.position_start, start_margin=margin,
+                heun = SamplerConfig("heun", 32, sigma_max=diff.positions.sampler.sigma_max, options=options)
+                pos = sample_positions(model, n, heun, box=box, start=diff.positions.start, start_margin=margin,
                                        order=spatial_order, generator=gen)  # fmt: skip
                 ok, _, holes, _, _ = lattice_stats(pos, int(box[0]) + 1, int(box[1]) + 1)
                 empty, exact = empty + [holes], exact + ok

@@ -211,9 +211,11 @@ def main() -> None:
     parser.add_argument("--model", action="append", choices=MODELS, help="default: both")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4, 8], choices=[1, 2, 4, 8])
     parser.add_argument(
-        "--sampler", default=None, help="default: each model's own (its preset's diffusion.sampler)"
+        "--sampler", default=None, help="default: each model's own (its preset's diffusion.sampler.name)"
     )
-    parser.add_argument("--steps", type=int, default=None, help="default: each model's own (diffusion.steps)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="default: each model's own (diffusion.sampler.steps)"
+    )
     parser.add_argument("--tile-scale", type=int, default=8, help="scales at or above this are tiled")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
