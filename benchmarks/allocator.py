@@ -24,6 +24,7 @@ from common import in_subprocess, machine_description, markdown_table, peak_rss_
 def worker(size: int, steps: int, threads: int, tuned: bool) -> dict:
     import torch
 
+    from polyscale.diffusion.sampling import SamplerConfig
     from polyscale.pipelines.allocator import keep_freed_memory
     from polyscale.pipelines.sample import generate, load_denoiser
 
@@ -35,8 +36,7 @@ def worker(size: int, steps: int, threads: int, tuned: bool) -> dict:
     generate(
         denoiser,
         (1, 1, size, size, size),
-        sampler="euler",
-        steps=steps,
+        SamplerConfig("euler", steps),
         generator=torch.Generator().manual_seed(0),
         progress=False,
     )

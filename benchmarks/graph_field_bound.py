@@ -40,8 +40,9 @@ def local_linear_denoiser(cov: np.ndarray, g: nx.Graph, radius: int, sigma: floa
 def main() -> None:
     from polyscale.data.graphs import field_covariance, graph_fields, grid_graph, to_data
     from polyscale.diffusion import get_sampler, sigmas_karras
+    from polyscale.diffusion.graph import sample_graph_features
+    from polyscale.diffusion.sampling import SamplerConfig
     from polyscale.metrics.graphs import graph_power_spectrum, spectrum_error
-    from polyscale.pipelines.graph import sample_graph_features
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=32)
@@ -102,7 +103,7 @@ def main() -> None:
             fields.append(sampler(ideal, x, sigmas, generator=gen, disable=True).numpy())
         add(f"ideal linear, {radius} hops" if radius else "ideal (full covariance)", fields,
             time.perf_counter() - t0)  # fmt: skip
-    from polyscale.pipelines.graph_experiment import load_graph_model
+    from polyscale.pipelines.graph_sample import load_graph_model
 
     for run in args.run:
         model = load_graph_model(run, device="cpu")
@@ -116,7 +117,7 @@ def main() -> None:
         for i in range(args.num_graphs):
             node, _ = sample_graph_features(
                 model.features, n, data.edge_index.shape[1], d.node_dim, d.edge_dim, data.edge_index,
-                sampler=args.sampler, steps=args.steps, sigma_max=80.0, generator=torch.Generator().manual_seed(i),
+                sampler=SamplerConfig(args.sampler, args.steps), generator=torch.Generator().manual_seed(i),
             )  # fmt: skip
             fields.append(node.double().numpy())
         add(f"trained `{run}` ({model.config.model.num_layers} layers)", fields, time.perf_counter() - t0)

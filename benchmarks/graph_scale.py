@@ -27,8 +27,10 @@ from common import in_subprocess, machine_description, markdown_table, peak_rss_
 
 
 def worker(run: str, n: int, sampler: str, steps: int, edge_steps: int, seed: int) -> dict:
-    from polyscale.pipelines.graph_experiment import candidate_options, load_graph_model, sampling_domain
-    from polyscale.pipelines.graph_structure import sample_edges, sample_positions
+    from polyscale.data.graph_geometry import spatial_order
+    from polyscale.diffusion.sampling import SamplerConfig
+    from polyscale.diffusion.structure import sample_edges, sample_positions
+    from polyscale.pipelines.graph_sample import edge_geometry, load_graph_model, sampling_domain
 
     model = load_graph_model(run, device="cpu")
     cfg = model.config
@@ -36,12 +38,12 @@ def worker(run: str, n: int, sampler: str, steps: int, edge_steps: int, seed: in
     generator = torch.Generator().manual_seed(seed)
     n, box = sampling_domain(cfg.data.family, n, rng=np.random.default_rng(seed))
     t0 = time.perf_counter()
-    pos = sample_positions(model.positions, n, box=box, sampler=sampler, steps=steps,
-                           sigma_max=cfg.diffusion.position_sigma_max, start=cfg.diffusion.position_start,
-                           generator=generator)  # fmt: skip
+    pos_sampler = SamplerConfig(sampler, steps, sigma_max=cfg.diffusion.positions.sampler.sigma_max)
+    pos = sample_positions(model.positions, n, pos_sampler, box=box, start=cfg.diffusion.positions.start,
+                           order=spatial_order, generator=generator)  # fmt: skip
     t1 = time.perf_counter()
-    g = sample_edges(model.edges, pos, **candidate_options(cfg.data), sampler=sampler, steps=edge_steps,
-                     sigma_max=cfg.diffusion.sigma_max, generator=generator)  # fmt: skip
+    edge_sampler = SamplerConfig(sampler, edge_steps, sigma_max=cfg.diffusion.edges.sampler.sigma_max)
+    g = sample_edges(model.edges, pos, edge_sampler, **edge_geometry(model), generator=generator)
     t2 = time.perf_counter()
     return {
         "nodes": n,

@@ -48,16 +48,19 @@ def band_sites(rows: int, cols: int, band: int) -> tuple[int, int]:
 
 def positions_denoiser(args: argparse.Namespace):
     """The positions denoiser and config of ``args.run`` (torch set to ``args.threads`` threads)."""
-    from polyscale.pipelines.graph_experiment import _load_net, position_denoiser
+    from polyscale.pipelines.graph_nets import position_denoiser
+    from polyscale.pipelines.graph_sample import load_net
 
     torch.set_num_threads(args.threads)
-    net, cfg = _load_net(Path(args.run) / "positions" / "model", torch.device("cpu"))
-    return position_denoiser(cfg, net), cfg
+    net, cfg = load_net(Path(args.run) / "positions" / "model", torch.device("cpu"))
+    return position_denoiser(cfg.model, net), cfg
 
 
 def main() -> None:
-    from polyscale.pipelines.graph_experiment import sampling_domain
-    from polyscale.pipelines.graph_structure import sample_positions
+    from polyscale.data.graph_geometry import spatial_order
+    from polyscale.diffusion.sampling import SamplerConfig
+    from polyscale.diffusion.structure import sample_positions
+    from polyscale.pipelines.graph_sample import sampling_domain
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="grid run directory (positions/model inside)")
@@ -70,14 +73,14 @@ def main() -> None:
         type=float,
         nargs="+",
         default=[None],
-        help="start noise levels (default: the model's position_sigma_max)",
+        help="start noise levels (default: the model's positions.sampler.sigma_max)",
     )
     ap.add_argument(
         "--margins",
         type=float,
         nargs="+",
         default=[None],
-        help="start margins (default: the model's position_start_margin)",
+        help="start margins (default: the model's positions.start_margin)",
     )
     ap.add_argument(
         "--churn",
@@ -102,22 +105,22 @@ def main() -> None:
             for c in args.churn
             for m in args.margins
         ]:
-            margin = cfg.diffusion.position_start_margin if margin is None else margin
-            options = None
+            margin = cfg.diffusion.positions.start_margin if margin is None else margin
+            options = {}
             if churn:
                 s_churn, s_tmin, s_tmax = (float(v) for v in churn.split(":"))
                 options = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax}
-            start = start or cfg.diffusion.position_start
-            sigma_max = sigma_max or cfg.diffusion.position_sigma_max
+            start = start or cfg.diffusion.positions.start
+            sigma_max = sigma_max or cfg.diffusion.positions.sampler.sigma_max
             for size in args.sizes:
                 rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
                 exact, worst, empty, t0 = 0, [], [], time.perf_counter()
                 near = deep = near_sites = deep_sites = 0
                 for _ in range(args.num_graphs):
                     n, box = sampling_domain("grid", size, rng=rng)
-                    pos = sample_positions(den, n, box=box, sampler=sampler, steps=int(steps), start=start,
-                                           sigma_max=sigma_max, start_margin=margin, sampler_options=options,
-                                           generator=gen)  # fmt: skip
+                    run_with = SamplerConfig(sampler, int(steps), sigma_max=sigma_max, options=options)
+                    pos = sample_positions(den, n, run_with, box=box, start=start, start_margin=margin,
+                                           order=spatial_order, generator=gen)  # fmt: skip
                     rows, cols = int(box[0]) + 1, int(box[1]) + 1
                     ok, dist, holes, h_near, h_deep = lattice_stats(pos, rows, cols, args.band)
                     exact, worst, empty = exact + ok, worst + [dist], empty + [holes]

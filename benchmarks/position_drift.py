@@ -93,8 +93,10 @@ class DriftCorrected(torch.nn.Module):
 
 
 def main() -> None:
-    from polyscale.pipelines.graph_experiment import sampling_domain
-    from polyscale.pipelines.graph_structure import sample_positions
+    from polyscale.data.graph_geometry import spatial_order
+    from polyscale.diffusion.sampling import SamplerConfig
+    from polyscale.diffusion.structure import sample_positions
+    from polyscale.pipelines.graph_sample import sampling_domain
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="grid run directory (positions/model inside)")
@@ -119,16 +121,12 @@ def main() -> None:
     text = (f"Machine: {machine_description()}. Model: `{args.run}`, {rows} x {cols} lattice, {args.draws} draws "
             "per sigma. Mean inward error (standard error):\n\n" + markdown_table(table))  # fmt: skip
     diff = cfg.diffusion
-    options = {
-        "s_churn": diff.position_s_churn,
-        "s_tmin": diff.position_s_tmin,
-        "s_tmax": diff.position_s_tmax,
-    }
+    options = dict(diff.positions.sampler.options)
     if args.churn:
         options = dict(
             zip(("s_churn", "s_tmin", "s_tmax"), (float(v) for v in args.churn.split(":")), strict=False)
         )
-    margin = diff.position_start_margin if args.margin is None else args.margin
+    margin = diff.positions.start_margin if args.margin is None else args.margin
     counts = []
     per_size = args.num_graphs * len(args.check_sizes) if len(args.num_graphs) == 1 else args.num_graphs
     for size, graphs in zip(args.check_sizes, per_size, strict=False):
@@ -137,9 +135,9 @@ def main() -> None:
             empty, exact = [], 0
             for _ in range(graphs):
                 n, box = sampling_domain("grid", size, rng=rng)
-                pos = sample_positions(model, n, box=box, sampler="heun", steps=32, start=diff.position_start,
-                                       sigma_max=diff.position_sigma_max, start_margin=margin,
-                                       sampler_options=options, generator=gen)  # fmt: skip
+                heun = SamplerConfig("heun", 32, sigma_max=diff.positions.sampler.sigma_max, options=options)
+                pos = sample_positions(model, n, heun, box=box, start=diff.positions.start, start_margin=margin,
+                                       order=spatial_order, generator=gen)  # fmt: skip
                 ok, _, holes, _, _ = lattice_stats(pos, int(box[0]) + 1, int(box[1]) + 1)
                 empty, exact = empty + [holes], exact + ok
             counts.append({"nodes": size, "graphs": graphs, "denoiser": name,

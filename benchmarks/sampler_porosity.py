@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, markdown_table, publish  # noqa: E402
+from polyscale.diffusion.sampling import with_sampler  # noqa: E402
 from polyscale.metrics.porous import porosity  # noqa: E402
 from polyscale.pipelines.datasets import build_dataset  # noqa: E402
 from polyscale.pipelines.evaluate import stack_dataset  # noqa: E402
@@ -47,11 +48,7 @@ def main() -> None:
         x = generate(
             denoiser,
             (args.num_samples, shape[0], *(args.size,) * (len(shape) - 1)),
-            sampler=sampler,
-            steps=int(steps),
-            sigma_min=cfg.diffusion.sigma_min,
-            sigma_max=cfg.diffusion.sigma_max,
-            rho=cfg.diffusion.rho,
+            with_sampler(cfg.diffusion.sampler, sampler, int(steps)),
             generator=torch.Generator().manual_seed(args.seed),
             progress=False,
         )

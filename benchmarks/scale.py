@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import in_subprocess, machine_description, markdown_table, peak_rss_mib, publish  # noqa: E402
 from polyscale.diffusion import TiledDenoiser  # noqa: E402
+from polyscale.diffusion.sampling import with_sampler  # noqa: E402
 from polyscale.metrics.porous import correlation_length, porosity, two_point_correlation  # noqa: E402
 from polyscale.pipelines.datasets import build_dataset  # noqa: E402
 from polyscale.pipelines.evaluate import (  # noqa: E402
@@ -144,7 +145,7 @@ def run_one(
 ) -> dict:
     torch.manual_seed(seed)
     denoiser, cfg, sample_shape = load_denoiser(model)
-    sampler, steps = sampler or cfg.diffusion.sampler, steps or cfg.diffusion.steps
+    sampling = with_sampler(cfg.diffusion.sampler, sampler, steps or None)
     train_size = sample_shape[-1]
     size = scale * train_size
     dims = len(sample_shape) - 1
@@ -155,11 +156,7 @@ def run_one(
     fake = generate(
         denoiser,
         (n, sample_shape[0], *(size,) * dims),
-        sampler=sampler,
-        steps=steps,
-        sigma_min=cfg.diffusion.sigma_min,
-        sigma_max=cfg.diffusion.sigma_max,
-        rho=cfg.diffusion.rho,
+        sampling,
         generator=torch.Generator().manual_seed(seed),
         batch_size=1,
         progress=False,
@@ -174,7 +171,7 @@ def run_one(
         "scale": f"{scale}x",
         "size": f"{size}^{dims}",
         "samples": n,
-        "sampler": f"{sampler} {steps}",
+        "sampler": f"{sampling.name} {sampling.steps}",
     }
     row |= (
         porous_columns(fake, floor, test) if cfg.data.kind == "porous" else texture_columns(fake, floor, test)
@@ -214,9 +211,11 @@ def main() -> None:
     parser.add_argument("--model", action="append", choices=MODELS, help="default: both")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4, 8], choices=[1, 2, 4, 8])
     parser.add_argument(
-        "--sampler", default=None, help="default: each model's own (its preset's diffusion.sampler)"
+        "--sampler", default=None, help="default: each model's own (its preset's diffusion.sampler.name)"
     )
-    parser.add_argument("--steps", type=int, default=None, help="default: each model's own (diffusion.steps)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="default: each model's own (diffusion.sampler.steps)"
+    )
     parser.add_argument("--tile-scale", type=int, default=8, help="scales at or above this are tiled")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)

@@ -264,7 +264,7 @@ def test_version_prints_the_installed_version(capsys):
 
 def test_presets_lists_grid_and_graph_presets_and_shipped_models(capsys):
     from polyscale.pipelines.experiment import preset_names
-    from polyscale.pipelines.graph_experiment import graph_preset_names
+    from polyscale.pipelines.graph_config import graph_preset_names
 
     assert main(["presets"]) == 0
     lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())

@@ -48,7 +48,7 @@ GRAPH_TRAIN_CAPS = [
     "--set", "optimization.max_steps=2", "--set", "optimization.checkpoint_every=2",
     "--set", "optimization.warmup_steps=1", "--set", "optimization.log_every=1",
     "--set", "optimization.batch_size=4", "--set", "data.num_graphs=8",
-    "--set", "diffusion.position_max_steps=2",
+    "--set", "diffusion.positions.max_steps=2",
 ]  # fmt: skip
 
 

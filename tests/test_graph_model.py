@@ -7,17 +7,19 @@ import numpy as np
 import pytest
 import torch
 
+from polyscale.data.graph_datasets import GraphFeatureDataset, collate_graphs
 from polyscale.data.graphs import field_graphs, grid_graph, planar_graph, to_data
 from polyscale.diffusion import SAMPLERS
-from polyscale.diffusion.graph import GraphLayout, PackedGraphNet, graph_edm_loss
-from polyscale.nn.graph import GraphDenoiser, segment_softmax
-from polyscale.pipelines.graph import (
-    GraphFeatureDataset,
-    collate_graphs,
-    graph_denoiser,
+from polyscale.diffusion.graph import (
+    GraphLayout,
+    PackedGraphNet,
+    graph_edm_loss,
     sample_graph_features,
     undirected_edges,
 )
+from polyscale.diffusion.sampling import SamplerConfig
+from polyscale.nn.graph import GraphDenoiser, segment_softmax
+from polyscale.pipelines.graph_nets import graph_denoiser
 
 
 def randomised(net: GraphDenoiser) -> GraphDenoiser:
@@ -135,14 +137,14 @@ def test_feature_sampling_on_given_connectivity_with_every_sampler(sampler):
     d = to_data(planar_graph(40, rng=np.random.default_rng(0)))
     num_edges = d.edge_index.shape[1]
     node, edge = sample_graph_features(
-        den, 40, num_edges, 2, 1, d.edge_index, sampler=sampler, steps=4,
+        den, 40, num_edges, 2, 1, d.edge_index, sampler=SamplerConfig(sampler, 4),
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     m = num_edges // 2
     assert node.shape == (40, 2) and edge.shape == (num_edges, 1) and torch.isfinite(node).all()
     torch.testing.assert_close(edge[:m], edge[m:])  # one value per undirected edge, in the caller's order
     again = sample_graph_features(
-        den, 40, num_edges, 2, 1, d.edge_index, sampler=sampler, steps=4,
+        den, 40, num_edges, 2, 1, d.edge_index, sampler=SamplerConfig(sampler, 4),
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     torch.testing.assert_close(again[0], node)  # seeded

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from functools import partial
 
 import networkx as nx
 import numpy as np
@@ -15,32 +16,42 @@ import pytest
 import torch
 
 from polyscale.cli.main import main
-from polyscale.data.graphs import grid_graph, planar_graph
-from polyscale.diffusion.graph import GraphLayout
-from polyscale.pipelines import graph_experiment, graph_structure
-from polyscale.pipelines.graph import GraphLoss, collate_graphs, graph_denoiser
-from polyscale.pipelines.graph_experiment import load_graph_experiment, load_graph_model
-from polyscale.pipelines.graph_structure import (
-    CandidateDataset,
-    PositionDataset,
-    PositionDenoiser,
+from polyscale.data import graph_features
+from polyscale.data.graph_datasets import CandidateDataset, PositionDataset, collate_graphs, graph_positions
+from polyscale.data.graph_features import wall_features
+from polyscale.data.graph_geometry import (
+    candidate_conditioning,
     candidate_crossings,
     candidate_edges,
     candidate_geometry,
     candidate_triangles,
     crossing_geometry,
-    edge_net,
-    graph_positions,
     knn_edges,
     periodic_offsets,
-    position_net,
-    reads_crossings,
-    sample_edges,
-    sample_positions,
     spatial_order,
     triangle_geometry,
-    wall_features,
 )
+from polyscale.data.graphs import grid_graph, planar_graph
+from polyscale.diffusion import structure
+from polyscale.diffusion.graph import GraphLayout, GraphLoss
+from polyscale.diffusion.sampling import SamplerConfig
+from polyscale.diffusion.structure import sample_edges, sample_positions
+from polyscale.pipelines import graph_config, graph_sample, graph_train
+from polyscale.pipelines.graph_config import load_graph_experiment
+from polyscale.pipelines.graph_nets import (
+    edge_net,
+    graph_denoiser,
+    position_net,
+    reads_crossings,
+    wrap_positions,
+)
+from polyscale.pipelines.graph_sample import load_graph_model
+
+
+def edge_geometry(k: int) -> dict:
+    """sample_edges' geometry: k-NN candidates, their conditioning, the Z-order."""
+    return {"candidates": partial(candidate_edges, k=k), "conditioning": candidate_conditioning,
+            "order": spatial_order}  # fmt: skip
 
 
 def randomised(module: torch.nn.Module) -> torch.nn.Module:
@@ -146,7 +157,7 @@ def test_candidate_geometry_per_direction_and_its_batching():
 def test_position_denoiser_is_translation_equivariant_inside_its_box():
     """Far from the box's sides the wall features saturate, so a shift of the points shifts the output; near a
     side the same shift changes what the model sees."""
-    den = randomised(PositionDenoiser(position_net(hidden=16, num_layers=2, num_heads=2), k=5)).double()
+    den = randomised(wrap_positions(position_net(hidden=16, num_layers=2, num_heads=2), k=5)).double()
     n = 40
     layout = GraphLayout(torch.zeros(2, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long), 2, 0)
     x = torch.rand(2 * n, 1, dtype=torch.float64) * 6 + 500
@@ -190,7 +201,7 @@ def test_position_denoiser_on_a_torus_has_no_seam():
     and wrapping some of them round the torus leaves what each node sees unchanged, so the output shifts
     with the input, and a torus reads no sides (a bounded grid of the same nodes does)."""
     den = randomised(
-        PositionDenoiser(position_net(hidden=16, num_layers=2, num_heads=2, period=1.0), k=8, period=1.0)
+        wrap_positions(position_net(hidden=16, num_layers=2, num_heads=2, period=1.0), k=8, period=1.0)
     )
     den = den.double()
     torus = PositionDataset([grid_graph(6, 7, periodic=True)]).items[0]
@@ -221,8 +232,8 @@ def test_position_denoiser_on_a_torus_has_no_seam():
 
 def test_positions_stage_trains_on_the_tori_periodic_share_asks_for():
     cfg = load_graph_experiment("graph_grid", ["data.periodic_share=0.5", "model.position_density_scales=[]"])
-    graphs = graph_experiment.training_graphs(cfg)
-    mixed = graph_experiment.position_graphs(cfg, graphs)
+    graphs = graph_train.training_graphs(cfg)
+    mixed = graph_train.position_graphs(cfg, graphs)
     tori = [g for g in mixed if g.graph["periodic"]]
     assert 0.3 < len(tori) / len(mixed) < 0.7 and not any(g.graph["periodic"] for g in graphs)
     assert all(min(g.graph["grid_shape"]) >= 6 for g in tori)
@@ -391,42 +402,56 @@ def test_candidates_label_the_graph_edges():
 
 
 def test_two_stage_sampling_shapes():
-    pos_den = randomised(PositionDenoiser(position_net(hidden=16, num_layers=1, num_heads=2), k=4))
-    pos = sample_positions(pos_den, 30, steps=3, generator=torch.Generator().manual_seed(0))
+    pos_den = randomised(wrap_positions(position_net(hidden=16, num_layers=1, num_heads=2), k=4))
+    pos = sample_positions(
+        pos_den, 30, SamplerConfig(steps=3, sigma_max=3.0), generator=torch.Generator().manual_seed(0)
+    )
     assert pos.shape == (30, 2) and torch.isfinite(pos).all()
-    wide = sample_positions(pos_den, 30, box=(20.0, 1.5), steps=3, generator=torch.Generator().manual_seed(0))
+    wide = sample_positions(
+        pos_den,
+        30,
+        SamplerConfig(steps=3, sigma_max=3.0),
+        box=(20.0, 1.5),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert wide[:, 0].std() > 2 * wide[:, 1].std()  # starts in (and is denoised in) the given box
     edge_den = graph_denoiser(randomised(edge_net(hidden=16, num_layers=1, num_heads=2)))
-    g = sample_edges(edge_den, pos, k=6, steps=3, generator=torch.Generator().manual_seed(0))
+    g = sample_edges(
+        edge_den, pos, SamplerConfig(steps=3), **edge_geometry(6), generator=torch.Generator().manual_seed(0)
+    )
     cands = {tuple(e) for e in knn_edges(pos, torch.zeros(30, dtype=torch.long), 6).T.tolist()}
     assert g.number_of_nodes() == 30 and all((min(u, v), max(u, v)) in cands for u, v in g.edges)
     with pytest.raises(ValueError, match="num_nodes must be >= 2, got 1"):
-        sample_positions(pos_den, 1)
+        sample_positions(pos_den, 1, SamplerConfig())
 
 
 def test_sample_edges_clamps_the_edge_estimates_to_the_labels(monkeypatch):
     """Two generated nodes on one lattice site (0.002 apart) give triangle side ratios of 10^3 and a raw edge
     estimate of 10^9 (a 10^5-node grid lost 73 % of its edges that way, spreading from one spot); the edge
     stage samples with the estimate clamped to the +-1 labels."""
-    from polyscale.pipelines import graph_structure
-
     pos = torch.rand(30, 2, generator=torch.Generator().manual_seed(3)) * 5
     pos[1] = pos[0] + 0.002
     net = randomised(edge_net(hidden=16, num_layers=1, num_heads=2))
     net.edge_out.register_forward_hook(lambda module, inputs, out: out * 1e9)  # an exploding estimate
     seen = []
-    real = graph_structure.sample_packed
+    real = structure.sample_packed
 
-    def spy(denoiser, layout, x, **kwargs):
+    def spy(denoiser, layout, x, sampler, **kwargs):
         cond = {k: v for k, v in kwargs.items() if k in ("edge_cond", "triangles", "triangle_cond")}
         x_in = torch.full_like(x, 3.0)
         seen.append(
             (denoiser(x_in, 2.0, layout=layout, **cond), denoiser.denoiser(x_in, 2.0, layout=layout, **cond))
         )
-        return real(denoiser, layout, x, **kwargs)
+        return real(denoiser, layout, x, sampler, **kwargs)
 
-    monkeypatch.setattr(graph_structure, "sample_packed", spy)
-    g = sample_edges(graph_denoiser(net), pos, k=6, steps=3, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(structure, "sample_packed", spy)
+    g = sample_edges(
+        graph_denoiser(net),
+        pos,
+        SamplerConfig(steps=3),
+        **edge_geometry(6),
+        generator=torch.Generator().manual_seed(0),
+    )
     clamped, raw = seen[0]
     assert raw.abs().max() > 1e6 and clamped.abs().max() <= 1.0 and g.number_of_nodes() == 30
 
@@ -448,9 +473,17 @@ def test_sample_edges_does_not_depend_on_the_callers_node_labels():
     # centred raw outputs (a label-free shift): both signs survive the clamp to [-1, 1], so edges are kept
     net.edge_out.register_forward_hook(lambda module, inputs, out: out - out.mean())
     edge_den = graph_denoiser(net)
-    g = sample_edges(edge_den, pos, k=6, steps=3, generator=torch.Generator().manual_seed(0))
+    g = sample_edges(
+        edge_den, pos, SamplerConfig(steps=3), **edge_geometry(6), generator=torch.Generator().manual_seed(0)
+    )
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(2))
-    h = sample_edges(edge_den, pos[perm], k=6, steps=3, generator=torch.Generator().manual_seed(0))
+    h = sample_edges(
+        edge_den,
+        pos[perm],
+        SamplerConfig(steps=3),
+        **edge_geometry(6),
+        generator=torch.Generator().manual_seed(0),
+    )
     relabelled = {tuple(sorted((int(perm[u]), int(perm[v])))) for u, v in h.edges}
     assert g.number_of_edges() > 0 and relabelled == {tuple(sorted(e)) for e in g.edges}
     assert all(h.nodes[i]["pos"] == tuple(map(float, pos[perm[i]])) for i in range(40))
@@ -459,7 +492,7 @@ def test_sample_edges_does_not_depend_on_the_callers_node_labels():
 TINY = ["--set", "optimization.max_steps=2", "--set", "optimization.batch_size=4", "--set", "data.num_graphs=8",
         "--set", "model.hidden=16", "--set", "model.num_layers=1", "--set", "optimization.checkpoint_every=2",
         "--set", "optimization.log_every=1", "--set", "optimization.warmup_steps=1",
-        "--set", "diffusion.position_max_steps=2"]  # fmt: skip
+        "--set", "diffusion.positions.max_steps=2"]  # fmt: skip
 
 
 def test_graph_cli_train_sample_evaluate(tmp_path, capsys, monkeypatch):
@@ -478,33 +511,38 @@ def test_graph_cli_train_sample_evaluate(tmp_path, capsys, monkeypatch):
     assert (data.candidates_k, data.candidates_sectors, data.candidates_hull) == (5, 0, True)
     # the positions stage takes its own default sampler; an explicit one serves both stages
     model = load_graph_model(run)
-    model.config.diffusion.position_sampler, model.config.diffusion.position_steps = "euler", 3
+    model = graph_sample.with_position_sampler(model, "euler", 3)
     seen = []
-    real = graph_experiment.sample_positions
+    real = graph_sample.sample_positions
 
     def spy(*args, **kwargs):
-        seen.append((kwargs["sampler"], kwargs["steps"], kwargs["sampler_options"], kwargs["start_margin"]))
+        seen.append((args[2].name, args[2].steps, args[2].options, kwargs["start_margin"]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(graph_experiment, "sample_positions", spy)
-    graph_experiment.generate_graphs(model, 40, 1, steps=None)
-    graph_experiment.generate_graphs(model, 40, 1, sampler="ddim", steps=2)
-    assert seen == [("euler", 3, None, 0.0), ("ddim", 2, None, 0.0)]
+    monkeypatch.setattr(graph_sample, "sample_positions", spy)
+    graph_sample.generate_graphs(model, 40, 1, steps=None)
+    graph_sample.generate_graphs(model, 40, 1, sampler="ddim", steps=2)
+    assert seen == [("euler", 3, {}, 0.0), ("ddim", 2, {}, 0.0)]
     # sampling overrides: churn reaches a Heun positions sampler only, the margin any sampler
-    churned = graph_experiment.with_sampling_overrides(
-        model, ["diffusion.position_s_churn=10", "diffusion.position_start_margin=0.5"]
+    churned = graph_sample.with_sampling_overrides(
+        model,
+        [
+            "positions.sampler.name=heun",
+            "positions.sampler.options={s_churn: 10, s_tmin: 0.05, s_tmax: 1.0}",
+            "diffusion.positions.start_margin=0.5",
+        ],
     )
-    assert model.config.diffusion.position_s_churn == 0  # the original is left alone
-    graph_experiment.generate_graphs(churned, 40, 1, sampler="heun", steps=2)
-    graph_experiment.generate_graphs(churned, 40, 1, sampler="euler", steps=2)
+    assert model.config.diffusion.positions.sampler.options == {}  # the original is left alone
+    graph_sample.generate_graphs(churned, 40, 1, sampler="heun", steps=2)
+    graph_sample.generate_graphs(churned, 40, 1, sampler="euler", steps=2)
     assert seen[2:] == [
         ("heun", 2, {"s_churn": 10.0, "s_tmin": 0.05, "s_tmax": 1.0}, 0.5),
-        ("euler", 2, None, 0.5),
+        ("euler", 2, {}, 0.5),
     ]
     with pytest.raises(ValueError, match=r"diffusion.\* fields only, got \['model.hidden=8'\]"):
-        graph_experiment.with_sampling_overrides(model, ["model.hidden=8"])
-    with pytest.raises(ValueError, match="position_s_churn >= 0"):
-        graph_experiment.with_sampling_overrides(model, ["diffusion.position_s_churn=-1"])
+        graph_sample.with_sampling_overrides(model, ["model.hidden=8"])
+    with pytest.raises(ValueError, match="unknown option 'eta' for sampler 'euler'"):
+        graph_sample.with_sampling_overrides(model, ["positions.sampler.options.eta=0.5"])
     out = tmp_path / "g.png"
     argv = ["graph", "sample", "--checkpoint", str(run), "--num-nodes", "150", "--num-graphs", "2"]
     assert main([*argv, "--timesteps", "2", "--output-file", str(out)]) == 0
@@ -512,7 +550,7 @@ def test_graph_cli_train_sample_evaluate(tmp_path, capsys, monkeypatch):
     assert int(saved["num_nodes_0"]) == 150 and saved["pos_1"].shape == (150, 2)
     capsys.readouterr()
     argv = ["graph", "evaluate", "--checkpoint", str(run), "--sizes", "40", "90", "--num-graphs", "2"]
-    assert main([*argv, "--timesteps", "2", "--set", "diffusion.position_start_margin=0.5"]) == 0
+    assert main([*argv, "--timesteps", "2", "--set", "diffusion.positions.start_margin=0.5"]) == 0
     assert seen[-1][3] == 0.5
     table = capsys.readouterr().out
     assert "degree MMD2" in table and "orbit floor" in table and "valid" in table
@@ -535,15 +573,19 @@ def test_graph_config_validation_and_cli_errors(capsys):
         load_graph_experiment("graph_planar", ["data.min_nodes=70"])
     with pytest.raises(ValueError, match="family"):
         load_graph_experiment("graph_planar", ["data.family=sbm"])
-    with pytest.raises(ValueError, match="diffusion.position_sampler must be one of"):
-        load_graph_experiment("graph_grid", ["diffusion.position_sampler=langevin"])
-    grid = load_graph_experiment(
-        "graph_grid", ["diffusion.position_sampler=pc", "diffusion.position_steps=64"]
-    )
+    with pytest.raises(ValueError, match="unknown sampler 'langevin'"):
+        load_graph_experiment("graph_grid", ["diffusion.positions.sampler.name=langevin"])
+    with pytest.raises(ValueError, match="unknown option 's_churn' for sampler 'pc'"):
+        load_graph_experiment("graph_grid", ["diffusion.positions.sampler.name=pc"])
+    grid = load_graph_experiment("graph_planar", ["diffusion.positions.sampler={name: pc, steps: 64}"])
     diff = grid.diffusion
-    assert (diff.position_sampler, diff.position_steps, diff.sampler) == ("pc", 64, "heun")
-    with pytest.raises(ValueError, match="diffusion.position_start must be one of"):
-        load_graph_experiment("graph_grid", ["diffusion.position_start=lattice"])
+    assert (diff.positions.sampler.name, diff.positions.sampler.steps, diff.edges.sampler.name) == (
+        "pc",
+        64,
+        "heun",
+    )
+    with pytest.raises(ValueError, match="diffusion.positions.start must be one of"):
+        load_graph_experiment("graph_grid", ["diffusion.positions.start=lattice"])
     with pytest.raises(ValueError, match="data.periodic_share must be in .* family 'planar'"):
         load_graph_experiment("graph_features", ["data.periodic_share=0.5"])
     with pytest.raises(ValueError, match=r"data.periodic_share must be in \[0, 1\].*got -0.1"):
@@ -551,9 +593,7 @@ def test_graph_config_validation_and_cli_errors(capsys):
     with pytest.raises(ValueError, match="model.position_period must be None or > 0"):
         load_graph_experiment("graph_grid", ["model.position_period=-1"])
     with pytest.raises(ValueError, match="stages must be a non-empty subset"):
-        graph_experiment.train_graph_experiment(
-            load_graph_experiment("graph_grid"), "unused", stages=["nodes"]
-        )
+        graph_train.train_graph_experiment(load_graph_experiment("graph_grid"), "unused", stages=["nodes"])
     assert main(["graph", "sample", "--checkpoint", "/nonexistent"]) == 2
     assert "holds no graph model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -571,8 +611,8 @@ def test_stratified_start_puts_one_point_in_each_cell_and_matches_area_everywher
     gen = torch.Generator().manual_seed(0)
     extent = torch.tensor([60.0, 40.0])
     n = 2400
-    strat = graph_structure.start_points(n, extent, start="stratified", generator=gen)
-    iid = graph_structure.start_points(n, extent, start="uniform", generator=gen)
+    strat = structure.start_points(n, extent, start="stratified", generator=gen)
+    iid = structure.start_points(n, extent, start="uniform", generator=gen)
     assert strat.shape == (n, 2) and bool((strat >= 0).all()) and bool((strat <= extent).all())
     half = (strat[:, 0] < 30).sum().item(), (iid[:, 0] < 30).sum().item()
     assert abs(half[0] - 1200) <= 40  # the cut runs through at most one cell per strip (40 strips)
@@ -586,10 +626,10 @@ def test_stratified_start_puts_one_point_in_each_cell_and_matches_area_everywher
             err.append(abs(inside - 100))
     assert max(err_s) <= 40 and np.mean(err_s) < 0.5 * np.mean(err_u)
     # a prime count still fills the box: strips of unequal cell counts
-    odd = graph_structure.start_points(47, torch.tensor([7.0, 7.0]), start="stratified", generator=gen)
+    odd = structure.start_points(47, torch.tensor([7.0, 7.0]), start="stratified", generator=gen)
     assert odd.shape == (47, 2) and bool((odd <= 7).all())
     with pytest.raises(ValueError, match="start must be one of"):
-        graph_structure.start_points(4, extent, start="lattice")
+        structure.start_points(4, extent, start="lattice")
 
 
 class _Still(torch.nn.Module):
@@ -607,31 +647,32 @@ def test_start_margin_grows_the_start_box_to_the_lattice_cells():
     """A 12 x 12 grid's sites fill [0, 11]^2; with a margin of 0.5 the stratified cells are exactly the sites'
     unit cells (rounding the start gives every site once), without it the start is squeezed inside."""
     box = (11.0, 11.0)
-    common = dict(box=box, sampler="euler", steps=1, sigma_max=1e-6, sigma_min=1e-7, start="stratified")
-    grown = graph_structure.sample_positions(
-        _Still(), 144, start_margin=0.5, generator=torch.Generator().manual_seed(0), **common
+    euler = SamplerConfig("euler", 1, sigma_min=1e-7, sigma_max=1e-6)
+    common = dict(box=box, start="stratified")
+    grown = structure.sample_positions(
+        _Still(), 144, euler, start_margin=0.5, generator=torch.Generator().manual_seed(0), **common
     )
     sites = grown.round().long()
     assert bool((sites >= 0).all() and (sites <= 11).all())
     assert len(torch.unique(sites[:, 0] * 12 + sites[:, 1])) == 144
-    squeezed = graph_structure.sample_positions(
-        _Still(), 144, generator=torch.Generator().manual_seed(0), **common
+    squeezed = structure.sample_positions(
+        _Still(), 144, euler, generator=torch.Generator().manual_seed(0), **common
     )
     assert bool((squeezed >= 0).all() and (squeezed <= 11).all())
     assert len(torch.unique(squeezed.round().long()[:, 0] * 12 + squeezed.round().long()[:, 1])) < 144
     with pytest.raises(ValueError, match="start_margin must be >= 0"):
-        graph_structure.sample_positions(_Still(), 144, start_margin=-1.0, **common)
+        structure.sample_positions(_Still(), 144, euler, start_margin=-1.0, **common)
 
 
 def test_periodic_features_give_the_lattice_phase_and_the_denoiser_checks_its_width():
     """The phase features repeat with the period, tell sites from mid-cell points, and the positions denoiser
     with a period is equivariant to whole-period shifts deep inside its box but not to half-period ones."""
     pos = torch.tensor([[0.0, 0.0], [3.0, -2.0], [0.5, 0.25]])
-    f = graph_structure.periodic_features(pos, 1.0)
+    f = graph_features.periodic_features(pos, 1.0)
     torch.testing.assert_close(f[0], f[1], atol=1e-5, rtol=0)
     torch.testing.assert_close(f[2], torch.tensor([-1.0, 0.0, 0.0, 1.0]), atol=1e-6, rtol=0)
     den = randomised(
-        PositionDenoiser(position_net(period=1.0, hidden=16, num_layers=2, num_heads=2), k=5, period=1.0)
+        wrap_positions(position_net(period=1.0, hidden=16, num_layers=2, num_heads=2), k=5, period=1.0)
     ).double()
     n = 40
     layout = GraphLayout(torch.zeros(2, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long), 2, 0)
@@ -646,9 +687,9 @@ def test_periodic_features_give_the_lattice_phase_and_the_denoiser_checks_its_wi
     with pytest.raises(
         ValueError, match=r"period=1.0, density_scales=\[\]\) needs GraphDenoiser.*node_cond_dim=8"
     ):
-        PositionDenoiser(position_net(hidden=16, num_layers=1, num_heads=2), period=1.0)
+        wrap_positions(position_net(hidden=16, num_layers=1, num_heads=2), period=1.0)
     with pytest.raises(ValueError, match="period must be None or > 0"):
-        PositionDenoiser(position_net(hidden=16, num_layers=1, num_heads=2), period=0.0)
+        wrap_positions(position_net(hidden=16, num_layers=1, num_heads=2), period=0.0)
 
 
 def test_grid_stages_train_apart_and_sample_with_the_phase_and_the_stratified_start(tmp_path, monkeypatch):
@@ -660,30 +701,33 @@ def test_grid_stages_train_apart_and_sample_with_the_phase_and_the_stratified_st
     assert (run / "edges" / "model").is_dir() and not (run / "positions").exists()
     assert main([*base, "--stage", "positions"]) == 0
     model = load_graph_model(run)
-    assert model.positions.period == 1.0 and model.config.diffusion.position_start == "stratified"
-    assert model.positions.density_scales == (2.0, 4.0) and model.positions.density_margin == 0.5
+    assert model.positions.features.period == 1.0 and model.config.diffusion.positions.start == "stratified"
+    assert (
+        model.positions.features.density_scales == (2.0, 4.0)
+        and model.positions.features.density_margin == 0.5
+    )
     seen = []
-    real = graph_experiment.sample_positions
+    real = graph_sample.sample_positions
 
     def spy(*args, **kwargs):
         seen.append(kwargs["start"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(graph_experiment, "sample_positions", spy)
-    (g,) = graph_experiment.generate_graphs(model, 40, 1, steps=2)
+    monkeypatch.setattr(graph_sample, "sample_positions", spy)
+    (g,) = graph_sample.generate_graphs(model, 40, 1, steps=2)
     assert seen == ["stratified"] and g.number_of_nodes() in range(36, 45)
     # --position-sampler / --position-timesteps change the positions stage only
     calls = []
     monkeypatch.setattr(
-        graph_experiment,
+        graph_sample,
         "sample_positions",
-        lambda *a, **k: calls.append(("pos", k["sampler"], k["steps"])) or real(*a, **k),
+        lambda *a, **k: calls.append(("pos", a[2].name, a[2].steps)) or real(*a, **k),
     )
-    real_edges = graph_experiment.sample_edges
+    real_edges = graph_sample.sample_edges
     monkeypatch.setattr(
-        graph_experiment,
+        graph_sample,
         "sample_edges",
-        lambda *a, **k: calls.append(("edges", k["sampler"], k["steps"])) or real_edges(*a, **k),
+        lambda *a, **k: calls.append(("edges", a[2].name, a[2].steps)) or real_edges(*a, **k),
     )
     argv = ["graph", "sample", "--checkpoint", str(run), "--num-nodes", "30", "--num-graphs", "1"]
     argv += [
@@ -702,7 +746,7 @@ def test_node_jumps_move_the_chosen_share_of_nodes_by_at_most_max_jump_and_keep_
     n = 4000
     layout = GraphLayout(torch.zeros(2, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long), 2, 0)
     x = torch.rand(2 * n, 1)
-    out = graph_structure.NodeJumps(rate=0.1, max_jump=2.0)(
+    out = structure.NodeJumps(rate=0.1, max_jump=2.0)(
         x, layout=layout, generator=torch.Generator().manual_seed(0)
     )
     step = (layout.unpack(out)[0] - layout.unpack(x)[0]).norm(dim=1)  # (N,)
@@ -716,7 +760,7 @@ def test_node_jumps_move_the_chosen_share_of_nodes_by_at_most_max_jump_and_keep_
         seen["x"] = x_in
         return x_in
 
-    jumps = graph_structure.NodeJumps(rate=1.0, max_jump=1.0)
+    jumps = structure.NodeJumps(rate=1.0, max_jump=1.0)
     loss = GraphLoss(P_mean=-8.0, P_std=1e-6, weight=lambda s: torch.ones_like(s), perturb=jumps)
     value = loss(identity, x, generator=torch.Generator().manual_seed(1), layout=layout)
     torch.testing.assert_close(
@@ -724,14 +768,14 @@ def test_node_jumps_move_the_chosen_share_of_nodes_by_at_most_max_jump_and_keep_
     )  # mean over rows
     assert 0.14 < float(value) < 0.19  # every node jumped: E|jump|^2 = 1/3 per node, 1/6 per packed row
     with pytest.raises(ValueError, match="need 0 <= rate <= 1"):
-        graph_structure.NodeJumps(rate=2.0)
+        structure.NodeJumps(rate=2.0)
 
 
 def test_node_jumps_follow_their_schedule_step_by_step():
     n = 2000
     layout = GraphLayout(torch.zeros(2, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long), 2, 0)
     x = torch.rand(2 * n, 1)
-    jumps = graph_structure.NodeJumps(rate=0.5, max_jump=9.0, schedule=[[0, 0.0], [10, 1.0], [20, 4.0]])
+    jumps = structure.NodeJumps(rate=0.5, max_jump=9.0, schedule=[[0, 0.0], [10, 1.0], [20, 4.0]])
 
     def longest(step: int) -> float:
         jumps.set_step(step)
@@ -741,7 +785,7 @@ def test_node_jumps_follow_their_schedule_step_by_step():
     assert longest(0) == 0.0 and longest(9) == 0.0  # the first stretch has no jumps at all
     assert 0.9 < longest(10) <= 1.0 + 1e-5 and 0.9 < longest(19) <= 1.0 + 1e-5
     assert 3.6 < longest(20) <= 4.0 + 1e-5 and 3.6 < longest(10_000) <= 4.0 + 1e-5
-    fixed = graph_structure.NodeJumps(rate=0.5, max_jump=9.0)  # without a schedule max_jump holds throughout
+    fixed = structure.NodeJumps(rate=0.5, max_jump=9.0)  # without a schedule max_jump holds throughout
     fixed.set_step(10_000)
     out = fixed(x, layout=layout, generator=torch.Generator().manual_seed(0))
     assert 8 < float((layout.unpack(out)[0] - layout.unpack(x)[0]).norm(dim=1).max()) <= 9.0 + 1e-5
@@ -756,19 +800,19 @@ def test_node_jumps_follow_their_schedule_step_by_step():
         ([[0, 1.0, 3]], r"\[from_step, max_jump\] pairs"),
     ):
         with pytest.raises(ValueError, match=match):
-            graph_structure.NodeJumps(rate=0.1, schedule=bad)
+            structure.NodeJumps(rate=0.1, schedule=bad)
     with pytest.raises(ValueError, match="start at 0"):
-        graph_experiment.load_graph_experiment("graph_grid", ["diffusion.position_jump_schedule=[[5, 1.0]]"])
-    with pytest.raises(ValueError, match="position_max_steps must be None or >= 1"):
-        graph_experiment.load_graph_experiment("graph_grid", ["diffusion.position_max_steps=0"])
-    with pytest.raises(ValueError, match="position_jump_schedule needs diffusion.position_jump_rate > 0"):
-        graph_experiment.load_graph_experiment("graph_grid", ["diffusion.position_jump_rate=0"])
+        graph_config.load_graph_experiment("graph_grid", ["diffusion.positions.jump_schedule=[[5, 1.0]]"])
+    with pytest.raises(ValueError, match="positions.max_steps must be None or >= 1"):
+        graph_config.load_graph_experiment("graph_grid", ["diffusion.positions.max_steps=0"])
+    with pytest.raises(ValueError, match="positions.jump_schedule needs diffusion.positions.jump_rate > 0"):
+        graph_config.load_graph_experiment("graph_grid", ["diffusion.positions.jump_rate=0"])
 
 
 def test_positions_stage_takes_its_own_step_count(tmp_path):
     run = tmp_path / "grid"
     argv = ["graph", "train", "--preset", "graph_grid", "--output-dir", str(run), *TINY]
-    argv += ["--set", "diffusion.position_max_steps=3", "--set", "optimization.checkpoint_every=1"]
+    argv += ["--set", "diffusion.positions.max_steps=3", "--set", "optimization.checkpoint_every=1"]
     assert main(argv) == 0
     assert sorted(p.name for p in (run / "positions" / "checkpoints").iterdir())[-1] == "step_00000003"
     assert sorted(p.name for p in (run / "edges" / "checkpoints").iterdir())[-1] == "step_00000002"
@@ -784,14 +828,14 @@ def test_density_features_count_the_surplus_and_the_shortfall_by_hand():
     box = torch.tensor([[rows - 1.0, cols - 1.0]], dtype=torch.float64)
     batch = torch.zeros(len(pos), dtype=torch.long)
     tiny = torch.tensor([1e-4], dtype=torch.float64)
-    f = graph_structure.density_features(pos, batch, box, tiny, [2, 4], margin=0.5)
+    f = graph_features.density_features(pos, batch, box, tiny, [2, 4], margin=0.5)
     assert f.shape == (rows * cols, 6) and f.abs().max() < 1e-9
     # without the half-spacing margin the box's edges read as a shortfall
-    assert graph_structure.density_features(pos, batch, box, tiny, [2], margin=0.0).abs().max() > 0.5
+    assert graph_features.density_features(pos, batch, box, tiny, [2], margin=0.0).abs().max() > 0.5
     moved = pos.clone()
     k = 5 * cols + 4
     moved[k] = torch.tensor([7.0, 4.0], dtype=torch.float64)  # from site (5, 4) to (7, 4)
-    f = graph_structure.density_features(moved, batch, box, tiny, [2, 4], margin=0.5)
+    f = graph_features.density_features(moved, batch, box, tiny, [2, 4], margin=0.5)
     for i, scale in enumerate((2.0, 4.0)):
         near = math.exp(-(2.0**2) / (2 * scale**2))
         want = torch.tensor([1 - near, 2 / scale * near, 0.0], dtype=torch.float64).asinh()
@@ -807,20 +851,20 @@ def test_density_features_are_the_same_alone_and_in_a_batch_and_check_their_inpu
     boxes = torch.tensor([[5.0, 5.0], [7.0, 7.0]])
     sigma = torch.tensor([0.3, 1.5])
     alone = [
-        graph_structure.density_features(p, torch.zeros(len(p), dtype=torch.long), boxes[i : i + 1],
+        graph_features.density_features(p, torch.zeros(len(p), dtype=torch.long), boxes[i : i + 1],
                                          sigma[i : i + 1], [1.5, 3])
         for i, p in enumerate((a, b))
     ]  # fmt: skip
     batch = torch.cat([torch.zeros(30), torch.ones(50)]).long()
-    both = graph_structure.density_features(torch.cat([a, b]), batch, boxes, sigma, [1.5, 3])
+    both = graph_features.density_features(torch.cat([a, b]), batch, boxes, sigma, [1.5, 3])
     torch.testing.assert_close(both, torch.cat(alone))
     assert alone[0].abs().max() > 0.1
     with pytest.raises(ValueError, match="density scales must be a non-empty list of values > 0"):
-        graph_structure.density_features(a, batch[:30], boxes[:1], sigma[:1], [0.0])
+        graph_features.density_features(a, batch[:30], boxes[:1], sigma[:1], [0.0])
     net = position_net(hidden=16, num_layers=1, num_heads=2, density_scales=[2, 4])
     with pytest.raises(ValueError, match=r"density_scales=\[2.0\]\) needs GraphDenoiser.*node_cond_dim=7"):
-        PositionDenoiser(net, density_scales=[2])
-    den = PositionDenoiser(net, k=4, density_scales=[2, 4], density_margin=0.5)
+        wrap_positions(net, density_scales=[2])
+    den = wrap_positions(net, k=4, density_scales=[2, 4], density_margin=0.5)
     n = 30
     layout = GraphLayout(torch.zeros(2, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long), 2, 0)
     x, s = a.reshape(-1, 1), torch.full((2 * n,), 0.5)
@@ -832,7 +876,7 @@ def test_density_features_are_the_same_alone_and_in_a_batch_and_check_their_inpu
 def test_positions_denoiser_with_density_features_is_permutation_equivariant():
     """The density features are a function of the node set: relabelling the nodes relabels the output."""
     den = randomised(
-        PositionDenoiser(position_net(hidden=16, num_layers=2, num_heads=2, density_scales=[2]), k=5,
+        wrap_positions(position_net(hidden=16, num_layers=2, num_heads=2, density_scales=[2]), k=5,
                          density_scales=[2], density_margin=0.5)
     ).double()  # fmt: skip
     n = 36
@@ -856,8 +900,11 @@ def test_density_scales_reach_the_trained_model_and_exclude_tori(tmp_path, capsy
     assert main([*base, "--stage", "positions", *dens]) == 0
     assert main([*base, "--stage", "edges"]) == 0
     model = load_graph_model(run)
-    assert model.positions.density_scales == (2.0, 4.0) and model.positions.density_margin == 0.5
-    (g,) = graph_experiment.generate_graphs(model, 40, 1, steps=2, seed=0)
+    assert (
+        model.positions.features.density_scales == (2.0, 4.0)
+        and model.positions.features.density_margin == 0.5
+    )
+    (g,) = graph_sample.generate_graphs(model, 40, 1, steps=2, seed=0)
     assert 30 <= g.number_of_nodes() <= 50 and all(
         "pos" in g.nodes[i] for i in g
     )  # grids: a near rows x cols

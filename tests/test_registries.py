@@ -33,7 +33,7 @@ from polyscale.nn.sparse import ACTIVATIONS, SparseMLP
 from polyscale.ot import KERNELS, Grid, KernelOperator
 from polyscale.pipelines.datasets import build_dataset, to_display
 from polyscale.pipelines.experiment import DataConfig
-from polyscale.pipelines.graph_experiment import STRUCTURE_STAGES, GraphDataConfig
+from polyscale.pipelines.graph_config import STRUCTURE_STAGES, GraphDataConfig
 from polyscale.registry import Registry
 
 # ------------------------------------------------------------------------------------------------ Registry

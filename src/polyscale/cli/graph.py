@@ -14,11 +14,10 @@ from polyscale.cli.args import (
     positive_int,
 )
 
-STAGES = ("positions", "edges")  # the structure task's stages, in training order
-
 
 def _cmd_graph_train(args: argparse.Namespace) -> int:
-    from polyscale.pipelines.graph_experiment import load_graph_experiment, train_graph_experiment
+    from polyscale.pipelines.graph_config import load_graph_experiment
+    from polyscale.pipelines.graph_train import train_graph_experiment
 
     cfg = load_graph_experiment(args.preset, overrides=args.set)
     results = train_graph_experiment(cfg, args.output_dir, resume=not args.no_resume, stages=args.stage)
@@ -31,19 +30,14 @@ def _cmd_graph_train(args: argparse.Namespace) -> int:
 def _with_position_sampler(model, args: argparse.Namespace):
     """The model with its ``--set diffusion.*`` overrides, then its positions stage's default sampler / steps
     replaced by the flags that are given."""
-    from dataclasses import replace
-
-    from polyscale.pipelines.graph_experiment import with_sampling_overrides
+    from polyscale.pipelines.graph_sample import with_position_sampler, with_sampling_overrides
 
     model = with_sampling_overrides(model, args.set)
-    diff = model.config.diffusion
-    diff = replace(diff, position_sampler=args.position_sampler or diff.position_sampler,
-                   position_steps=args.position_timesteps or diff.position_steps)  # fmt: skip
-    return replace(model, config=replace(model.config, diffusion=diff))
+    return with_position_sampler(model, args.position_sampler, args.position_timesteps)
 
 
 def _cmd_graph_sample(args: argparse.Namespace) -> int:
-    from polyscale.pipelines.graph_experiment import generate_graphs, load_graph_model
+    from polyscale.pipelines.graph_sample import generate_graphs, load_graph_model
     from polyscale.viz.graphs import save_graph_grid, save_graphs_npz
 
     model = _with_position_sampler(load_graph_model(args.checkpoint, device=args.device), args)
@@ -57,11 +51,8 @@ def _cmd_graph_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_graph_evaluate(args: argparse.Namespace) -> int:
-    from polyscale.pipelines.graph_experiment import (
-        evaluate_graph_model,
-        format_graph_table,
-        load_graph_model,
-    )
+    from polyscale.pipelines.graph_evaluate import evaluate_graph_model, format_graph_table
+    from polyscale.pipelines.graph_sample import load_graph_model
 
     model = _with_position_sampler(load_graph_model(args.checkpoint, device=args.device), args)
     rows = evaluate_graph_model(
@@ -97,7 +88,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, *, num_graphs: int) -> None:
     add_overrides(
         p,
         metavar="diffusion.KEY=VALUE",
-        help="override how the run samples, e.g. diffusion.position_s_churn=0 (diffusion.* only)",
+        help="override how the run samples, e.g. diffusion.positions.sampler.options.s_churn=0 (diffusion.* only)",
     )
     add_seed(p, "seed of the noise (default 0)")
     add_device(p)
@@ -116,8 +107,10 @@ def add_graph_commands(sub: argparse._SubParsersAction) -> None:
         p, required=True, help="run directory", no_resume="ignore checkpoints already in --output-dir"
     )
     add_overrides(p, metavar="KEY=VALUE", help="e.g. optimization.lr=1e-3")
+    from polyscale.pipelines.graph_config import STRUCTURE_STAGES
+
     p.add_argument(
-        "--stage", choices=list(STAGES), action="append", default=None,
+        "--stage", choices=list(STRUCTURE_STAGES), action="append", default=None,
         help="structure task: train only this stage (repeatable; default both, one after the other)",
     )  # fmt: skip
 

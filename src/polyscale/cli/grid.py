@@ -26,7 +26,7 @@ def _yaml_stems(*folder: str) -> list[str] | None:
 
 def _cmd_presets(args: argparse.Namespace) -> int:
     from polyscale.pipelines.experiment import preset_names
-    from polyscale.pipelines.graph_experiment import graph_preset_names
+    from polyscale.pipelines.graph_config import graph_preset_names
     from polyscale.pipelines.sample import shipped_models
 
     print("presets:", " ".join(preset_names()))

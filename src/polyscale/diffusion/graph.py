@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from polyscale.diffusion.sampling import SamplerConfig, run_sampler
+
 
 @dataclass
 class GraphLayout:
@@ -180,3 +182,98 @@ def graph_edm_loss(
     else:
         w = weight(rows)
     return layout.graph_mean(w * (denoised - x0).pow(2).sum(dim=1))  # (G,)
+
+
+class GraphLoss:
+    """The training loop's ``loss_fn`` for graphs: :func:`graph_edm_loss`, one value per graph (``weight``:
+    the loss weight as a function of sigma, default EDM's ``lambda``; ``perturb``: an input perturbation)."""
+
+    def __init__(
+        self, *, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 1.0, weight=None, perturb=None
+    ) -> None:
+        self.P_mean, self.P_std, self.sigma_data, self.weight = P_mean, P_std, sigma_data, weight
+        self.perturb = perturb
+
+    def set_step(self, step: int) -> None:
+        """Passed on to ``perturb`` when it follows the training step (``NodeJumps`` with a schedule)."""
+        if hasattr(self.perturb, "set_step"):
+            self.perturb.set_step(step)
+
+    def __call__(
+        self, model: nn.Module, x0: Tensor, *, generator: torch.Generator, layout: GraphLayout, **cond
+    ):
+        return graph_edm_loss(
+            model, x0, layout, P_mean=self.P_mean, P_std=self.P_std, sigma_data=self.sigma_data,
+            generator=generator, weight=self.weight, perturb=self.perturb, **cond,
+        )  # fmt: skip
+
+
+def undirected_edges(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
+    """Each undirected edge once, ``(2, m)`` with ``u < v``, and the edge of each column of ``edge_index``
+    ``(E,)`` (both directions of an edge map to the same one). Self-loops are an error."""
+    if edge_index.ndim != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"edge_index must be (2, num_edges), got shape {tuple(edge_index.shape)}")
+    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
+        raise ValueError(f"edge_index refers to nodes outside 0..{num_nodes - 1}")
+    u, v = edge_index.long()
+    if bool((u == v).any()):
+        raise ValueError("edge_index has self-loops; graph features are defined on edges between two nodes")
+    key = torch.minimum(u, v) * num_nodes + torch.maximum(u, v)  # (E,) one id per undirected pair
+    unique, inverse = torch.unique(key, return_inverse=True)
+    return torch.stack([unique // num_nodes, unique % num_nodes]), inverse
+
+
+def sample_packed(
+    denoiser: nn.Module, layout: GraphLayout, x: Tensor, sampler: SamplerConfig, *,
+    generator: torch.Generator | None = None, progress: bool = False, **cond,
+) -> Tensor:  # fmt: skip
+    """Run ``sampler`` (:func:`~polyscale.diffusion.sampling.run_sampler`) from the packed start ``x (M, 1)``
+    (already at noise ``sampler.sigma_max``), the denoiser called with ``layout`` and ``cond``."""
+    return run_sampler(
+        denoiser, x, sampler, generator=generator, progress=progress, cond={"layout": layout, **cond}
+    )
+
+
+@torch.no_grad()
+def sample_graph_features(
+    denoiser: nn.Module,
+    num_nodes: int,
+    num_edges: int,
+    node_dim: int,
+    edge_dim: int,
+    edge_index: Tensor,
+    *,
+    sampler: SamplerConfig | None = None,
+    generator: torch.Generator | None = None,
+    scale: float | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Generate node and edge features on the given connectivity: ``(node_features (num_nodes, node_dim),
+    edge_features (num_edges, edge_dim))``, edge rows in the order of ``edge_index`` (``(2, num_edges)``; an
+    undirected edge listed in both directions gets the same features twice).
+
+    ``denoiser`` is a packed-graph denoiser (:func:`polyscale.pipelines.graph_nets.graph_denoiser`);
+    ``sampler`` a :class:`~polyscale.diffusion.sampling.SamplerConfig` (default: Heun, 32 levels from 80);
+    ``scale`` the user's scale factor ``s`` (default 1).
+    """
+    if edge_index.shape != (2, num_edges):
+        raise ValueError(
+            f"edge_index must have shape (2, num_edges={num_edges}), got {tuple(edge_index.shape)}"
+        )
+    if num_nodes < 1:
+        raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+    device = next(denoiser.parameters()).device
+    edges, inverse = undirected_edges(edge_index.to(device), num_nodes)
+    layout = GraphLayout.from_undirected(
+        edges, torch.zeros(num_nodes, dtype=torch.long, device=device), node_dim=node_dim, edge_dim=edge_dim
+    )
+    sampler = sampler if sampler is not None else SamplerConfig()
+    x = torch.randn(layout.size, 1, generator=generator, device=device) * sampler.sigma_max
+    cond: dict = {}
+    if scale is not None:
+        cond["scale"] = torch.tensor([float(scale)], device=device)
+    out = sample_packed(denoiser, layout, x, sampler, generator=generator, progress=progress, **cond)
+    node, edge = layout.unpack(out)
+    node = node if node is not None else out.new_zeros(num_nodes, 0)
+    edge = edge[inverse] if edge is not None else out.new_zeros(num_edges, 0)
+    return node, edge

@@ -16,13 +16,13 @@ For confidence and coverage the "floor" is the held-out data's own value (there 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from polyscale.config import from_dict
 from polyscale.io import read_model_dir
 from polyscale.metrics.classifier import FeatureClassifier
 from polyscale.metrics.frechet import frechet_distance
@@ -30,7 +30,7 @@ from polyscale.metrics.porous import normalised_correlation, porosity, two_point
 from polyscale.metrics.sliced_wasserstein import sliced_wasserstein
 from polyscale.metrics.spectrum import histogram_error, spectrum_error, windows
 from polyscale.pipelines.datasets import build_dataset, texture_band_height
-from polyscale.pipelines.experiment import DataConfig, ExperimentConfig
+from polyscale.pipelines.experiment import DataConfig, experiment_from_dict
 from polyscale.pipelines.sample import resolve_checkpoint, sample_checkpoint
 
 
@@ -182,8 +182,10 @@ def evaluate_checkpoint(
     resolution: int | None = None,
     device: str = "auto",
     progress: bool = True,
+    overrides: Sequence[str] = (),
 ) -> list[MetricRow]:
-    """Sample ``num_samples`` from ``checkpoint`` and score them (see the module docstring)."""
+    """Sample ``num_samples`` from ``checkpoint`` and score them (see the module docstring); ``overrides``:
+    ``KEY=VALUE`` sampler settings (:func:`polyscale.pipelines.sample.resolve_sampler`)."""
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 to compare distributions, got {num_samples}")
     meta = read_model_dir(resolve_checkpoint(checkpoint)).metadata  # the config alone, no weights loaded
@@ -191,10 +193,10 @@ def evaluate_checkpoint(
         raise ValueError(
             f"{checkpoint} has no polyscale experiment metadata in config.json; was it saved by polyscale?"
         )
-    cfg = from_dict(ExperimentConfig, meta["experiment"])
+    cfg = experiment_from_dict(meta["experiment"])
     fake = sample_checkpoint(
         checkpoint, num_samples=num_samples, sampler=sampler, steps=steps, seed=seed, resolution=resolution,
-        device=device, progress=progress,
+        device=device, progress=progress, overrides=overrides,
     ).samples  # fmt: skip
     data_cfg = real_data_config(cfg.data, fake)
     train_x, train_y = stack_dataset(build_dataset(data_cfg, split="train"))

@@ -6,12 +6,14 @@ Presets live in ``polyscale/presets/<name>.yaml``; :func:`load_experiment` valid
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from polyscale.config import load_config
+from polyscale.config import ConfigError, from_dict, load_config, load_yaml
+from polyscale.diffusion.sampling import SamplerConfig, nest_sampler_keys
 from polyscale.nn.unet import UNetConfig
 from polyscale.training import TrainConfig
 
@@ -46,11 +48,9 @@ class DiffusionConfig:
     P_std: float = 1.2  # log-normal training noise: std of log(sigma)
     lowpass_factor: int = 0  # > 1: the loss also weights the error of means over f^d blocks (EDMLoss)
     lowpass_weight: float = 0.0  # weight of that low-frequency term (0 = off)
-    sigma_min: float = 0.002  # smallest non-zero sampling noise level
-    sigma_max: float = 80.0  # starting noise level of samplers
-    rho: float = 7.0  # Karras schedule curvature
-    sampler: str = "heun"  # default sampler name for this model (see polyscale.diffusion.SAMPLERS)
-    steps: int = 32  # default number of sampling steps
+    # how this model samples by default: sampler name, steps, Karras schedule (sigma_min, sigma_max, rho) and
+    # the sampler's own options (see polyscale.diffusion.sampling.SamplerConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 
 @dataclass
@@ -87,5 +87,32 @@ def preset_path(name_or_path: str | Path) -> Path:
 def load_experiment(
     name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()
 ) -> ExperimentConfig:
-    """Load and validate a preset, applying ``section.key=value`` overrides."""
-    return load_config(ExperimentConfig, preset_path(name_or_path), overrides=overrides)
+    """Load and validate a preset, applying ``section.key=value`` overrides (a file with the flat sampling
+    keys of earlier versions is read as :func:`migrate_experiment` says)."""
+    path = preset_path(name_or_path)
+    try:
+        return load_config(ExperimentConfig, migrate_experiment(load_yaml(path)), overrides=overrides)
+    except ConfigError as err:
+        origin = f"{path}" + (f" with overrides {list(overrides)}" if overrides else "")
+        raise ConfigError(f"{origin}: {err}") from None
+
+
+# the flat diffusion keys of earlier versions -> their SamplerConfig fields
+FLAT_SAMPLER_KEYS = {"sampler": "name", "steps": "steps", "sigma_min": "sigma_min", "sigma_max": "sigma_max",
+                     "rho": "rho"}  # fmt: skip
+
+
+def migrate_experiment(data: Mapping[str, Any]) -> dict[str, Any]:
+    """An experiment mapping with the flat sampling keys of earlier versions (``diffusion.sampler: heun``,
+    ``diffusion.steps``, ``sigma_min``, ``sigma_max``, ``rho``, as shipped models' and older runs'
+    ``config.json`` hold them) moved into ``diffusion.sampler``; a mapping in the current form is returned
+    unchanged (a copy)."""
+    out = dict(data)
+    if isinstance(out.get("diffusion"), Mapping):
+        out["diffusion"] = nest_sampler_keys(out["diffusion"], FLAT_SAMPLER_KEYS)
+    return out
+
+
+def experiment_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
+    """:class:`ExperimentConfig` from a stored mapping (a model directory's metadata), old forms migrated."""
+    return from_dict(ExperimentConfig, migrate_experiment(data))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -10,12 +11,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from polyscale.config import from_dict
-from polyscale.diffusion import SAMPLERS, EDMPrecond, TiledDenoiser, get_sampler, sigmas_karras
+from polyscale.config import load_config, to_dict
+from polyscale.diffusion import SAMPLERS, EDMPrecond, TiledDenoiser
+from polyscale.diffusion.sampling import SamplerConfig, run_sampler, with_sampler
 from polyscale.io import atomic_write_bytes, load_pretrained, read_model_dir
 from polyscale.nn.unet import UNet
 from polyscale.pipelines.datasets import to_display
-from polyscale.pipelines.experiment import ExperimentConfig
+from polyscale.pipelines.experiment import ExperimentConfig, experiment_from_dict
 from polyscale.viz.animation import DenoisingRecorder, save_denoising_animation
 from polyscale.viz.grids import save_image_grid, save_line_plots, save_volume_slices
 
@@ -71,7 +73,7 @@ def load_denoiser(
         raise ValueError(
             f"{directory}/config.json has no polyscale experiment metadata; was it saved by polyscale?"
         )
-    cfg = from_dict(ExperimentConfig, meta["experiment"])
+    cfg = experiment_from_dict(meta["experiment"])
     denoiser = EDMPrecond(net, sigma_data=cfg.diffusion.sigma_data).to(device).eval()
     return denoiser, cfg, tuple(meta["sample_shape"])
 
@@ -80,29 +82,26 @@ def load_denoiser(
 def generate(
     denoiser,
     shape: tuple[int, ...],
+    sampler: SamplerConfig | None = None,
     *,
-    sampler: str = "heun",
-    steps: int = 24,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
     generator: torch.Generator | None = None,
     callback=None,
     batch_size: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Tensor:
-    """Draw ``shape[0]`` samples of shape ``shape[1:]`` with a Karras schedule; batches of ``batch_size``."""
-    sample_fn = get_sampler(sampler)
-    sigmas = sigmas_karras(steps, sigma_min, sigma_max, rho=rho, device=device)
+    """Draw ``shape[0]`` samples of shape ``shape[1:]`` with ``sampler`` (default :class:`SamplerConfig`: Heun
+    over a Karras schedule) in batches of ``batch_size``: ``(shape[0], *shape[1:])``."""
+    sampler = sampler if sampler is not None else SamplerConfig()
+    sigma_max = sampler.sigmas(device)[0]
     n = shape[0]
     batch_size = batch_size or n
     out = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
-        x = torch.randn((b, *shape[1:]), generator=generator, device=device) * sigmas[0]
+        x = torch.randn((b, *shape[1:]), generator=generator, device=device) * sigma_max
         out.append(
-            sample_fn(denoiser, x, sigmas, generator=generator, callback=callback, disable=not progress)
+            run_sampler(denoiser, x, sampler, generator=generator, callback=callback, progress=progress)
         )
     return torch.cat(out)
 
@@ -257,6 +256,27 @@ def check_resolution(resolution: int | None, size_multiple: int, *, tile_size: i
     )
 
 
+def resolve_sampler(
+    cfg: ExperimentConfig,
+    *,
+    sampler: str | None = None,
+    steps: int | None = None,
+    overrides: Sequence[str] = (),
+) -> SamplerConfig:
+    """How a model of ``cfg`` samples: its ``diffusion.sampler``, then the ``sampler`` / ``steps`` flags (a new
+    sampler keeps the options it accepts, see :func:`~polyscale.diffusion.sampling.with_sampler`), then
+    ``overrides``: ``KEY=VALUE`` strings on the sampler (``sampler.steps=10``, ``sampler.options.eta=0.5``;
+    a leading ``diffusion.`` is accepted), validated like a preset (an unknown option is an error)."""
+    base = with_sampler(cfg.diffusion.sampler, sampler, steps)
+    if isinstance(overrides, str):
+        raise ValueError(f"overrides must be a list of KEY=VALUE strings, got the string {overrides!r}")
+    keys = [o.removeprefix("diffusion.") for o in overrides]
+    outside = [o for o in keys if not o.startswith("sampler.")]
+    if outside:
+        raise ValueError(f"sampling overrides must set sampler.* keys (e.g. sampler.steps=10), got {outside}")
+    return load_config(SamplerConfig, to_dict(base), [o.removeprefix("sampler.") for o in keys])
+
+
 def sample_checkpoint(
     checkpoint: str | Path | None,
     *,
@@ -277,6 +297,7 @@ def sample_checkpoint(
     animation_interval: int = 1,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
+    overrides: Sequence[str] = (),
 ) -> SampleResult:
     """Load ``checkpoint``, draw ``num_samples`` samples (at ``resolution`` per spatial axis when given).
 
@@ -287,7 +308,8 @@ def sample_checkpoint(
     (:func:`polyscale.viz.animation.save_denoising_animation`). ``tile_size`` denoises overlapping windows of
     that edge (``tile_overlap`` shared positions, default a quarter) and averages them: memory of one window
     for outputs of any size (:class:`polyscale.diffusion.TiledDenoiser`). ``save_raw`` (``True``/``"npy"`` or
-    ``"pt"``) also writes the raw samples next to ``output_file`` (see :func:`save_samples`).
+    ``"pt"``) also writes the raw samples next to ``output_file`` (see :func:`save_samples`). ``overrides``:
+    ``KEY=VALUE`` settings of the sampler on top of the model's and the flags' (:func:`resolve_sampler`).
 
     Raises:
         ValueError: an argument outside its range (named in the message, checked before loading), an
@@ -313,6 +335,7 @@ def sample_checkpoint(
     recorder = DenoisingRecorder(interval=animation_interval) if create_animation else None
     dev = resolve_device(device)
     denoiser, cfg, sample_shape = load_denoiser(checkpoint, device=dev)
+    sampling = resolve_sampler(cfg, sampler=sampler, steps=steps, overrides=overrides)
     check_architecture(cfg, checkpoint, dims=dims, in_channels=channels, base_channels=base_channels)
     check_resolution(resolution, denoiser.net.size_multiple, tile_size=tile_size)
     if tile_size is not None:
@@ -329,11 +352,7 @@ def sample_checkpoint(
     samples = generate(
         denoiser,
         (num_samples, sample_shape[0], *spatial),
-        sampler=sampler or cfg.diffusion.sampler,
-        steps=cfg.diffusion.steps if steps is None else steps,
-        sigma_min=cfg.diffusion.sigma_min,
-        sigma_max=cfg.diffusion.sigma_max,
-        rho=cfg.diffusion.rho,
+        sampling,
         generator=generator,
         callback=recorder,
         batch_size=batch_size,

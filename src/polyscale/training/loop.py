@@ -250,7 +250,7 @@ def train(
         callbacks: ``cb(step, model, metrics)`` on the main process after each optimizer step; ``metrics`` has
             ``loss``, ``lr``, ``grad_norm`` (and ``samples_per_s`` on logging steps). A callback with
             ``state_dict() -> (tensors, meta)`` / ``load_state_dict(tensors, meta)`` is checkpointed too.
-        collate_fn: batches items of different shapes (graphs: :func:`polyscale.pipelines.graph.collate_graphs`,
+        collate_fn: batches items of different shapes (graphs: :func:`polyscale.data.graph_datasets.collate_graphs`,
             whose batches carry a ``"layout"`` and whose loss is one value per graph).
     """
     cfg = config
