@@ -101,6 +101,12 @@ def _add_sampling_args(p: argparse.ArgumentParser, *, num_samples: int) -> None:
     )
     add_seed(p, "seed of the noise (default 0)")
     add_device(p, "auto: CUDA when present")
+    add_overrides(
+        p,
+        metavar="sampler.KEY=VALUE",
+        help="override how the model samples, e.g. sampler.options.eta=1.0 or sampler.sigma_max=40 "
+        "(sampler.* only; options are checked against the sampler's parameters)",
+    )
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
@@ -111,6 +117,7 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
         seed=args.seed,
         resolution=args.resolution,
         device=args.device,
+        overrides=args.set,
     )
 
 
