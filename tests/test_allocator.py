@@ -77,6 +77,7 @@ def test_returns_the_settings_and_is_idempotent():
     assert keep_freed_memory() == first
 
 
+@pytest.mark.long
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_freed_tensor_memory_is_reused():
     default, tuned = faults("0"), faults("1")

@@ -76,6 +76,7 @@ def test_result_does_not_depend_on_tiling_or_chunking(
     _assert_matches_reference(spatial, kernel, dilation, tile_size=tile_size)
 
 
+@pytest.mark.long
 def test_gradcheck(monkeypatch):
     """Finite differences against the hand-written backward, with padding slots, dilation and many chunks."""
     monkeypatch.setitem(attention_module._CHUNK_ELEMENTS, "cpu", 200)

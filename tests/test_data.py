@@ -196,6 +196,7 @@ def test_porous_media_is_deterministic_and_any_shape_works():
     )
 
 
+@pytest.mark.long
 def test_stationary_porous_media_are_one_process_at_every_size():
     """stationary=True: every voxel is pore with probability `porosity` (the pore fraction of a sample
     fluctuates around it) and the two-point statistics of a 12^3 sample are those of a 36^3 one; the

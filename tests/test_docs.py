@@ -32,6 +32,8 @@ TRAIN_CAPS = [
     "--set", "train.log_every=1", "--set", "train.batch_size=4",
 ]  # fmt: skip
 
+pytestmark = pytest.mark.long  # every page runs real commands (10 s to 2 min each)
+
 
 def blocks(page: Path) -> list[tuple[str, str]]:
     """``(language, body)`` of every fenced code block, in document order."""

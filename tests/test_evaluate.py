@@ -41,6 +41,7 @@ LABELLED = {"sliced Wasserstein", "Fréchet distance", "classifier mean max-prob
         ("texture2d", {"sliced Wasserstein", "grey-level histogram", "radial power spectrum"}),
     ],
 )
+@pytest.mark.long
 def test_shipped_models_get_metrics_next_to_the_floor(name, expected):
     rows = evaluate_checkpoint(name, num_samples=8, steps=3, device="cpu", progress=False)
     assert len(rows) == len(expected)

@@ -263,6 +263,7 @@ pio.save_pretrained(make_tiny(9), sys.argv[2])
 """
 
 
+@pytest.mark.long
 def test_killed_process_never_leaves_half_written_model(tmp_path: Path):
     old = make_tiny(0)
     target = save_pretrained(old, tmp_path / "m")

@@ -155,6 +155,7 @@ def test_bad_arguments(kwargs, match):
         TiledDenoiser(nn.Identity(), **kwargs)
 
 
+@pytest.mark.long
 def test_cli_samples_a_stationary_model_larger_than_trained_with_tiles(tmp_path):
     import numpy as np
 

@@ -408,6 +408,7 @@ def test_bf16_autocast_on_cpu(tmp_path):
     assert modes[-1][0] is False
 
 
+@pytest.mark.long
 def test_two_processes_agree_with_one(tmp_path):
     """``accelerate launch`` with 2 CPU processes (gloo): both ranks end with identical weights, equal to a
     one-process run over the same global batches (2 micro-batches instead of 2 ranks)."""

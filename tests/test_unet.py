@@ -51,6 +51,7 @@ def test_shapes(dims, num_classes):
     assert net(x, torch.randn(2), labels).shape == (2, 3, *([8] * dims))
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_same_weights_run_at_several_sizes(dims):
     net = _net(dims=dims).eval()
@@ -195,6 +196,7 @@ def _state_dict_from_diffusers(theirs: dict, *, levels: int, nrb: int, attention
         ((1, 2, 2), 2, ()),
     ],  # attention window 9 > 8: whole axis, i.e. diffusers' global attention
 )
+@pytest.mark.long
 def test_matches_diffusers_unet2d_with_the_same_weights(mults, nrb, attention):
     """Peer oracle: with windows covering the whole grid, our net is diffusers' ADM-style ``UNet2DModel``."""
     diffusers = pytest.importorskip("diffusers")
@@ -270,6 +272,7 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_only_in_training():
     assert _saved_tensor_count(ckpt.eval(), x) == _saved_tensor_count(plain.eval(), x)
 
 
+@pytest.mark.long
 def test_deterministic():
     net = _net(dims=1).eval()
     x = torch.randn(2, 1, 8)
@@ -279,6 +282,7 @@ def test_deterministic():
 # ------------------------------------------------------------------------------------------ structure, config
 
 
+@pytest.mark.long
 def test_each_attention_level_uses_its_own_kernel_at_its_resolution():
     net = UNet(
         dims=2, in_channels=1, base_channels=8, channel_mults=(1, 1, 2), num_res_blocks=2,
@@ -385,6 +389,7 @@ def test_config_errors(kwargs, match):
         UNet(**{**TINY, "dims": 2, "in_channels": 1, **kwargs})
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_circular_unet_is_a_function_on_the_torus(dims):
     """padding_mode='circular': shifting the input by a multiple of size_multiple shifts the output (exactly,
