@@ -102,11 +102,6 @@ def test_table_names_real_layers():
     assert not table["atomic"], "atomic.py is the lowest floor: it imports nothing from polyscale"
 
 
-# The viz -> io imports go once atomic writes move to polyscale/atomic.py (a refactor in progress elsewhere).
-@pytest.mark.xfail(
-    strict=False,
-    reason="known: viz/animation.py, viz/grids.py, viz/graphs.py import atomic_write_bytes from polyscale.io",
-)
 def test_imports_point_down():
     broken = violations()
     assert not broken, "imports that break the table in docs/architecture.md:\n" + "\n".join(broken)

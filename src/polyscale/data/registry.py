@@ -24,7 +24,7 @@ from polyscale.data.texture import texture
 from polyscale.registry import Registry
 
 if TYPE_CHECKING:
-    from polyscale.pipelines.experiment import DataConfig
+    from polyscale.data.config import DataConfig
 
 __all__ = ["DATASETS", "DataKind"]
 

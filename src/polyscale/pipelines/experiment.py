@@ -10,33 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from polyscale.config import ConfigError, from_dict, load_config, load_yaml
+from polyscale.data.config import DataConfig
 from polyscale.diffusion.sampling import SamplerConfig, nest_sampler_keys
 from polyscale.nn.unet import UNetConfig
 from polyscale.training import TrainConfig
-
-
-@dataclass
-class DataConfig:
-    """Which dataset to build and how (see :func:`polyscale.pipelines.datasets.build_dataset`)."""
-
-    kind: Literal["digits", "mnist1d", "porous", "texture", "image_folder", "array"] = "digits"
-    size: int = 16  # digits: resize target; porous: edge length of each sample; image_folder: resize target
-    dims: int = 3  # porous media only: 2 or 3 spatial dimensions
-    num_samples: int | None = None  # mnist1d / porous: samples to generate; texture: crops per epoch
-    image: str = "gravel"  # texture: which skimage.data photograph (brick, grass, gravel)
-    downsample: int = 2  # texture: shrink factor of the photograph before cropping
-    porosity: float = 0.3  # porous media: target pore fraction
-    correlation_length: float = 4.0  # porous media: Gaussian-filter width of the random field, in voxels
-    # porous media: True = fixed threshold on a stationary field (the same process at every size, porosity
-    # fluctuates per sample); False = each sample thresholded at its own quantile (exact porosity)
-    stationary: bool = False
-    path: str | None = None  # image_folder / array: the user's files
-    channels: int = 1  # image_folder: 1 (grey) or 3 (RGB)
-    crop_size: int | None = None  # train on random crops of this edge length (train small, sample large)
-    seed: int = 0  # procedural datasets and train/test split
 
 
 @dataclass
