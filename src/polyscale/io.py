@@ -31,7 +31,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -241,9 +241,9 @@ def read_model_dir(directory: str | Path) -> ModelDir:
         pickles = sorted(p for p in path.iterdir() if p.is_file() and is_pickle_file(p))
         if pickles:
             raise pickle_error(pickles[0])
-        found = sorted(p.name for p in path.iterdir())[:8]
+        names = sorted(p.name for p in path.iterdir())[:8]
         raise FileNotFoundError(
-            f"{path} has no {CONFIG_NAME}; expected a model directory saved by save_pretrained, found {found}"
+            f"{path} has no {CONFIG_NAME}; expected a model directory saved by save_pretrained, found {names}"
         )
     try:
         header = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -340,15 +340,18 @@ def load_pretrained(
     )
 
 
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
 def model_from_state(
-    cls: type,
+    cls: type[ModelT],
     config: Mapping[str, Any],
     state: Mapping[str, torch.Tensor],
     *,
     strict: bool = True,
     source: str = "config",
     weights: str | Path = "state",
-) -> nn.Module:
+) -> ModelT:
     """``cls`` rebuilt from ``config`` (plain JSON, as in config.json) holding ``state`` (on its device): the
     in-memory protocol (module docstring) that :func:`load_pretrained` applies to a directory's files.
     ``source``/``weights`` name the two in error messages."""
@@ -425,6 +428,8 @@ class PretrainedMixin:
     ) -> Path:
         """Write this model (and optionally EMA weights) to ``directory`` atomically; see
         :func:`save_pretrained`."""
+        if not isinstance(self, nn.Module):
+            raise TypeError(f"PretrainedMixin is for nn.Module classes; {type(self).__name__} is not one")
         return save_pretrained(self, directory, ema=ema, metadata=metadata)
 
     @classmethod

@@ -40,7 +40,7 @@ def _labels(ds: GridDataset) -> Tensor:
 
 def digits_splits(seed: int = 0) -> Splits:
     """scikit-learn's digits, ink scaled to [-1, 1], shuffled by ``seed`` into 70 / 10 / 20 %."""
-    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+    from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = torch.tensor(bunch.data, dtype=torch.float32) / 16.0 * 2 - 1  # 0..16 ink -> [-1, 1]

@@ -28,12 +28,7 @@ from polyscale.nn.sparse import SparseLinear, SparseMLP
 
 def sparse_blocks(net: SparseMLP) -> dict[str, SparseLinear]:
     """``net.blocks`` with the type of what it holds: ``nn.ModuleDict`` hands out plain ``nn.Module``."""
-    blocks = {}
-    for name, block in net.blocks.items():
-        if not isinstance(block, SparseLinear):
-            raise TypeError(f"block {name!r} of a SparseMLP is a {type(block).__name__}, not a SparseLinear")
-        blocks[name] = block
-    return blocks
+    return net.sparse_blocks()
 
 
 def plan_routes(

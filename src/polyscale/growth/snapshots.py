@@ -79,7 +79,8 @@ def _reference(key: str, new: dict, new_config: dict, old: dict | None, old_conf
             if old_config is None:
                 raise ValueError(f"{key}: the previous state was given without its config")
             in_old = _block_in_features(key, old_config)
-            assert in_old is not None  # the same key in both configs
+            if in_old is None:
+                raise ValueError(f"{key}: the previous config gives no in_features for this block")
             # (row, col) of each connection, as one sortable integer independent of the layer's width
             width = max(in_new, in_old) + 1
             old_rc = (old[flat_key] // in_old) * width + old[flat_key] % in_old

@@ -119,12 +119,13 @@ class GPT(PretrainedMixin, nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        blocks = [Block(cfg) for _ in range(cfg.n_layer)]  # typed: iterating the ModuleList gives nn.Module
+        self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         self.apply(self.init_weights)
-        for block in self.blocks:
+        for block in blocks:
             self._init_residual_outputs(block)
 
     def init_weights(self, module: nn.Module, generator: torch.Generator | None = None) -> None:
@@ -136,7 +137,10 @@ class GPT(PretrainedMixin, nn.Module):
     def _init_residual_outputs(self, block: Block, generator: torch.Generator | None = None) -> None:
         std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name in RESIDUAL_OUTPUTS:
-            nn.init.normal_(block.get_submodule(name).weight, mean=0.0, std=std, generator=generator)
+            layer = block.get_submodule(name)
+            if not isinstance(layer, nn.Linear):
+                raise TypeError(f"{name} of a GPT block is a {type(layer).__name__}, expected nn.Linear")
+            nn.init.normal_(layer.weight, mean=0.0, std=std, generator=generator)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         if idx.ndim != 2 or idx.dtype != torch.long:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,8 @@ class SparseLinear(nn.Module):
     ``s = weight_scale / sqrt(fan_in)``, ``fan_in`` the mean number of active inputs per unit (at least 1), so
     a sparse unit starts with the same output scale as a dense one.
     """
+
+    flat_index: Tensor  # buffer (registered in __init__), replaced by the surgeries
 
     def __init__(
         self,
@@ -244,6 +247,14 @@ class SparseLinear(nn.Module):
         )
 
 
+class InitialDraw(TypedDict):
+    """How a :class:`SparseMLP`'s connections were first drawn (see :class:`SparseMLPConfig`)."""
+
+    density: float
+    min_inputs: int
+    min_outputs: int
+
+
 ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
 
 
@@ -301,7 +312,7 @@ class SparseMLP(PretrainedMixin, nn.Module):
             raise ValueError(f"skip must be 0 to 3 layers back, got {skip}")
         self.sizes = [in_features, *hidden_sizes, out_features]
         self.activation, self.skip = activation, skip
-        self.initial = {"density": density, "min_inputs": min_inputs, "min_outputs": min_outputs}
+        self.initial: InitialDraw = {"density": density, "min_inputs": min_inputs, "min_outputs": min_outputs}
         self.blocks = nn.ModuleDict()
         for layer in range(1, len(self.sizes)):
             for source in range(layer - 1, max(-1, layer - 2 - skip), -1):
@@ -317,7 +328,7 @@ class SparseMLP(PretrainedMixin, nn.Module):
                     generator=generator,
                 )
         for layer in range(1, len(self.sizes) - 1):
-            self._give_outputs(self.blocks[self.block_name(layer + 1, layer)], min_outputs, generator)
+            self._give_outputs(self.block(self.block_name(layer + 1, layer)), min_outputs, generator)
 
     @staticmethod
     def _give_outputs(block: SparseLinear, count: int, generator: torch.Generator | None) -> None:
@@ -341,6 +352,18 @@ class SparseMLP(PretrainedMixin, nn.Module):
     def block_name(layer: int, source: int) -> str:
         return f"{layer}<-{source}"
 
+    def block(self, name: str) -> SparseLinear:
+        """Block ``name`` (``"<layer><-<source>"``) with its type: ``nn.ModuleDict`` hands out plain
+        ``nn.Module``."""
+        block = self.blocks[name]
+        if not isinstance(block, SparseLinear):
+            raise TypeError(f"block {name!r} of a SparseMLP is a {type(block).__name__}, not a SparseLinear")
+        return block
+
+    def sparse_blocks(self) -> dict[str, SparseLinear]:
+        """All blocks by name, in ``self.blocks`` order, typed as :class:`SparseLinear` (see :meth:`block`)."""
+        return {name: self.block(name) for name in self.blocks}
+
     def sources(self, layer: int) -> list[int]:
         return [s for s in range(layer - 1, -1, -1) if self.block_name(layer, s) in self.blocks]
 
@@ -359,7 +382,7 @@ class SparseMLP(PretrainedMixin, nn.Module):
     @property
     def config(self) -> SparseMLPConfig:
         """The current structure's :class:`SparseMLPConfig` (layer sizes follow growth)."""
-        first = next(iter(self.blocks.values()))
+        first = self.block(next(iter(self.blocks)))
         return SparseMLPConfig(
             self.sizes[0], tuple(self.sizes[1:-1]), self.sizes[-1], self.activation, self.skip,
             **self.initial, mode=first.mode, sparse_below=first.sparse_below,
@@ -377,7 +400,7 @@ class SparseMLP(PretrainedMixin, nn.Module):
         )  # fmt: skip
         net.initial = {"density": config.density, "min_inputs": config.min_inputs,
                        "min_outputs": config.min_outputs}  # fmt: skip
-        for name, block in net.blocks.items():
+        for name, block in net.sparse_blocks().items():
             key = f"blocks.{name}.flat_index"
             if key not in state:
                 raise ValueError(f"weights have no {key} for block {name!r}; expected a SparseMLP state_dict")
@@ -428,22 +451,22 @@ class SparseMLP(PretrainedMixin, nn.Module):
         k = units.numel()
         self.sizes[into] += k
         changes: list[ParameterChange] = []
-        for name, block in self.blocks.items():
+        for name, block in self.sparse_blocks().items():
             t, s = (int(v) for v in name.split("<-"))
             if t == into:
                 changes += block.resize(block.in_features, self.sizes[into])
             elif s == into:
                 changes += block.resize(self.sizes[into], block.out_features)
-        adjacent_into = self.blocks[self.block_name(into, into - 1)]
+        adjacent_into = self.block(self.block_name(into, into - 1))
         if adjacent_into.bias is not None:
             with torch.no_grad():
                 adjacent_into.bias[first_new:] = torch.tensor(bias, dtype=adjacent_into.bias.dtype)
         for name, (pos, val) in incoming.items():
             changes.append(self.connect(name, torch.tensor(pos), torch.tensor(val)))
         for name, (pairs, val) in outgoing.items():
-            block = self.blocks[name]
-            pos = torch.tensor([r * block.in_features + c for r, c in pairs], dtype=torch.long)
-            changes.append(self.connect(name, pos, torch.tensor(val)))
+            block = self.block(name)
+            flat = torch.tensor([r * block.in_features + c for r, c in pairs], dtype=torch.long)
+            changes.append(self.connect(name, flat, torch.tensor(val)))
         return torch.arange(first_new, first_new + k), changes
 
     def _clone_plan(
@@ -460,7 +483,7 @@ class SparseMLP(PretrainedMixin, nn.Module):
             c = first_new + i
             reads = 0
             for s in self.sources(layer):
-                src = self.blocks[self.block_name(layer, s)]
+                src = self.block(self.block_name(layer, s))
                 name = self.block_name(into, s)
                 if s >= into or name not in self.blocks:
                     continue
@@ -475,13 +498,13 @@ class SparseMLP(PretrainedMixin, nn.Module):
                     f"unit {u} of layer {layer} has no inputs a clone in layer {into} can read "
                     f"(skip={self.skip}; cloning copies along skip blocks, so it needs skip >= 1)"
                 )
-            adjacent = self.blocks[self.block_name(layer, layer - 1)]
+            adjacent = self.block(self.block_name(layer, layer - 1))
             bias.append(0.0 if adjacent.bias is None else scale * float(adjacent.bias.detach()[u]))
             for t in range(layer + 1, len(self.sizes)):
                 dst_name, name = self.block_name(t, layer), self.block_name(t, into)
                 if t <= into or dst_name not in self.blocks or name not in self.blocks:
                     continue
-                dst = self.blocks[dst_name]
+                dst = self.block(dst_name)
                 col = (dst.flat_index % dst.in_features) == u
                 rows = dst.flat_index[col] // dst.in_features
                 pos, val = outgoing.setdefault(name, ([], []))
@@ -500,7 +523,7 @@ class SparseMLP(PretrainedMixin, nn.Module):
 
     def connect(self, name: str, positions: Tensor, init: Tensor) -> ParameterChange:
         """Surgery: ``SparseLinear.add_connections`` on block ``name``, reported as a :class:`ParameterChange`."""
-        block = self.blocks[name]
+        block = self.block(name)
         old = block.values
         where = block.add_connections(positions, init.to(old.dtype))
         return ParameterChange(old, block.values, where)
@@ -508,11 +531,17 @@ class SparseMLP(PretrainedMixin, nn.Module):
     def connectivity_stats(self) -> dict:
         """Active connections, possible connections and their ratio per block and overall."""
         layers = []
-        for name, block in self.blocks.items():
-            possible = block.in_features * block.out_features
+        active = possible = 0
+        for name, block in self.sparse_blocks().items():
+            block_possible = block.in_features * block.out_features
             layers.append(
-                {"block": name, "active": block.nnz, "possible": possible, "ratio": block.nnz / possible}
+                {
+                    "block": name,
+                    "active": block.nnz,
+                    "possible": block_possible,
+                    "ratio": block.nnz / block_possible,
+                }
             )
-        active = sum(r["active"] for r in layers)
-        possible = sum(r["possible"] for r in layers)
+            active += block.nnz
+            possible += block_possible
         return {"layers": layers, "active": active, "possible": possible, "ratio": active / possible}

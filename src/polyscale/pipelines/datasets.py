@@ -19,6 +19,10 @@ def build_dataset(cfg: DataConfig, *, split: str | None = "train"):
     ds = kind.build(cfg, split)
     crops_per_sample = kind.crops_per_sample(cfg)
     if cfg.crop_size is not None:
+        if not isinstance(ds, datasets.GridDataset):  # every built-in kind builds one
+            raise TypeError(
+                f"data.crop_size needs a GridDataset, but data.kind {cfg.kind!r} built a {type(ds).__name__}"
+            )
         ds = datasets.RandomCrops(ds, cfg.crop_size, seed=cfg.seed, crops_per_sample=crops_per_sample)
     return ds
 

@@ -155,4 +155,8 @@ def restore_callbacks(
     """Undo :func:`callback_state`: ``cb.load_state_dict(tensors, meta)`` for each callback saved."""
     for i, cb in enumerate(callbacks):
         if str(i) in meta:
+            if not hasattr(cb, "load_state_dict"):
+                raise TypeError(
+                    f"callback {i} ({type(cb).__name__}) has saved state but no load_state_dict(tensors, meta)"
+                )
             cb.load_state_dict(prefixed(tensors, f"cb{i}"), meta[str(i)])

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from accelerate import Accelerator
@@ -46,7 +47,9 @@ from polyscale.training.logs import MetricsLogger
 from polyscale.training.lr import warmup_cosine
 
 LossFn = Callable[..., Tensor]  # loss_fn(model, x0, *, generator, **cond) -> per-sample loss (B,)
-ExportFn = Callable[[Path, nn.Module, nn.Module], None]  # export_fn(directory, model, ema_model)
+ModelT = TypeVar("ModelT", bound=nn.Module)
+# export_fn(directory, model, ema_model): the module given to train (unwrapped from DDP) and its EMA copy
+ExportFn = Callable[[Path, ModelT, ModelT], None]
 Callback = Callable[[int, nn.Module, dict], None]  # cb(step, unwrapped_model, metrics) after each step
 
 
@@ -221,12 +224,12 @@ def _optimizer_step(
 
 
 def train(
-    model: nn.Module,
+    model: ModelT,
     loss_fn: LossFn,
     dataset: Dataset,
     config: TrainConfig,
     *,
-    export_fn: ExportFn | None = None,
+    export_fn: ExportFn[ModelT] | None = None,
     resume: bool = True,
     callbacks: Sequence[Callback] = (),
     collate_fn: Callable[[list], dict] | None = None,
