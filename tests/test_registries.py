@@ -20,6 +20,7 @@ import torch
 
 from polyscale.cli.main import build_parser
 from polyscale.data import CLASSIFICATION_DATASETS, DATASETS
+from polyscale.data.config import DataConfig
 from polyscale.data.graphs import GRAPH_FAMILIES, family_graph
 from polyscale.devices import DEVICES, resolve_device
 from polyscale.diffusion import SAMPLERS
@@ -32,7 +33,6 @@ from polyscale.nn.gpt import GPT, GPTConfig
 from polyscale.nn.sparse import ACTIVATIONS, SparseMLP
 from polyscale.ot import KERNELS, Grid, KernelOperator
 from polyscale.pipelines.datasets import build_dataset, to_display
-from polyscale.pipelines.experiment import DataConfig
 from polyscale.pipelines.graph_config import STRUCTURE_STAGES, GraphDataConfig
 from polyscale.registry import Registry
 
@@ -51,7 +51,12 @@ def test_registry_shows_names_and_lookup_names_what_it_expected():
 
 
 def test_grid_data_kinds_are_the_config_kinds():
-    assert set(DATASETS) == set(typing.get_args(typing.get_type_hints(DataConfig)["kind"]))
+    for kind in DATASETS:
+        assert (
+            DataConfig(kind=kind, path="x", crop_size=8).kind == kind
+        )  # every table entry is a valid data.kind
+    with pytest.raises(ValueError, match=r"data.kind must be one of .*'digits'.*got 'digitz'"):
+        DataConfig(kind="digitz")
 
 
 def _data_config(kind: str, tmp_path: Path) -> DataConfig:

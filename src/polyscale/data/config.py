@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 
 @dataclass
 class DataConfig:
     """Which dataset to build and how (see :func:`polyscale.pipelines.datasets.build_dataset`)."""
 
-    kind: Literal["digits", "mnist1d", "porous", "texture", "image_folder", "array"] = "digits"
+    kind: str = (
+        "digits"  # a name in polyscale.data.DATASETS: digits, mnist1d, porous, texture, image_folder, array
+    )
     size: int = 16  # digits: resize target; porous: edge length of each sample; image_folder: resize target
     dims: int = 3  # porous media only: 2 or 3 spatial dimensions
     num_samples: int | None = None  # mnist1d / porous: samples to generate; texture: crops per epoch
@@ -25,3 +26,8 @@ class DataConfig:
     channels: int = 1  # image_folder: 1 (grey) or 3 (RGB)
     crop_size: int | None = None  # train on random crops of this edge length (train small, sample large)
     seed: int = 0  # procedural datasets and train/test split
+
+    def __post_init__(self) -> None:
+        from polyscale.data.registry import DATASETS  # the table imports this module for its types
+
+        DATASETS.lookup(self.kind)
