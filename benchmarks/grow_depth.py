@@ -35,7 +35,7 @@ import time
 import torch
 
 from polyscale.data.text import CharCorpus
-from polyscale.growth import GeometricExtrapolator, LossPlateau, StagnationDetector
+from polyscale.growth import DETECTORS, GeometricExtrapolator, make_detector
 from polyscale.nn.gpt import GPT, GPTConfig
 from polyscale.training.depth_growth import DepthGrowthCallback, train_lm
 
@@ -60,15 +60,10 @@ def run(method: str, args: argparse.Namespace, seed: int) -> dict:
     callbacks, cb = [], None
     if method in GROWTH:
         strategy, gains = GROWTH[method]
-        kind = StagnationDetector if args.detector == "stagnation" else LossPlateau
-        extra = (
-            {"tau_crit": args.tau_crit, "kappa_crit": args.kappa_crit}
-            if args.detector == "stagnation"
-            else {}
-        )
-        detector = kind(
-            warmup_steps=args.warmup_steps, patience=args.patience, threshold=args.threshold, **extra
-        )
+        detector = make_detector(
+            args.detector, warmup_steps=args.warmup_steps, patience=args.patience, threshold=args.threshold,
+            tau_crit=args.tau_crit, kappa_crit=args.kappa_crit,
+        )  # fmt: skip
         cb = DepthGrowthCallback(
             detector, strategy=strategy, extrapolator=GeometricExtrapolator(**gains, k_subspace=args.k_subspace,
                                                                              ell_orth=args.ell_orth),
@@ -170,7 +165,7 @@ def main() -> None:
     p.add_argument(
         "--growth-steps", type=int, default=None, help="steps of the growth runs (default max-steps)"
     )
-    p.add_argument("--detector", choices=["plateau", "stagnation"], default="plateau")
+    p.add_argument("--detector", choices=list(DETECTORS), default="plateau")
     p.add_argument("--workers", type=int, default=2, help="runs in parallel, one thread each")
     p.add_argument("--json-out", default=None)
     args = p.parse_args()

@@ -312,7 +312,7 @@ def test_connectivity_is_the_flag_and_sparsity_its_hidden_former_name(capsys, mo
     from polyscale.cli.main import build_parser
 
     parse = build_parser().parse_args
-    assert parse(["grow", "sparse"]).connectivity == 1e-4
+    assert parse(["grow", "sparse"]).connectivity is None  # None: the preset's value
     assert parse(["grow", "sparse", "--connectivity", "0.01"]).connectivity == 0.01
     assert parse(["grow", "sparse", "--sparsity", "0.02"]).connectivity == 0.02
     monkeypatch.setenv("COLUMNS", "200")

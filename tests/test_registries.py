@@ -104,10 +104,11 @@ def test_every_classification_dataset_gives_three_disjoint_flat_splits(name: str
     assert len(train & val) <= 1  # not the same examples (a duplicate row at most)
 
 
-def test_grow_sparse_datasets_are_the_pipelines():
-    from polyscale.pipelines.grow import DATASETS as PIPELINE_DATASETS
+def test_grow_sparse_datasets_are_the_configs():
+    from polyscale.pipelines.grow_config import GrowSparseConfig
 
-    assert tuple(CLASSIFICATION_DATASETS) == tuple(PIPELINE_DATASETS)
+    allowed = typing.get_args(typing.get_type_hints(GrowSparseConfig)["dataset"])
+    assert tuple(CLASSIFICATION_DATASETS) == allowed
 
 
 # --------------------------------------------------------------------------------------------- graph families

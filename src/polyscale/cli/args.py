@@ -30,7 +30,9 @@ class OneLineParser(argparse.ArgumentParser):
         line = " ".join(message.split())  # argparse messages may hold newlines
         self.exit(EXIT_ERROR, f"{self.prog}: error: {line} (see {self.prog} --help)\n")
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
         import sys
 
         argv = list(sys.argv[1:] if args is None else args)
@@ -94,6 +96,17 @@ def any_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def any_float(text: str) -> float:
+    """An argparse ``type`` for any finite number, with a message naming what arrived."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def float_in(low: float, high: float) -> Callable[[str], float]:
     """An argparse ``type`` accepting numbers in ``(low, high]``, with a message naming what arrived."""
 
@@ -123,15 +136,22 @@ def add_command(
     return p
 
 
-def add_device(p: argparse.ArgumentParser, help: str = "auto: CUDA when present (default auto)") -> None:
-    """``--device``, its choices from :data:`polyscale.devices.DEVICES`."""
+def add_device(
+    p: argparse.ArgumentParser,
+    help: str = "auto: CUDA when present (default auto)",
+    default: str | None = "auto",
+) -> None:
+    """``--device``, its choices from :data:`polyscale.devices.DEVICES` (``default=None``: a preset's value)."""
     from polyscale.devices import DEVICES
 
-    p.add_argument("--device", default="auto", choices=list(DEVICES), help=help)
+    p.add_argument("--device", default=default, choices=list(DEVICES), help=help)
 
 
-def add_seed(p: argparse.ArgumentParser, help: str = "random seed (default 0)") -> None:
-    p.add_argument("--seed", type=any_int, default=0, help=help)
+def add_seed(
+    p: argparse.ArgumentParser, help: str = "random seed (default 0)", default: int | None = 0
+) -> None:
+    """``--seed`` (``default=None``: a preset's value)."""
+    p.add_argument("--seed", type=any_int, default=default, help=help)
 
 
 def add_run_dir(p: argparse.ArgumentParser, *, required: bool, help: str, no_resume: str) -> None:

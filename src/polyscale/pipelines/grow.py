@@ -20,64 +20,47 @@ each (old -> new).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import Tensor
 
 from polyscale.config import to_dict
+from polyscale.data import CLASSIFICATION_DATASETS
+from polyscale.data.classification import Split
+from polyscale.devices import resolve_device
 from polyscale.growth import SparseGrowthSchedule
 from polyscale.growth.snapshots import SnapshotStore, ensemble_probabilities
 from polyscale.growth.sparse_grower import SparseGrower
 from polyscale.nn.sparse import SparseMLP
 from polyscale.pipelines.grow_config import GrowSparseConfig
-from polyscale.pipelines.sample import resolve_device
 from polyscale.training.checkpoint import load_training_state, save_training_state
 from polyscale.training.run_dir import MODEL, prepare_run, write_history, write_summary
 from polyscale.training.sparse_growth import SparseGrowthTrainer, accuracy
 
-DATASETS = ("mnist1d", "digits")
 RESUMABLE = ("epochs", "device", "progress", "checkpoint_every")  # may change when a run resumes
 ENSEMBLE_SIZE = 5  # snapshots in the reported ensemble: the best ones by validation accuracy
 
-Split = tuple[Tensor, Tensor]
-
 
 def classification_data(dataset: str, *, seed: int = 0) -> tuple[Split, Split, Split]:
-    """``(train, val, test)``, each ``(x (N, features) float32, y (N,) long)`` (module docstring)."""
-    if dataset == "mnist1d":
-        from polyscale.data import mnist1d
-
-        train, test = mnist1d(split="train", seed=0), mnist1d(split="test", seed=0)
-        x, y = train.data.flatten(1), train.labels
-        return (x[:3600], y[:3600]), (x[3600:], y[3600:]), (test.data.flatten(1), test.labels)
-    if dataset == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        x = torch.tensor(bunch.data, dtype=torch.float32) / 16.0 * 2 - 1  # 0..16 ink -> [-1, 1]
-        y = torch.tensor(bunch.target, dtype=torch.long)
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-        a, b = int(0.7 * len(x)), int(0.8 * len(x))
-        pick = lambda idx: (x[idx], y[idx])  # noqa: E731
-        return pick(order[:a]), pick(order[a:b]), pick(order[b:])
-    raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    """``(train, val, test)``, each ``(x (N, features) float32, y (N,) long)``: the loader of
+    :data:`polyscale.data.CLASSIFICATION_DATASETS` called ``dataset`` (module docstring)."""
+    return CLASSIFICATION_DATASETS.lookup(dataset)(seed)
 
 
 def grow_sparse(
-    cfg: GrowSparseConfig | None = None, output_dir: str | Path | None = None, *, resume: bool = True, **flags
-) -> dict:
+    cfg: GrowSparseConfig | None = None, output_dir: str | Path | None = None, *, resume: bool = True
+) -> dict[str, Any]:
     """Train a growing sparse network; returns the summary (also written to ``output_dir/summary.json``).
 
     ``cfg`` (default :class:`GrowSparseConfig()`) holds every setting: ``connectivity`` is the initial share
     of possible connections present (default 1e-4 = 0.01 %), before the per-unit minima of one input and one
     output (``polyscale.nn.sparse``); ``schedule`` and ``grower`` override further fields of
     :class:`SparseGrowthSchedule` and :class:`SparseGrower`. Without ``output_dir`` nothing is written.
-    ``**flags``: the older keyword form (one keyword per field, ``sparsity`` for ``connectivity``), applied
-    on top of ``cfg`` until every caller passes a config.
+    Build ``cfg`` from a preset and ``key=value`` overrides with
+    :func:`polyscale.pipelines.grow_config.load_grow_sparse_config`.
     """
-    cfg = _with_flags(cfg or GrowSparseConfig(), flags)
+    cfg = cfg if cfg is not None else GrowSparseConfig()
     cfg.validate()
     train, val, test = classification_data(cfg.dataset, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -108,43 +91,37 @@ def grow_sparse(
     summary = _summary(cfg, trainer, history, test, start)
     if out is not None:
         trainer.net.save_pretrained(out / MODEL, metadata={"dataset": cfg.dataset, "epochs": cfg.epochs})
-        trainer.store.save(out / "snapshots.safetensors")
+        _store(trainer).save(out / "snapshots.safetensors")
         write_history(out, history)
         write_summary(out, summary)
     return summary
 
 
-def _with_flags(cfg: GrowSparseConfig, flags: dict) -> GrowSparseConfig:
-    """``cfg`` with the older keyword arguments applied (``sparsity`` is ``connectivity``; ``grower`` entries
-    that are fields of the config move there)."""
-    if not flags:
-        return cfg
-    flags = dict(flags)
-    if "sparsity" in flags:
-        flags["connectivity"] = flags.pop("sparsity")
-    grower = dict(flags.pop("grower", None) or {})
-    for key in ("structure_size", "rank", "fill"):
-        if key in grower:
-            flags[key] = grower.pop(key)
-    flags["grower"], flags["schedule"] = grower, dict(flags.get("schedule") or {})
-    flags["hidden_sizes"] = tuple(flags.get("hidden_sizes", cfg.hidden_sizes))
-    unknown = sorted(set(flags) - set(to_dict(cfg)))
-    if unknown:
-        raise TypeError(f"grow_sparse() got unexpected keyword arguments {unknown}")
-    return replace(cfg, **flags)
+def _store(trainer: SparseGrowthTrainer) -> SnapshotStore:
+    """The trainer's snapshot store; a growth run always keeps one (``snapshots=True``)."""
+    if trainer.store is None:
+        raise ValueError("grow_sparse needs a trainer that keeps snapshots (snapshots=True)")
+    return trainer.store
 
 
-def _summary(cfg: GrowSparseConfig, trainer: SparseGrowthTrainer, history: list[dict], test, start) -> dict:
+def _summary(
+    cfg: GrowSparseConfig,
+    trainer: SparseGrowthTrainer,
+    history: list[dict],
+    test: Split,
+    start: dict[str, Any],
+) -> dict[str, Any]:
     """Test accuracy of the final network, the best snapshot and the snapshot ensemble, and growth counts."""
-    store = trainer.store
-    store.add(trainer.net, epoch=trainer.epoch, phase=trainer.schedule.phase, reason="final",
-              metric=history[-1]["val_accuracy"])  # fmt: skip
+    store = _store(trainer)
+    phase = trainer.schedule.phase if trainer.schedule is not None else "static"
+    store.add(
+        trainer.net, epoch=trainer.epoch, phase=phase, reason="final", metric=history[-1]["val_accuracy"]
+    )
     x_test, y_test = (t.to(trainer.device) for t in test)
     best = store.best()
-    chosen = sorted((i for i in store.infos if i.metric is not None), key=lambda i: i.metric, reverse=True)[
-        :ENSEMBLE_SIZE
-    ]
-    members = [store.model(i.index).to(trainer.device) for i in chosen]
+    scored = [(i.metric, i) for i in store.infos if i.metric is not None]
+    chosen = [i for _, i in sorted(scored, key=lambda pair: pair[0], reverse=True)[:ENSEMBLE_SIZE]]
+    members: list[torch.nn.Module] = [store.model(i.index).to(trainer.device) for i in chosen]
     probs = ensemble_probabilities(members, x_test)
     end = trainer.net.connectivity_stats()
     return {
@@ -171,8 +148,13 @@ def _summary(cfg: GrowSparseConfig, trainer: SparseGrowthTrainer, history: list[
 def _save_checkpoint(trainer: SparseGrowthTrainer, out: Path, history: list[dict]) -> None:
     """The trainer's state (:meth:`SparseGrowthTrainer.state_dict`), the history and the snapshots."""
     tensors, meta = trainer.state_dict()
+    store = _store(trainer)
+
+    def save_snapshots(directory: Path) -> None:
+        store.save(directory / "snapshots.safetensors")
+
     save_training_state(out, trainer.epoch, tensors=tensors, meta={"trainer": meta, "history": history}, keep=1,
-                        extra=lambda tmp: trainer.store.save(tmp / "snapshots.safetensors"))  # fmt: skip
+                        extra=save_snapshots)  # fmt: skip
 
 
 def _resume(trainer: SparseGrowthTrainer, checkpoint: Path, epochs: int) -> list[dict]:

@@ -5,35 +5,63 @@ unknown keys are errors)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from polyscale.config import ConfigError, load_config
 
-T = TypeVar("T")
+OPT_IN = "opt-in, beyond the issue's growth rules (docs/growth.md)"  # a flag group of grow sparse
+
+
+def _flag(default: Any, help: str, *, group: str | None = None) -> Any:
+    """A field that is also a command-line flag: ``help`` (and the flag ``group``) in its metadata."""
+    return field(default=default, metadata={"help": help, "group": group})
+
+
+def flag_fields(cls: type) -> list[Field[Any]]:
+    """The fields of config dataclass ``cls`` that are flags (those with a ``help`` in their metadata)."""
+    return [f for f in fields(cls) if f.metadata.get("help")]
 
 
 @dataclass
 class GrowSparseConfig:
-    """A growing sparse classifier run (:func:`polyscale.pipelines.grow.grow_sparse`)."""
+    """A growing sparse classifier run (:func:`polyscale.pipelines.grow.grow_sparse`). A field with a ``help``
+    (:func:`_flag`) is also a flag of ``polyscale grow sparse``; every field is a ``--set`` key."""
 
-    dataset: Literal["mnist1d", "digits"] = "mnist1d"
-    epochs: int = 100  # a resumed run continues to this total
-    connectivity: float = 1e-4  # initial share of possible connections present (before per-unit minima)
-    activation: Literal["tanh", "sigmoid", "relu"] = "tanh"
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    skip: int = 1  # skip connections up to this many layers back (0 to 3; cloning needs >= 1)
-    lr: float = 1e-2  # Adam learning rate
-    batch_size: int = 100
-    device: str = "auto"  # auto, cpu or cuda
-    seed: int = 0
-    structure_size: int = 1  # connections per structure of the schedule's allowance
-    rank: Literal["random", "gradient"] = "random"  # how a route picks among candidate targets
-    fill: Literal["gradient"] | None = None  # place a growth event's leftover allowance by |dL/dW|
-    regrowth: Literal["set", "rigl"] | None = None  # prune and regrow after epochs that do not grow
-    checkpoint_every: int = 10  # epochs between checkpoints (and always at the end)
+    dataset: Literal["mnist1d", "digits"] = _flag(
+        "mnist1d", "mnist1d: 40-sample signals; digits: scikit-learn's 8x8 images"
+    )
+    epochs: int = _flag(100, "training epochs; a resumed run continues to this total")
+    connectivity: float = _flag(
+        1e-4, "initial connectivity: share of possible connections at the start (1e-4 = 0.01 %; every unit "
+        "also starts with at least one input and one output)",
+    )  # fmt: skip
+    activation: Literal["tanh", "sigmoid", "relu"] = _flag("tanh", "hidden units' activation")
+    hidden_sizes: tuple[int, ...] = _flag((256, 256), "units per hidden layer")
+    skip: Literal[0, 1, 2, 3] = _flag(
+        1, "skip connections up to this many layers back (the routing radius; cloning needs >= 1)"
+    )
+    lr: float = _flag(1e-2, "Adam learning rate")
+    batch_size: int = _flag(100, "examples per step")
+    device: str = "auto"  # auto, cpu or cuda (the flag comes from polyscale.cli.args.add_device)
+    seed: int = 0  # seed of the initial network and of the data order
+    structure_size: int = _flag(
+        1, "connections per structure of the phase limits 10/50/200 (1: a run adds at most 260)", group=OPT_IN
+    )
+    rank: Literal["random", "gradient"] = _flag(
+        "random", "how a route picks among its candidate targets: uniformly, or by |dL/dW|", group=OPT_IN
+    )
+    fill: Literal["gradient"] | None = _flag(
+        None, "place what routing leaves of a growth event's allowance on the inactive positions of largest "
+        "|dL/dW|, in every block (null: off)", group=OPT_IN,
+    )  # fmt: skip
+    regrowth: Literal["set", "rigl"] | None = _flag(
+        None, "also prune and regrow (SET: random, RigL: by gradient) after every epoch that does not grow",
+        group=OPT_IN,
+    )  # fmt: skip
+    checkpoint_every: int = _flag(10, "epochs between checkpoints (and always at the end)")
     progress: bool = True  # progress bar
     schedule: dict[str, Any] = field(default_factory=dict)  # other SparseGrowthSchedule fields
     grower: dict[str, Any] = field(default_factory=dict)  # other SparseGrower fields
@@ -53,35 +81,40 @@ class GrowSparseConfig:
 
 @dataclass
 class GrowDepthConfig:
-    """A growing character-level GPT run (:func:`polyscale.pipelines.grow_depth.grow_depth`)."""
+    """A growing character-level GPT run (:func:`polyscale.pipelines.grow_depth.grow_depth`). A field with a
+    ``help`` (:func:`_flag`) is also a flag of ``polyscale grow depth``; every field is a ``--set`` key."""
 
-    dataset_path: str | None = None  # a UTF-8 text file (None: the shipped Shakespeare)
-    n_layer: int = 1  # initial depth
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 64  # context length in characters
-    max_layers: int = 4  # growth stops here
-    max_steps: int = 2000  # the learning-rate schedule spans it, so it is part of the run's settings
-    batch_size: int = 12
-    lr: float = 1e-3  # AdamW peak learning rate
-    strategy: Literal["geometric", "copy", "zero", "random"] = "geometric"  # initialisation of a new layer
-    detector: Literal["stagnation", "plateau"] = "stagnation"  # plateau confirmed by tau/kappa, or alone
-    beta0: float = 0.1  # linear gain: beta = beta0 / (tau + eps)
-    gamma0: float = 0.15  # curvature gain: gamma = gamma0 / (1 + kappa)
-    eta0: float = 0.03  # escape gain under stagnation
-    k_subspace: int = 10  # dominant subspace dimension
-    ell_orth: int = 5  # secondary modes for the escape
-    pg_patience: int = 2  # stagnant checks in a row that grow
-    pg_threshold: float = 0.01  # relative improvement below which a check is stagnant
-    tau_crit: float = 2.0
-    kappa_crit: float = 0.5
-    warmup_steps: int = 200  # steps before the first check, and after each growth
-    history_window: int = 10  # snapshots in the trajectory
-    collect_interval: int = 50  # steps between snapshots / checks
-    eval_interval: int = 100
-    device: str = "auto"  # auto, cpu or cuda
+    dataset_path: str | None = _flag(None, "a UTF-8 text file (null: the shipped Shakespeare)")
+    n_layer: int = _flag(1, "initial depth")
+    n_head: int = _flag(4, "attention heads per layer")
+    n_embd: int = _flag(128, "embedding width")
+    block_size: int = _flag(64, "context length in characters")
+    max_layers: int = _flag(4, "growth stops at this depth")
+    max_steps: int = _flag(2000, "training steps (the learning-rate schedule spans them)")
+    batch_size: int = _flag(12, "sequences per step")
+    lr: float = _flag(1e-3, "AdamW peak learning rate")
+    strategy: Literal["geometric", "copy", "zero", "random"] = _flag(
+        "geometric", "initialisation of an inserted layer (geometric: extrapolate the weight trajectory)"
+    )
+    detector: Literal["stagnation", "plateau"] = _flag(
+        "stagnation", "when to grow: a loss plateau confirmed by tau/kappa (stagnation), or the plateau alone"
+    )
+    beta0: float = _flag(0.1, "linear gain: beta = beta0 / (tau + eps)")
+    gamma0: float = _flag(0.15, "curvature gain: gamma = gamma0 / (1 + kappa)")
+    eta0: float = _flag(0.03, "escape gain under stagnation")
+    k_subspace: int = _flag(10, "dominant subspace dimension")
+    ell_orth: int = _flag(5, "secondary modes for the escape")
+    pg_patience: int = _flag(2, "stagnant checks in a row that grow")
+    pg_threshold: float = _flag(0.01, "relative improvement below which a check is stagnant")
+    tau_crit: float = _flag(2.0, "stretch factor above which the trajectory counts as stagnating")
+    kappa_crit: float = _flag(0.5, "curvature above which the trajectory counts as stagnating")
+    warmup_steps: int = _flag(200, "steps before the first check, and after each growth")
+    history_window: int = _flag(10, "snapshots in the trajectory")
+    collect_interval: int = _flag(50, "steps between snapshots / checks")
+    eval_interval: int = _flag(100, "steps between validation losses")
+    device: str = "auto"  # auto, cpu or cuda (the flag comes from polyscale.cli.args.add_device)
     seed: int = 0
-    checkpoint_every: int = 500  # steps between checkpoints (and always at the end)
+    checkpoint_every: int = _flag(500, "steps between checkpoints (and always at the end)")
     progress: bool = True  # progress bar
 
     def validate(self) -> None:
@@ -123,7 +156,10 @@ def _source(preset_or_path: str | Path | None) -> str | Path | Mapping[str, Any]
     return Path(str(resources.files("polyscale") / "presets" / "grow" / f"{preset_or_path}.yaml"))
 
 
-def _load(cls: type[T], preset_or_path: str | Path | None, overrides: Sequence[str]) -> T:
+Config = TypeVar("Config", GrowSparseConfig, GrowDepthConfig)
+
+
+def _load(cls: type[Config], preset_or_path: str | Path | None, overrides: Sequence[str]) -> Config:
     cfg = load_config(cls, _source(preset_or_path), overrides)
     try:
         cfg.validate()

@@ -30,41 +30,40 @@ those settings.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from polyscale.atomic import atomic_write_text
 from polyscale.config import to_dict
 from polyscale.data.text import CharCorpus
-from polyscale.growth import GeometricExtrapolator, LossPlateau, StagnationDetector
+from polyscale.devices import resolve_device
+from polyscale.growth import DETECTORS, GeometricExtrapolator, make_detector
 from polyscale.growth.depth_grower import STRATEGIES
 from polyscale.growth.layer_state import LayerStateManager
 from polyscale.io import read_model_dir, resolve_model_dir
 from polyscale.nn.gpt import GPT, GPTConfig
 from polyscale.pipelines.grow_config import GrowDepthConfig
-from polyscale.pipelines.sample import resolve_device
 from polyscale.training.depth_growth import DepthGrowthCallback, train_lm
 from polyscale.training.run_dir import MODEL, prepare_run, write_history, write_summary
 
-DETECTORS = ("stagnation", "plateau")
 RESUMABLE = ("device", "progress", "checkpoint_every")  # may change when a run resumes
 
 
 def grow_depth(
-    cfg: GrowDepthConfig | None = None, output_dir: str | Path | None = None, *, resume: bool = True, **flags
-) -> dict:
+    cfg: GrowDepthConfig | None = None, output_dir: str | Path | None = None, *, resume: bool = True
+) -> dict[str, Any]:
     """Train a growing GPT (module docstring); returns the summary (also ``output_dir/summary.json``).
 
     ``cfg`` (default :class:`GrowDepthConfig()`) holds every setting; without ``output_dir`` nothing is
-    written. ``**flags``: the older keyword form (one keyword per field), applied on top of ``cfg`` until
-    every caller passes a config."""
-    cfg = replace(cfg or GrowDepthConfig(), **flags)
+    written. Build ``cfg`` from a preset and ``key=value`` overrides with
+    :func:`polyscale.pipelines.grow_config.load_grow_depth_config`."""
+    cfg = cfg if cfg is not None else GrowDepthConfig()
     cfg.validate()
-    if cfg.strategy not in STRATEGIES or cfg.detector not in DETECTORS:
-        raise ValueError(f"strategy must be one of {STRATEGIES} and detector one of {DETECTORS}, got "
-                         f"{cfg.strategy!r} and {cfg.detector!r}")  # fmt: skip
+    STRATEGIES.lookup(cfg.strategy)
+    DETECTORS.lookup(cfg.detector)
     corpus = CharCorpus.from_file(cfg.dataset_path)
     torch.manual_seed(cfg.seed)
     dev = resolve_device(cfg.device)
@@ -99,12 +98,8 @@ def grow_depth(
 
 def _callback(cfg: GrowDepthConfig, corpus: CharCorpus, out: Path | None) -> DepthGrowthCallback:
     """The growth callback of ``cfg``: its detector, extrapolator, probe batch and layer-state store."""
-    plateau = dict(warmup_steps=cfg.warmup_steps, patience=cfg.pg_patience, threshold=cfg.pg_threshold)
-    when = (
-        StagnationDetector(**plateau, tau_crit=cfg.tau_crit, kappa_crit=cfg.kappa_crit)
-        if cfg.detector == "stagnation"
-        else LossPlateau(**plateau)
-    )
+    when = make_detector(cfg.detector, warmup_steps=cfg.warmup_steps, patience=cfg.pg_patience,
+                         threshold=cfg.pg_threshold, tau_crit=cfg.tau_crit, kappa_crit=cfg.kappa_crit)  # fmt: skip
     extrapolator = GeometricExtrapolator(beta0=cfg.beta0, gamma0=cfg.gamma0, eta0=cfg.eta0,
                                          k_subspace=cfg.k_subspace, ell_orth=cfg.ell_orth, tau_crit=cfg.tau_crit,
                                          kappa_crit=cfg.kappa_crit)  # fmt: skip

@@ -55,7 +55,8 @@ from polyscale.training.lr import warmup_cosine
 from polyscale.training.optimizer_state import add_parameters, load_optimizer_state, optimizer_state_tensors
 from polyscale.training.run_dir import check_same_settings
 
-StepCallback = Callable[[int, GPT, torch.optim.Optimizer, float], None]
+# called after every optimizer step with (step, model, optimizer, loss); what it returns is ignored
+StepCallback = Callable[[int, GPT, torch.optim.Optimizer, float], object]
 
 
 @dataclass
@@ -134,6 +135,8 @@ class DepthGrowthCallback:
         self._loss_sum, self._loss_count = float(meta["loss_sum"]), int(meta["loss_count"])
 
     def _probe_loss(self, model: GPT) -> float:
+        if self.probe is None:
+            raise ValueError("the probe loss needs the callback's probe batch (probe=(x, y))")
         x, y = self.probe
         was_training = model.training
         model.eval()

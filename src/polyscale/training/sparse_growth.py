@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ from polyscale.growth.snapshots import SnapshotStore
 from polyscale.growth.sparse_grower import SparseGrower, layer_extrema
 from polyscale.growth.sparse_schedule import SparseGrowthSchedule
 from polyscale.io import model_from_state
-from polyscale.nn.sparse import SparseMLP
+from polyscale.nn.sparse import SparseLinear, SparseMLP
 from polyscale.training.optimizer_state import apply_changes, load_optimizer_state, optimizer_state_tensors
 
 
@@ -54,6 +55,16 @@ def accuracy(net: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 4096)
             for i in range(0, len(x), batch_size)
         )
     return hits / max(len(x), 1)
+
+
+def sparse_blocks(net: SparseMLP) -> dict[str, SparseLinear]:
+    """``net``'s blocks by name, each checked to be a :class:`SparseLinear`."""
+    blocks = {}
+    for name, block in net.blocks.items():
+        if not isinstance(block, SparseLinear):
+            raise TypeError(f"block {name!r} is a {type(block).__name__}, not a SparseLinear")
+        blocks[name] = block
+    return blocks
 
 
 class SparseGrowthTrainer:
@@ -122,14 +133,15 @@ class SparseGrowthTrainer:
         self.net.train()
         n = len(self.train_x)
         order = torch.randperm(n, generator=self.generator).to(self.device)
-        grad_sum = {name: torch.zeros_like(b.values) for name, b in self.net.blocks.items()}
+        blocks = sparse_blocks(self.net)
+        grad_sum = {name: torch.zeros_like(b.values) for name, b in blocks.items()}
         total_loss, batches = 0.0, 0
         for i in range(0, n, self.batch_size):
             idx = order[i : i + self.batch_size]
             loss = F.cross_entropy(self.net(self.train_x[idx]), self.train_y[idx])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            for name, block in self.net.blocks.items():
+            for name, block in blocks.items():
                 if block.values.grad is not None:
                     grad_sum[name] += block.values.grad
             self.optimizer.step()
@@ -141,7 +153,7 @@ class SparseGrowthTrainer:
         }
         high, low = (self.grower.extrema if self.grower is not None else layer_extrema)(self.net, self.probe)
         n_high, n_low = sum(len(v) for v in high.values()), sum(len(v) for v in low.values())
-        stats = {
+        stats: dict[str, Any] = {
             "epoch": self.epoch, "loss": total_loss / batches, "grew": False, "connections_added": 0,
             "clones": 0, "high_extrema": n_high, "low_extrema": n_low, "phase": None, "spikes": 0,
             "credits": None, "growth_done": None,
@@ -157,9 +169,11 @@ class SparseGrowthTrainer:
         )
         if improved and not (decision is not None and decision.grow):
             self._snapshot("improvement", val_acc)
-        if decision is not None:
+        if self.schedule is not None and decision is not None:
             stats.update(phase=decision.phase, spikes=len(decision.spikes), growth_done=decision.done)
             if decision.grow:
+                if self.grower is None:
+                    raise ValueError("a trainer with a schedule needs a grower")
                 self._snapshot("growth", val_acc)  # also stands for an improvement in the same epoch
                 result = self.grower.grow(
                     self.net, self.probe, decision.allowance, generator=self.generator,
@@ -174,7 +188,7 @@ class SparseGrowthTrainer:
             stats["credits"] = self.schedule.credits
         if self.regrowth is not None and not stats["grew"]:
             fraction = cosine_fraction(self.epoch, self.total_epochs, self.regrowth_fraction)
-            grads = self._dense_gradients() if self.regrowth == "rigl" else None
+            grads = self._dense_gradients() if METHODS[self.regrowth].needs_gradients else None
             changes = prune_and_regrow(
                 self.net, fraction, self.regrowth, dense_grads=grads, generator=self.generator
             )
@@ -220,7 +234,10 @@ class SparseGrowthTrainer:
     def load_state_dict(self, tensors: dict[str, Tensor], meta: dict) -> None:
         """Continue from :meth:`state_dict`'s output (the network and optimizer are rebuilt from it)."""
         net_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.net = model_from_state(SparseMLP, meta["net_config"], net_state).to(self.device)
+        net = model_from_state(SparseMLP, meta["net_config"], net_state)
+        if not isinstance(net, SparseMLP):
+            raise ValueError(f"the checkpoint holds a {type(net).__name__}, not a SparseMLP")
+        self.net = net.to(self.device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         load_optimizer_state(self.net, self.optimizer, tensors)
         self.generator.set_state(tensors["rng.train"])
