@@ -16,7 +16,7 @@ network uses the library defaults (``polyscale grow sparse``); the others:
 - ``gradgrow`` (exploration, not a library method; ``--methods gradgrow``): the grown network's start, growing
   by dense-gradient magnitude alone (no extrema, no credits) to ``--gradgrow-target`` connectivity (5 %) in 30
   events, one every 2 epochs, each block getting a share of the event's budget in proportion to its size. It
-  asks whether growth to the issue's 5 % can reach the dense MLP at all.
+  asks whether growth to a 5 % target can reach the dense MLP at all.
 
 The grower's opt-in switches (``--structure-size``, ``--rank``, ``--fill``, ``--regrowth``; docs/growth.md)
 apply to the grown network; the baselines are then matched to its final connection count as before:
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--gradgrow-target", type=float, default=0.05, help="gradgrow's final connectivity")
     parser.add_argument(
-        "--phase-limits", type=int, nargs=3, default=None, help="default: the issue's 10 50 200"
+        "--phase-limits", type=int, nargs=3, default=None, help="default: 10 50 200"
     )
     parser.add_argument("--stabilisation", type=int, default=None, help="default: 10 epochs")
     parser.add_argument(

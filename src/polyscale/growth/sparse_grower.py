@@ -12,9 +12,9 @@ One :meth:`SparseGrower.grow` call, given the phase allowance the schedule grant
    function-preserving variant with ``preserve_clones=True``). A clone's connections count against the
    allowance; cloning needs skip connections and is skipped on a network without them.
 
-Opt-in, beyond the issue's rules (the defaults keep them off):
+Opt-in, beyond the default rules (the defaults keep them off):
 
-- ``structure_size`` (1): connections per *structure* of the schedule's allowance. The issue counts the
+- ``structure_size`` (1): connections per *structure* of the schedule's allowance. The schedule counts the
   phase limits 10 / 50 / 200 in structures; with the default one structure is one connection, so a whole
   run adds at most 260 connections. With ``structure_size=k`` an event may add ``k`` times the allowance
   and the schedule is charged ``ceil(added / k)`` structures.

@@ -1,7 +1,7 @@
 """*When* a sparse network grows: gradient-variance spikes, a credit economy, phases and
 stabilisation. *How* it grows (extrema, routing, surgery) lives elsewhere; this module only decides.
 
-The rules, each a parameter with the issue's default:
+The rules, each a parameter with its default:
 
 - **Spike.** Per block, the variance of its gradient entries is measured once per epoch. A spike is a
   relative change of more than ``spike_threshold`` (50 %) against the previous epoch's value:

@@ -11,7 +11,7 @@ concatenated), taken every ``collect_interval_steps`` optimizer steps. With velo
   ``V_t`` along the chord's direction ``d / |d|`` and ``V_perp,t`` the rest. ``kappa = 0`` on a straight
   line; above 1 the motion is mostly sideways.
 - **Dominant subspace.** The SVD of the velocity matrix ``V (T, D) = U S Vh`` gives its principal
-  directions; the first ``k_subspace`` rows of ``Vh`` span the dominant subspace ``U_k`` (the issue's
+  directions; the first ``k_subspace`` rows of ``Vh`` span the dominant subspace ``U_k`` (the method's
   "U"), and the next ``ell_orth`` are the secondary modes.
 
 Extrapolation of one tensor (2-D matrices and 1-D vectors alike: both are flattened to ``D`` entries and

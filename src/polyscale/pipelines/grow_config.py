@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from polyscale.config import ConfigError, load_config
 
-OPT_IN = "opt-in, beyond the issue's growth rules (docs/growth.md)"  # a flag group of grow sparse
+OPT_IN = "opt-in, beyond the default growth rules (docs/growth.md)"  # a flag group of grow sparse
 
 
 def _flag(default: Any, help: str, *, group: str | None = None) -> Any:
