@@ -37,7 +37,7 @@ import time
 import torch
 from torch import nn
 
-from polyscale.nn.sparse import ACTIVATIONS, SparseMLP
+from polyscale.nn.sparse_mlp import ACTIVATIONS, SparseMLP
 from polyscale.pipelines.grow import classification_data, grow_sparse
 from polyscale.pipelines.grow_config import GrowSparseConfig
 from polyscale.training.sparse_growth import SparseGrowthTrainer, accuracy
@@ -156,9 +156,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["grown", "dense", "static", "set", "rigl"])
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--gradgrow-target", type=float, default=0.05, help="gradgrow's final connectivity")
-    parser.add_argument(
-        "--phase-limits", type=int, nargs=3, default=None, help="default: 10 50 200"
-    )
+    parser.add_argument("--phase-limits", type=int, nargs=3, default=None, help="default: 10 50 200")
     parser.add_argument("--stabilisation", type=int, default=None, help="default: 10 epochs")
     parser.add_argument(
         "--extrema", type=float, nargs=2, default=None, metavar=("HIGH", "LOW"), help="0.95 0.05"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from polyscale.growth import SparseGrowthSchedule, block_gradient_variances
-from polyscale.nn.sparse import SparseMLP
+from polyscale.nn.sparse_mlp import SparseMLP
 
 
 def test_spike_is_a_relative_change_above_half():

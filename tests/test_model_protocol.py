@@ -16,7 +16,7 @@ from polyscale.growth.sparse_grower import SparseGrower
 from polyscale.io import PRETRAINED_ROOT, PretrainedMixin, read_model_dir, resolve_model_dir
 from polyscale.nn.gpt import GPT, GPTConfig
 from polyscale.nn.graph import GraphDenoiser
-from polyscale.nn.sparse import SparseMLP
+from polyscale.nn.sparse_mlp import SparseMLP
 from polyscale.nn.unet import UNet
 from polyscale.pipelines.experiment import load_experiment
 from polyscale.pipelines.grow_config import (

@@ -30,7 +30,7 @@ from polyscale.growth.regrowth import METHODS, dense_gradients, prune_and_regrow
 from polyscale.growth.sparse_grower import FILLS, RANKS
 from polyscale.growth.trajectory import TrajectoryWindow
 from polyscale.nn.gpt import GPT, GPTConfig
-from polyscale.nn.sparse import ACTIVATIONS, SparseMLP
+from polyscale.nn.sparse_mlp import ACTIVATIONS, SparseMLP
 from polyscale.ot import KERNELS, Grid, KernelOperator
 from polyscale.pipelines.datasets import build_dataset, to_display
 from polyscale.pipelines.graph_config import STRUCTURE_STAGES, GraphDataConfig

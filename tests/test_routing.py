@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from polyscale.growth.routing import plan_routes
-from polyscale.nn.sparse import SparseMLP
+from polyscale.nn.sparse_mlp import SparseMLP
 
 
 def network(skip=1):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from polyscale.nn.sparse import SparseLinear, SparseMLP, initial_connections
+from polyscale.nn.sparse import SparseLinear, initial_connections
+from polyscale.nn.sparse_mlp import SparseMLP
 
 
 @pytest.mark.parametrize("density", [1e-4, 0.01, 0.2, 1.0])

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from polyscale.growth import SparseGrowthSchedule
 from polyscale.growth.regrowth import dense_gradients
 from polyscale.growth.sparse_grower import SparseGrower, gradient_fill
-from polyscale.nn.sparse import SparseMLP
+from polyscale.nn.sparse_mlp import SparseMLP
 from polyscale.training.sparse_growth import SparseGrowthTrainer
 
 

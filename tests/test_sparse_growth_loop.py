@@ -13,7 +13,7 @@ from polyscale.growth import SparseGrowthSchedule
 from polyscale.growth.regrowth import cosine_fraction, dense_gradients, prune_and_regrow
 from polyscale.growth.snapshots import SnapshotStore, ensemble_probabilities
 from polyscale.growth.sparse_grower import SparseGrower
-from polyscale.nn.sparse import SparseMLP
+from polyscale.nn.sparse_mlp import SparseMLP
 from polyscale.pipelines.grow_config import GrowSparseConfig
 from polyscale.training.optimizer_state import apply_changes
 from polyscale.training.run_dir import read_settings

@@ -1,7 +1,7 @@
 """Prune-and-regrow at a fixed connectivity: SET (Mocanu et al. 2018) and RigL (Evci et al. 2020).
 
 These are the dynamic-sparse baselines a grown network is compared with. At each update every block of a
-:class:`polyscale.nn.sparse.SparseMLP` drops the ``fraction`` of its active connections with the smallest
+:class:`polyscale.nn.sparse_mlp.SparseMLP` drops the ``fraction`` of its active connections with the smallest
 magnitude and activates as many inactive positions, so its connection count stays the same:
 
 - ``"set"`` picks the new positions uniformly at random;
@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from polyscale.growth.routing import sparse_blocks
-from polyscale.nn.sparse import ParameterChange, SparseMLP
+from polyscale.nn.sparse import ParameterChange
+from polyscale.nn.sparse_mlp import SparseMLP
 from polyscale.registry import Registry
 
 

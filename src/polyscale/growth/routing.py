@@ -1,6 +1,6 @@
 """*How* a sparse growth event picks its new connections: routing between activation extrema.
 
-For a :class:`polyscale.nn.sparse.SparseMLP` with layers ``0`` (input) to ``L`` (output), given the high and
+For a :class:`polyscale.nn.sparse_mlp.SparseMLP` with layers ``0`` (input) to ``L`` (output), given the high and
 low extrema of its hidden layers (``polyscale.growth.extrema``):
 
 - **Routes.** Each high extremum ``u`` in layer ``l`` sends new connections to low extrema ``v`` in later
@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from polyscale.nn.sparse import SparseLinear, SparseMLP
+from polyscale.nn.sparse import SparseLinear
+from polyscale.nn.sparse_mlp import SparseMLP
 
 
 def sparse_blocks(net: SparseMLP) -> dict[str, SparseLinear]:

@@ -1,6 +1,6 @@
 """Multi-scale snapshots of a growing sparse network, stored as deltas, and snapshot ensembles.
 
-A :class:`SnapshotStore` keeps states of a :class:`polyscale.nn.sparse.SparseMLP` taken during growth
+A :class:`SnapshotStore` keeps states of a :class:`polyscale.nn.sparse_mlp.SparseMLP` taken during growth
 (the training loop takes one at every growth event and whenever validation accuracy improves by more than
 2 %), organised by growth phase (coarse, medium, fine).
 
@@ -36,7 +36,7 @@ from torch import Tensor
 
 from polyscale.config import to_dict
 from polyscale.io import model_from_state
-from polyscale.nn.sparse import SparseMLP
+from polyscale.nn.sparse_mlp import SparseMLP
 
 FORMAT = "polyscale.sparse_snapshots/1"
 

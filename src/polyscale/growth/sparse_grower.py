@@ -8,7 +8,7 @@ One :meth:`SparseGrower.grow` call, given the phase allowance the schedule grant
    the skip radius, fan-out 3-4, at most 5 new incoming per unit, 20 % reciprocal, inactive positions only)
    and adds them with weight ``init`` (0 by default, so the network's function is unchanged at the event);
 3. with what the allowance has left, clones up to ``clones_per_event`` high extrema vertically into the
-   adjacent layer (:meth:`polyscale.nn.sparse.SparseMLP.clone_units`, 0.7x weights, or the
+   adjacent layer (:meth:`polyscale.nn.sparse_mlp.SparseMLP.clone_units`, 0.7x weights, or the
    function-preserving variant with ``preserve_clones=True``). A clone's connections count against the
    allowance; cloning needs skip connections and is skipped on a network without them.
 
@@ -40,7 +40,8 @@ from torch import Tensor
 
 from polyscale.growth.extrema import activation_extrema
 from polyscale.growth.routing import plan_routes, sparse_blocks
-from polyscale.nn.sparse import ParameterChange, SparseMLP
+from polyscale.nn.sparse import ParameterChange
+from polyscale.nn.sparse_mlp import SparseMLP
 
 
 @dataclass

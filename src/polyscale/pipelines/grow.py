@@ -32,7 +32,7 @@ from polyscale.devices import resolve_device
 from polyscale.growth import SparseGrowthSchedule
 from polyscale.growth.snapshots import SnapshotStore, ensemble_probabilities
 from polyscale.growth.sparse_grower import SparseGrower
-from polyscale.nn.sparse import SparseMLP
+from polyscale.nn.sparse_mlp import SparseMLP
 from polyscale.pipelines.grow_config import GrowSparseConfig
 from polyscale.training.checkpoint import load_training_state, save_training_state
 from polyscale.training.run_dir import MODEL, prepare_run, write_history, write_summary

@@ -1,7 +1,7 @@
 """Training a sparse network that grows: the epoch loop joining schedule, grower, optimizer and
 snapshots.
 
-:class:`SparseGrowthTrainer` trains a :class:`polyscale.nn.sparse.SparseMLP` classifier with Adam and
+:class:`SparseGrowthTrainer` trains a :class:`polyscale.nn.sparse_mlp.SparseMLP` classifier with Adam and
 cross-entropy. After every epoch it
 
 1. measures each block's gradient variance over the epoch (the variance of the block's mean gradient) and
@@ -43,7 +43,8 @@ from polyscale.growth.snapshots import SnapshotStore
 from polyscale.growth.sparse_grower import SparseGrower, layer_extrema
 from polyscale.growth.sparse_schedule import SparseGrowthSchedule
 from polyscale.io import model_from_state
-from polyscale.nn.sparse import SparseLinear, SparseMLP
+from polyscale.nn.sparse import SparseLinear
+from polyscale.nn.sparse_mlp import SparseMLP
 from polyscale.training.optimizer_state import apply_changes, load_optimizer_state, optimizer_state_tensors
 
 
