@@ -8,10 +8,12 @@ through :data:`polyscale.config.KNOWN_ALIASES`. An unknown flag gets a did-you-m
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn, TypeVar, overload
 
 from polyscale.config import suggest
+
+_N = TypeVar("_N")
 
 EXIT_ERROR = 2  # for usage errors and for errors the pipelines report
 
@@ -30,9 +32,19 @@ class OneLineParser(argparse.ArgumentParser):
         line = " ".join(message.split())  # argparse messages may hold newlines
         self.exit(EXIT_ERROR, f"{self.prog}: error: {line} (see {self.prog} --help)\n")
 
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
+    # the overloads of argparse.ArgumentParser.parse_known_args, so that the override keeps its type
+    @overload
+    def parse_known_args(
+        self, args: Iterable[str] | None = None, namespace: None = None
+    ) -> tuple[argparse.Namespace, list[str]]: ...
+    @overload
+    def parse_known_args(self, args: Iterable[str] | None, namespace: _N) -> tuple[_N, list[str]]: ...
+    @overload
+    def parse_known_args(self, *, namespace: _N) -> tuple[_N, list[str]]: ...
+
+    def parse_known_args(
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
         import sys
 
         argv = list(sys.argv[1:] if args is None else args)
