@@ -18,14 +18,16 @@ from polyscale.data.graphs import family_graph, grid_shape, to_data
 from polyscale.diffusion.graph import sample_graph_features
 from polyscale.diffusion.sampling import SamplerConfig, with_sampler
 from polyscale.diffusion.structure import sample_edges, sample_positions
-from polyscale.io import load_pretrained, read_model_dir
+from polyscale.io import CONFIG_NAME, load_pretrained, read_model_dir, resolve_model_dir
 from polyscale.nn.graph import GraphDenoiser
 from polyscale.pipelines.graph_config import (
+    STRUCTURE_STAGES,
     GraphExperimentConfig,
     candidate_options,
     check_graph_experiment,
     migrate_graph_experiment,
 )
+from polyscale.training.run_dir import MODEL
 from polyscale.pipelines.graph_nets import graph_denoiser, position_denoiser, reads_crossings
 
 
@@ -81,32 +83,60 @@ def with_position_sampler(model: GraphModel, name: str | None = None, steps: int
     return replace(model, config=replace(model.config, diffusion=replace(diff, positions=positions)))
 
 
-def load_graph_model(run_dir: str | Path, *, device: str = "auto") -> GraphModel:
-    """Load the EMA model(s) of a run directory written by :func:`train_graph_experiment`."""
-    run_dir = Path(run_dir)
+def resolve_graph_checkpoint(checkpoint: str | Path) -> dict[str, Path]:
+    """The model directories meant by a graph ``--checkpoint``: ``{"features": dir}`` or ``{"positions": dir,
+    "edges": dir}``. Accepted, in this order: a graph run directory (``model/``, or ``positions/model`` and
+    ``edges/model``), a model directory inside one (or a stage's run directory, ``<run>/positions``: its
+    structure run is meant), or a shipped graph model's name (:func:`polyscale.io.resolve_model_dir`).
+
+    Raises:
+        FileNotFoundError: one line naming the three accepted forms, or the stage a structure run lacks.
+    """
+    path = Path(checkpoint)
+    trained = [path / s / MODEL for s in STRUCTURE_STAGES if (path / s / MODEL / CONFIG_NAME).is_file()]
+    try:  # a structure run: one of its stages stands for it
+        found = trained[0] if trained else resolve_model_dir(path)
+        role = read_model_dir(found).metadata.get("role")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{str(checkpoint)!r} holds no graph model: expected a graph run directory (model/, or positions/ "
+            "and edges/), a model directory inside one (or its positions/ or edges/ stage), or a shipped model"
+        ) from None
+    if role not in STRUCTURE_STAGES:
+        return {"features": found}
+    run = found.parent.parent  # <run>/<stage>/model
+    stages = {s: run / s / MODEL for s in STRUCTURE_STAGES}
+    missing = [s for s, d in stages.items() if not (d / CONFIG_NAME).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{found} is the {role} stage of {run}, whose {missing[0]} stage has no model yet")
+    return stages
+
+
+def load_graph_model(checkpoint: str | Path, *, device: str = "auto") -> GraphModel:
+    """Load the EMA model(s) of a run written by :func:`train_graph_experiment`: ``checkpoint`` is the run
+    directory, a model directory inside it or a shipped model (:func:`resolve_graph_checkpoint`)."""
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
-    if (run_dir / "model").is_dir():
-        net, cfg = load_net(run_dir / "model", dev)
+    dirs = resolve_graph_checkpoint(checkpoint)
+    if "features" in dirs:
+        net, cfg = load_net(dirs["features"], dev)
+        if cfg.task != "features":
+            raise ValueError(f"{dirs['features']} is a {cfg.task} model without its stage; pass its run directory")
         return GraphModel(cfg, features=graph_denoiser(net, sigma_data=cfg.diffusion.sigma_data))
-    if (run_dir / "positions" / "model").is_dir() and (run_dir / "edges" / "model").is_dir():
-        pos_net, cfg = load_net(run_dir / "positions" / "model", dev)
-        edge_net_, edge_cfg = load_net(run_dir / "edges" / "model", dev)
-        # the edge stage samples over the candidate set its own model was trained on (the two stages may
-        # have been trained apart, e.g. edges retrained with another candidate rule)
-        ed = edge_cfg.data
-        cfg = replace(
-            cfg,
-            data=replace(cfg.data, candidates_k=ed.candidates_k, candidates_sectors=ed.candidates_sectors,
-                         candidates_hull=ed.candidates_hull, candidates_max_length=ed.candidates_max_length),
-            model=replace(cfg.model, crossings=edge_cfg.model.crossings),
-        )  # fmt: skip
-        return GraphModel(cfg, positions=position_denoiser(cfg.model, pos_net),
-                          edges=graph_denoiser(edge_net_, sigma_data=1.0))  # fmt: skip
-    raise FileNotFoundError(
-        f"{run_dir} holds no graph model: expected model/ (features) or positions/model and edges/model (structure)"
-    )
+    pos_net, cfg = load_net(dirs["positions"], dev)
+    edge_net_, edge_cfg = load_net(dirs["edges"], dev)
+    # the edge stage samples over the candidate set its own model was trained on (the two stages may
+    # have been trained apart, e.g. edges retrained with another candidate rule)
+    ed = edge_cfg.data
+    cfg = replace(
+        cfg,
+        data=replace(cfg.data, candidates_k=ed.candidates_k, candidates_sectors=ed.candidates_sectors,
+                     candidates_hull=ed.candidates_hull, candidates_max_length=ed.candidates_max_length),
+        model=replace(cfg.model, crossings=edge_cfg.model.crossings),
+    )  # fmt: skip
+    return GraphModel(cfg, positions=position_denoiser(cfg.model, pos_net),
+                      edges=graph_denoiser(edge_net_, sigma_data=1.0))  # fmt: skip
 
 
 def sampling_domain(
@@ -162,13 +192,15 @@ def generate_graphs(
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(num_graphs):
+    for i in range(num_graphs):
+        which = f"graph {i + 1}/{num_graphs}"
         if model.features is not None:
             g = family_graph(cfg.data.family, num_nodes, rng=rng)
             d = to_data(g)
             node, edge = sample_graph_features(
                 model.features, d.num_nodes, d.edge_index.shape[1], cfg.data.node_dim, cfg.data.edge_dim,
                 d.edge_index, sampler=feature_sampler, generator=generator, progress=progress,
+                desc=f"features, {which}",
             )  # fmt: skip
             nx.set_node_attributes(g, {i: node[i].tolist() for i in range(d.num_nodes)}, "x")
             m = d.edge_index.shape[1] // 2
@@ -180,9 +212,9 @@ def generate_graphs(
             pos = sample_positions(
                 model.positions, n, pos_sampler, box=box, start=cfg.diffusion.positions.start,
                 start_margin=cfg.diffusion.positions.start_margin, order=spatial_order, generator=generator,
-                progress=progress,
+                progress=progress, desc=f"positions, {which}, {n} nodes",
             )  # fmt: skip
             g = sample_edges(model.edges, pos, edge_sampler, **edge_geometry(model), generator=generator,
-                             progress=progress)  # fmt: skip
+                             progress=progress, desc=f"edges, {which}")  # fmt: skip
         out.append(g)
     return out
