@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from polyscale.cli.main import main
-from polyscale.diffusion.sampling import SamplerConfig, run_sampler
 from polyscale.diffusion.samplers import _common
+from polyscale.diffusion.sampling import SamplerConfig, run_sampler
 from polyscale.pipelines import graph_sample
 from polyscale.pipelines.graph_sample import load_graph_model, resolve_graph_checkpoint
 from polyscale.training.run_dir import read_settings
@@ -44,7 +44,9 @@ def test_run_sampler_labels_its_bar_and_keeps_the_default(monkeypatch):
         run_sampler(lambda x, s: x * 0, x * cfg.sigma_max, cfg, progress=True, desc=f"{name} bar")
     run_sampler(lambda x, s: x * 0, x, SamplerConfig(steps=2, sigma_max=1.0), progress=True)
     run_sampler(lambda x, s: x * 0, x, SamplerConfig(steps=2, sigma_max=1.0), desc="hidden")  # no progress
-    assert labels == [f"{n} bar" for n in ("euler", "heun", "ddim", "ddpm", "pc", "dpmpp2m", "ode")] + ["sampling"]
+    assert labels == [f"{n} bar" for n in ("euler", "heun", "ddim", "ddpm", "pc", "dpmpp2m", "ode")] + [
+        "sampling"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,9 @@ def test_structure_run_layout_and_a_changed_setting_is_refused_on_resume(planar_
     assert main(["graph", "train", "--preset", "graph_planar", "--output-dir", str(planar_run), *again]) == 0
     capsys.readouterr()
     changed = [*TINY, "--set", "optimization.lr=0.5"]
-    assert main(["graph", "train", "--preset", "graph_planar", "--output-dir", str(planar_run), *changed]) == 2
+    assert (
+        main(["graph", "train", "--preset", "graph_planar", "--output-dir", str(planar_run), *changed]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "optimization.lr: 0.001 -> 0.5" in err
     assert read_settings(planar_run / "positions")["optimization"]["lr"] == 0.001  # nothing was overwritten
@@ -93,7 +97,9 @@ def test_checkpoint_accepts_the_run_a_stage_or_a_model_directory(planar_run, tmp
 def test_graph_sample_and_evaluate_label_their_progress(planar_run, tmp_path, monkeypatch):
     labels = _spy_labels(monkeypatch)
     argv = ["graph", "sample", "--checkpoint", str(planar_run / "positions" / "model"), "--num-nodes", "30"]
-    assert main([*argv, "--num-graphs", "2", "--timesteps", "2", "--output-file", str(tmp_path / "g.png")]) == 0
+    assert (
+        main([*argv, "--num-graphs", "2", "--timesteps", "2", "--output-file", str(tmp_path / "g.png")]) == 0
+    )
     assert labels == ["positions, graph 1/2, 30 nodes", "edges, graph 1/2",
                       "positions, graph 2/2, 30 nodes", "edges, graph 2/2"]  # fmt: skip
     labels.clear()
@@ -106,7 +112,11 @@ def test_features_run_is_its_own_run_directory_and_labels_its_bars(tmp_path, mon
     run = tmp_path / "features"
     assert main(["graph", "train", "--preset", "graph_features", "--output-dir", str(run), *TINY]) == 0
     assert read_settings(run)["task"] == "features" and (run / "summary.json").is_file()
-    assert resolve_graph_checkpoint(run) == resolve_graph_checkpoint(run / "model") == {"features": run / "model"}
+    assert (
+        resolve_graph_checkpoint(run)
+        == resolve_graph_checkpoint(run / "model")
+        == {"features": run / "model"}
+    )
     labels = _spy_labels(monkeypatch)
     graph_sample.generate_graphs(load_graph_model(run / "model"), 20, 2, steps=2, progress=True)
     assert labels == ["features, graph 1/2", "features, graph 2/2"]

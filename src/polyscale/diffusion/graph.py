@@ -231,7 +231,13 @@ def sample_packed(
     (already at noise ``sampler.sigma_max``), the denoiser called with ``layout`` and ``cond``; ``progress``
     shows a bar labelled ``desc``."""
     return run_sampler(
-        denoiser, x, sampler, generator=generator, progress=progress, desc=desc, cond={"layout": layout, **cond}
+        denoiser,
+        x,
+        sampler,
+        generator=generator,
+        progress=progress,
+        desc=desc,
+        cond={"layout": layout, **cond},
     )
 
 

@@ -62,7 +62,7 @@ class PositionDenoiser(nn.Module):
         periodic: Tensor | None = None,
         scale: Tensor | None = None,
     ) -> Tensor:
-        pos, _ = layout.unpack(x)  # (N, 2)
+        pos = _positions(layout, x)  # (N, 2)
         if box.shape != (layout.num_graphs, 2):
             raise ValueError(f"box must be (num_graphs={layout.num_graphs}, 2), got {tuple(box.shape)}")
         if periodic is not None and periodic.shape != (layout.num_graphs,):
@@ -80,6 +80,14 @@ class PositionDenoiser(nn.Module):
             batch=layout.batch, node_cond=node_cond, edge_cond=edge_cond, scale=scale,
         )  # fmt: skip
         return x - sigma[:, None] * layout.pack(eps, None)
+
+
+def _positions(layout: GraphLayout, x: Tensor) -> Tensor:
+    """The node positions ``(N, 2)`` of packed ``x``; a layout without node values is an error."""
+    pos, _ = layout.unpack(x)
+    if pos is None:
+        raise ValueError(f"positions need a layout with node_dim=2, got node_dim={layout.node_dim}")
+    return pos
 
 
 class NodeJumps:
@@ -108,7 +116,7 @@ class NodeJumps:
         self.current = next((j for start, j in reversed(self.schedule) if step >= start), self.max_jump)
 
     def __call__(self, x: Tensor, *, layout: GraphLayout, generator: torch.Generator | None = None) -> Tensor:
-        pos, _ = layout.unpack(x)  # (N, 2)
+        pos = _positions(layout, x)  # (N, 2)
         n = pos.shape[0]
         # (N, 3) uniforms per node: whether it jumps, how far, in which direction (drawn even when no node
         # jumps, so the noise that follows is the same at every stage of a schedule)
@@ -249,8 +257,8 @@ def sample_edges(
     candidates ending above 0 are kept. ``order``: a node permutation to run on (memory locality); the graph
     keeps the caller's node labels. ``progress`` shows a bar labelled ``desc``."""
     n = pos.shape[0]
-    order = order(pos) if order is not None else torch.arange(n, device=pos.device)
-    pos_in, pos = pos, pos[order]
+    perm = order(pos) if order is not None else torch.arange(n, device=pos.device)
+    pos_in, pos = pos, pos[perm]
     batch = torch.zeros(n, dtype=torch.long, device=pos.device)
     cand = candidates(pos, batch)
     layout = GraphLayout.from_undirected(cand, batch, node_dim=0, edge_dim=1)
@@ -259,10 +267,16 @@ def sample_edges(
     # labels are +-1: clamping the estimate keeps one out-of-distribution spot (two generated nodes on one
     # lattice site give triangle side ratios of 10^3, edge estimates of 10^9) from spreading through the graph
     out = sample_packed(
-        ClampedDenoiser(denoiser), layout, x, sampler, generator=generator, progress=progress, desc=desc,
+        ClampedDenoiser(denoiser),
+        layout,
+        x,
+        sampler,
+        generator=generator,
+        progress=progress,
+        desc=desc,
         **cond,
     )
-    keep = order[cand[:, out[:, 0] > 0]].cpu().numpy()  # back to the caller's node labels
+    keep = perm[cand[:, out[:, 0] > 0]].cpu().numpy()  # back to the caller's node labels
     del (
         cond,
         layout,
@@ -270,7 +284,7 @@ def sample_edges(
         out,
         x,
     )  # the conditioning (tens of millions of tuples at 10^6 nodes) before networkx
-    g = nx.Graph()
+    g: nx.Graph = nx.Graph()
     g.add_nodes_from(range(n))
     g.add_edges_from(keep.T.tolist())
     nx.set_node_attributes(g, {i: tuple(map(float, p)) for i, p in enumerate(pos_in.cpu().numpy())}, "pos")

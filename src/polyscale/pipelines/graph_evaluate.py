@@ -47,7 +47,14 @@ def evaluate_structure(
     for n in sizes:
         t0 = time.perf_counter()
         fake = generate_graphs(
-            model, n, num_graphs, sampler=sampler, steps=steps, seed=seed, overrides=overrides, progress=progress
+            model,
+            n,
+            num_graphs,
+            sampler=sampler,
+            steps=steps,
+            seed=seed,
+            overrides=overrides,
+            progress=progress,
         )
         seconds = time.perf_counter() - t0
         rng = np.random.default_rng(seed + n)
@@ -115,17 +122,17 @@ def evaluate_features(
             data = to_data(g)
             m = data.edge_index.shape[1] // 2
             node, edge = sample_graph_features(
-                model.features, data.num_nodes, 2 * m, d.node_dim, d.edge_dim, data.edge_index,
+                model.require("features"), data.num_nodes, 2 * m, d.node_dim, d.edge_dim, data.edge_index,
                 sampler=feature_sampler, generator=torch.Generator().manual_seed(seed + i), progress=progress,
                 desc=f"features, graph {i + 1}/{num_graphs}, {n} nodes",
             )  # fmt: skip
             drawn = {"model": (node, edge[:m])}
             for name in ("real", "floor"):
-                x, e = graph_fields(
+                node_field, edge_field = graph_fields(
                     g, node_dim=d.node_dim, edge_dim=d.edge_dim, steps=d.smoothing_steps,
                     stationary=d.stationary_fields, rng=rng,
                 )  # fmt: skip
-                drawn[name] = (torch.from_numpy(x), torch.from_numpy(e))
+                drawn[name] = (torch.from_numpy(node_field), torch.from_numpy(edge_field))
             for name, (x, e) in drawn.items():
                 for key, t in _feature_sets(x.float(), e.float(), data.edge_index[:, :m]).items():
                     sets[name].setdefault(key, []).append(t)

@@ -27,8 +27,8 @@ from polyscale.pipelines.graph_config import (
     check_graph_experiment,
     migrate_graph_experiment,
 )
-from polyscale.training.run_dir import MODEL
 from polyscale.pipelines.graph_nets import graph_denoiser, position_denoiser, reads_crossings
+from polyscale.training.run_dir import MODEL
 
 
 @dataclass
@@ -40,6 +40,14 @@ class GraphModel:
     positions: torch.nn.Module | None = None
     edges: torch.nn.Module | None = None
 
+    def require(self, part: str) -> torch.nn.Module:
+        """The denoiser ``part`` (``"features"``, ``"positions"`` or ``"edges"``); a ValueError if this model
+        has none (a features model has no stages, a structure model no feature denoiser)."""
+        net = getattr(self, part)
+        if net is None:
+            raise ValueError(f"this {self.config.task} model has no {part} denoiser")
+        return net
+
 
 def load_net(directory: Path, device: torch.device) -> tuple[GraphDenoiser, GraphExperimentConfig]:
     info = read_model_dir(directory)
@@ -49,6 +57,8 @@ def load_net(directory: Path, device: torch.device) -> tuple[GraphDenoiser, Grap
             f"{directory} is not a graph model (its config.json has no graph_experiment metadata)"
         )
     net = load_pretrained(directory, {"GraphDenoiser": GraphDenoiser}, ema=True, map_location=device).eval()
+    if not isinstance(net, GraphDenoiser):  # the only class the map above builds
+        raise ValueError(f"{directory} holds a {type(net).__name__}, not a GraphDenoiser")
     return net, load_config(GraphExperimentConfig, migrate_graph_experiment(meta))
 
 
@@ -108,7 +118,9 @@ def resolve_graph_checkpoint(checkpoint: str | Path) -> dict[str, Path]:
     stages = {s: run / s / MODEL for s in STRUCTURE_STAGES}
     missing = [s for s, d in stages.items() if not (d / CONFIG_NAME).is_file()]
     if missing:
-        raise FileNotFoundError(f"{found} is the {role} stage of {run}, whose {missing[0]} stage has no model yet")
+        raise FileNotFoundError(
+            f"{found} is the {role} stage of {run}, whose {missing[0]} stage has no model yet"
+        )
     return stages
 
 
@@ -122,7 +134,9 @@ def load_graph_model(checkpoint: str | Path, *, device: str = "auto") -> GraphMo
     if "features" in dirs:
         net, cfg = load_net(dirs["features"], dev)
         if cfg.task != "features":
-            raise ValueError(f"{dirs['features']} is a {cfg.task} model without its stage; pass its run directory")
+            raise ValueError(
+                f"{dirs['features']} is a {cfg.task} model without its stage; pass its run directory"
+            )
         return GraphModel(cfg, features=graph_denoiser(net, sigma_data=cfg.diffusion.sigma_data))
     pos_net, cfg = load_net(dirs["positions"], dev)
     edge_net_, edge_cfg = load_net(dirs["edges"], dev)
@@ -156,7 +170,7 @@ def edge_geometry(model: GraphModel) -> dict:
     candidate rule, the conditioning its edge network reads, and the Z-order of the nodes."""
     return {
         "candidates": partial(candidate_edges, **candidate_options(model.config.data)),
-        "conditioning": partial(candidate_conditioning, crossings=reads_crossings(model.edges)),
+        "conditioning": partial(candidate_conditioning, crossings=reads_crossings(model.require("edges"))),
         "order": spatial_order,
     }
 
@@ -167,8 +181,9 @@ def stage_samplers(
     """The features', the positions stage's and the edge stage's :class:`SamplerConfig` of ``cfg.diffusion``;
     an explicit ``sampler`` / ``steps`` serves all of them (each keeps the options the new sampler accepts)."""
     diff = cfg.diffusion
-    return tuple(with_sampler(s, sampler, steps or None) for s in (diff.sampler, diff.positions.sampler,
-                                                                  diff.edges.sampler))  # fmt: skip
+    steps = steps or None
+    return (with_sampler(diff.sampler, sampler, steps), with_sampler(diff.positions.sampler, sampler, steps),
+            with_sampler(diff.edges.sampler, sampler, steps))  # fmt: skip
 
 
 def generate_graphs(
@@ -198,7 +213,7 @@ def generate_graphs(
             g = family_graph(cfg.data.family, num_nodes, rng=rng)
             d = to_data(g)
             node, edge = sample_graph_features(
-                model.features, d.num_nodes, d.edge_index.shape[1], cfg.data.node_dim, cfg.data.edge_dim,
+                model.require("features"), d.num_nodes, d.edge_index.shape[1], cfg.data.node_dim, cfg.data.edge_dim,
                 d.edge_index, sampler=feature_sampler, generator=generator, progress=progress,
                 desc=f"features, {which}",
             )  # fmt: skip
@@ -210,11 +225,11 @@ def generate_graphs(
         else:
             n, box = sampling_domain(cfg.data.family, num_nodes, rng=rng)
             pos = sample_positions(
-                model.positions, n, pos_sampler, box=box, start=cfg.diffusion.positions.start,
+                model.require("positions"), n, pos_sampler, box=box, start=cfg.diffusion.positions.start,
                 start_margin=cfg.diffusion.positions.start_margin, order=spatial_order, generator=generator,
                 progress=progress, desc=f"positions, {which}, {n} nodes",
             )  # fmt: skip
-            g = sample_edges(model.edges, pos, edge_sampler, **edge_geometry(model), generator=generator,
+            g = sample_edges(model.require("edges"), pos, edge_sampler, **edge_geometry(model), generator=generator,
                              progress=progress, desc=f"edges, {which}")  # fmt: skip
         out.append(g)
     return out

@@ -35,11 +35,18 @@ from polyscale.nn.graph import GraphDenoiser
 from polyscale.pipelines.graph_config import STRUCTURE_STAGES, GraphExperimentConfig, candidate_options
 from polyscale.pipelines.graph_nets import edge_net, graph_denoiser, graph_net, net_kwargs, position_denoiser
 from polyscale.training import TrainResult, latest_checkpoint, train
-from polyscale.training.run_dir import MODEL, check_same_settings, flatten, prepare_run, read_settings, write_summary
+from polyscale.training.run_dir import (
+    MODEL,
+    check_same_settings,
+    flatten,
+    prepare_run,
+    read_settings,
+    write_summary,
+)
 
 # settings a resumed stage may change: how far and how it trains, not what
-RESUMABLE = (*(f"optimization.{k}" for k in ("max_steps", "output_dir", "progress", "num_workers", "checkpoint_every",
-                                             "keep_checkpoints", "log_every")),
+RESUMABLE = ("optimization.max_steps", "optimization.output_dir", "optimization.progress", "optimization.num_workers",
+             "optimization.checkpoint_every", "optimization.keep_checkpoints", "optimization.log_every",
              "diffusion.positions.max_steps", "system.device", "system.num_threads")  # fmt: skip
 # how the trained models sample: saved with the model, never read by training
 SAMPLING = ("diffusion.sampler.", "diffusion.positions.sampler.", "diffusion.edges.sampler.",
@@ -100,7 +107,9 @@ def _train_one(
     result = train(
         denoiser, loss, dataset, train_cfg, export_fn=export, resume=resume, collate_fn=collate_graphs
     )
-    write_summary(output_dir, {"role": role, "steps": result.step, "final_loss": result.final_loss, "model": MODEL})
+    write_summary(
+        output_dir, {"role": role, "steps": result.step, "final_loss": result.final_loss, "model": MODEL}
+    )
     return result
 
 

@@ -87,7 +87,14 @@ def sample_ddpm(
     NFE = N.
     """
     return sample_ddim(
-        denoiser, x, sigmas, eta=1.0, generator=generator, callback=callback, disable=disable, desc=desc,
+        denoiser,
+        x,
+        sigmas,
+        eta=1.0,
+        generator=generator,
+        callback=callback,
+        disable=disable,
+        desc=desc,
         cond=cond,
     )
 
