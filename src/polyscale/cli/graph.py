@@ -62,6 +62,7 @@ def _cmd_graph_evaluate(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         steps=args.timesteps,
         seed=args.seed,
+        progress=True,
     )
     print(format_graph_table(rows))
     return 0

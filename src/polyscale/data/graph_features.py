@@ -107,19 +107,19 @@ def density_features(
             pos.dtype
         )  # signed offsets of a wrapped kernel
         oy = torch.where(oy > size[1] // 2, oy - size[1], oy).to(pos.dtype)
-        fields = []
+        planes = []
         for r in scales:
             window = torch.exp(-(ox[:, None] ** 2 + oy[None, :] ** 2) / (2 * r * r))
             window = window * ((ox.abs() <= reach)[:, None] & (oy.abs() <= reach)[None, :])
             for kernel in (window, -ox[:, None] / r * window, -oy[None, :] / r * window):
-                fields.append(torch.fft.irfft2(spectrum * torch.fft.rfft2(kernel), s=size)[:nx_, :ny_])
-        fields = torch.stack(fields).reshape(len(fields), -1)  # (3 * scales, cells)
+                planes.append(torch.fft.irfft2(spectrum * torch.fft.rfft2(kernel), s=size)[:nx_, :ny_])
+        fields = torch.stack(planes).reshape(len(planes), -1)  # (3 * scales, cells)
         # bilinear read-back at every node of the graph (nodes beyond the cells read the nearest cell)
         cxa = corner[:, 0].clamp(0, nx_ - 2)
         cya = corner[:, 1].clamp(0, ny_ - 2)
         fxa = (u[:, 0] - cxa).clamp(0, 1)
         fya = (u[:, 1] - cya).clamp(0, 1)
-        value = 0
+        value = torch.zeros((), dtype=fields.dtype, device=fields.device)
         for dx in (0, 1):
             for dy in (0, 1):
                 weight = (fxa if dx else 1 - fxa) * (fya if dy else 1 - fya)
@@ -181,7 +181,7 @@ class PositionFeatures:
         rel = rel * c_in[src, None]
         edge_cond = torch.cat([rel, rel.norm(dim=1, keepdim=True)], dim=1)  # (2E, 3)
         walls = wall_features(pos, box[batch], c_in)  # (N, 4)
-        if period is not None:  # a torus has no sides: every node reads what a node deep inside a box reads
+        if periodic is not None and period is not None:  # a torus has no sides: it reads a box's inside
             walls = torch.where(periodic[batch, None], torch.ones_like(walls), walls)
         if self.period:
             walls = torch.cat([walls, periodic_features(pos, self.period)], dim=1)  # (N, 8)

@@ -44,20 +44,25 @@ def _keys_to_edges(keys: list[np.ndarray], n: int, device: torch.device) -> Tens
 
 def _knn_keys(p: np.ndarray, ids: np.ndarray, k: int, n: int, period: np.ndarray | None = None) -> np.ndarray:
     kk = min(k + 1, len(ids))
-    if period is None:
-        tree, q = cKDTree(p[ids]), p[ids]
-    else:  # on the torus [0, W) x [0, H): points wrapped in, distances by the minimum image
-        q = np.mod(p[ids], period)
+    q = p[ids]
+    if period is not None:  # on the torus [0, W) x [0, H): points wrapped in, distances by the minimum image
+        q = np.mod(q, period)
         q = np.where(q >= period, 0.0, q)  # mod can round up to the period itself
-        tree = cKDTree(q, boxsize=period)
-    _, nbr = tree.query(q, kk)  # (n_g, kk), column 0 is the point itself
+    nbr = _neighbours(cKDTree(q, boxsize=period), q, kk)  # (n_g, kk), column 0 is the point itself
     return _pair_keys(np.repeat(ids, kk - 1), ids[nbr[:, 1:].reshape(-1)], n)
+
+
+def _neighbours(tree: cKDTree, q: np.ndarray, k: int) -> np.ndarray:
+    """``(len(q), k)`` indices of the ``k`` nearest tree points of each query point, nearest first."""
+    _, nbr = tree.query(q, k)
+    if not isinstance(nbr, np.ndarray) or nbr.shape != (len(q), k):
+        raise ValueError(f"expected ({len(q)}, {k}) neighbour indices, got {np.shape(nbr)}")
+    return nbr
 
 
 def _sector_keys(p: np.ndarray, ids: np.ndarray, sectors: int, search: int, n: int) -> np.ndarray:
     kk = min(search + 1, len(ids))
-    _, nbr = cKDTree(p[ids]).query(p[ids], kk)
-    nbr = nbr[:, 1:]  # (n_g, kk - 1) by increasing distance
+    nbr = _neighbours(cKDTree(p[ids]), p[ids], kk)[:, 1:]  # (n_g, kk - 1) by increasing distance
     r = p[ids][nbr] - p[ids][:, None]  # (n_g, kk - 1, 2)
     cone = np.floor((np.arctan2(r[..., 1], r[..., 0]) + np.pi) / (2 * np.pi) * sectors).astype(np.int64)
     key = np.arange(len(ids))[:, None] * sectors + np.minimum(cone, sectors - 1)  # (n_g, kk - 1)
@@ -235,10 +240,10 @@ def candidate_triangles(edges: Tensor, num_nodes: int, *, chunk: int = 65536) ->
         found.append(np.stack([t_uv, t_uw, pos[hit]]))
     t_uv, t_uw, t_vw = np.concatenate(found, axis=1)
     uv, vu, uw, wu, vw, wv = t_uv, m + t_uv, t_uw, m + t_uw, t_vw, m + t_vw  # directed ids (x -> y)
-    rows = [  # (a = i -> j, b = i -> k, c = j -> k) for each ordered pair (i, j) of the triangle
+    triples = [  # (a = i -> j, b = i -> k, c = j -> k) for each ordered pair (i, j) of the triangle
         (uv, uw, vw), (vu, vw, uw), (uw, uv, wv), (wu, wv, uv), (vw, vu, wu), (wv, wu, vu),
     ]  # fmt: skip
-    return torch.from_numpy(np.concatenate([np.stack(r) for r in rows], axis=1)).long().to(device)
+    return torch.from_numpy(np.concatenate([np.stack(t) for t in triples], axis=1)).long().to(device)
 
 
 def candidate_crossings(pos: Tensor, edges: Tensor) -> Tensor:

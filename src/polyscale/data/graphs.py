@@ -39,7 +39,7 @@ def planar_graph(num_nodes: int, *, rng: np.random.Generator) -> nx.Graph:
     _check_nodes(num_nodes, 3, "planar")
     points = rng.random((num_nodes, 2))  # (n, 2) in the unit square
     tri = Delaunay(points)
-    g = nx.Graph()
+    g: nx.Graph = nx.Graph()
     g.add_nodes_from(range(num_nodes))
     for simplex in tri.simplices:  # (3,) vertex ids of one triangle
         a, b, c = (int(v) for v in simplex)
@@ -129,7 +129,7 @@ def geometric_graph(num_nodes: int, *, rng: np.random.Generator, mean_degree: fl
     _check_nodes(num_nodes, 2, "geometric")
     points = rng.random((num_nodes, 2)) * math.sqrt(num_nodes)
     radius = math.sqrt(mean_degree / math.pi)
-    g = nx.Graph()
+    g: nx.Graph = nx.Graph()
     g.add_nodes_from(range(num_nodes))
     pairs = cKDTree(points).query_pairs(radius, output_type="ndarray")  # (m, 2)
     g.add_edges_from(pairs.tolist())
@@ -174,7 +174,7 @@ def family_graph(family: str, num_nodes: int, *, rng: np.random.Generator) -> nx
 def smoothing_operator(g: nx.Graph) -> sparse.csr_matrix:
     """The lazy random-walk average ``P = (I + A) / (1 + deg)`` (row-stochastic, ``(n, n)`` CSR)."""
     n = g.number_of_nodes()
-    adj = nx.to_scipy_sparse_array(g, nodelist=range(n), format="csr", dtype=np.float64)
+    adj = nx.to_scipy_sparse_array(g, nodelist=range(n), format="csr", dtype=np.dtype(np.float64))
     walk = sparse.identity(n, format="csr") + adj
     return sparse.csr_matrix(sparse.diags(1.0 / np.asarray(walk.sum(axis=1)).ravel()) @ walk)
 
@@ -237,7 +237,7 @@ def to_data(g: nx.Graph, *, x: np.ndarray | None = None, edge_attr: np.ndarray |
 def to_networkx(edge_index: Tensor, num_nodes: int) -> nx.Graph:
     """Undirected simple graph on ``0 .. num_nodes-1`` from an ``edge_index`` ``(2, E)`` (either or both
     directions; self-loops dropped)."""
-    g = nx.Graph()
+    g: nx.Graph = nx.Graph()
     g.add_nodes_from(range(num_nodes))
     ei = edge_index.detach().cpu().numpy()
     g.add_edges_from((int(u), int(v)) for u, v in ei.T if u != v)

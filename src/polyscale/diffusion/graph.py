@@ -225,12 +225,19 @@ def undirected_edges(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor
 
 def sample_packed(
     denoiser: nn.Module, layout: GraphLayout, x: Tensor, sampler: SamplerConfig, *,
-    generator: torch.Generator | None = None, progress: bool = False, **cond,
+    generator: torch.Generator | None = None, progress: bool = False, desc: str | None = None, **cond,
 ) -> Tensor:  # fmt: skip
     """Run ``sampler`` (:func:`~polyscale.diffusion.sampling.run_sampler`) from the packed start ``x (M, 1)``
-    (already at noise ``sampler.sigma_max``), the denoiser called with ``layout`` and ``cond``."""
+    (already at noise ``sampler.sigma_max``), the denoiser called with ``layout`` and ``cond``; ``progress``
+    shows a bar labelled ``desc``."""
     return run_sampler(
-        denoiser, x, sampler, generator=generator, progress=progress, cond={"layout": layout, **cond}
+        denoiser,
+        x,
+        sampler,
+        generator=generator,
+        progress=progress,
+        desc=desc,
+        cond={"layout": layout, **cond},
     )
 
 
@@ -247,6 +254,7 @@ def sample_graph_features(
     generator: torch.Generator | None = None,
     scale: float | None = None,
     progress: bool = False,
+    desc: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Generate node and edge features on the given connectivity: ``(node_features (num_nodes, node_dim),
     edge_features (num_edges, edge_dim))``, edge rows in the order of ``edge_index`` (``(2, num_edges)``; an
@@ -254,7 +262,7 @@ def sample_graph_features(
 
     ``denoiser`` is a packed-graph denoiser (:func:`polyscale.pipelines.graph_nets.graph_denoiser`);
     ``sampler`` a :class:`~polyscale.diffusion.sampling.SamplerConfig` (default: Heun, 32 levels from 80);
-    ``scale`` the user's scale factor ``s`` (default 1).
+    ``scale`` the user's scale factor ``s`` (default 1); ``progress`` shows a bar labelled ``desc``.
     """
     if edge_index.shape != (2, num_edges):
         raise ValueError(
@@ -272,7 +280,9 @@ def sample_graph_features(
     cond: dict = {}
     if scale is not None:
         cond["scale"] = torch.tensor([float(scale)], device=device)
-    out = sample_packed(denoiser, layout, x, sampler, generator=generator, progress=progress, **cond)
+    out = sample_packed(
+        denoiser, layout, x, sampler, generator=generator, progress=progress, desc=desc, **cond
+    )
     node, edge = layout.unpack(out)
     node = node if node is not None else out.new_zeros(num_nodes, 0)
     edge = edge[inverse] if edge is not None else out.new_zeros(num_edges, 0)

@@ -16,7 +16,7 @@ from polyscale.diffusion.samplers import SAMPLERS
 from polyscale.diffusion.schedules import sigmas_karras
 
 # keyword arguments every sampler takes from run_sampler itself, never from a configuration
-RESERVED = ("denoiser", "x", "sigmas", "generator", "callback", "disable", "cond")
+RESERVED = ("denoiser", "x", "sigmas", "generator", "callback", "disable", "desc", "cond")
 
 
 def sampler_options(name: str) -> dict[str, Any]:
@@ -97,14 +97,16 @@ def run_sampler(
     generator: torch.Generator | None = None,
     callback: Callable | None = None,
     progress: bool = False,
+    desc: str | None = None,
     cond: dict[str, Any] | None = None,
 ) -> Tensor:
     """Denoise ``x`` (any shape whose first axis is the batch, already at noise ``config.sigma_max``) with
-    the sampler, schedule and options of ``config``; ``cond`` is passed to every denoiser call. Returns a
-    tensor of ``x``'s shape."""
+    the sampler, schedule and options of ``config``; ``cond`` is passed to every denoiser call. With
+    ``progress`` a bar labelled ``desc`` (default ``"sampling"``) shows the steps. Returns a tensor of ``x``'s
+    shape."""
     fn = SAMPLERS[config.name]
     return fn(denoiser, x, config.sigmas(x.device), generator=generator, callback=callback,
-              disable=not progress, cond=cond, **config.options)  # fmt: skip
+              disable=not progress, desc=desc, cond=cond, **config.options)  # fmt: skip
 
 
 __all__ = ["RESERVED", "SamplerConfig", "nest_sampler_keys", "run_sampler", "sampler_options", "with_sampler"]

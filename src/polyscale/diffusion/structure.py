@@ -62,7 +62,7 @@ class PositionDenoiser(nn.Module):
         periodic: Tensor | None = None,
         scale: Tensor | None = None,
     ) -> Tensor:
-        pos, _ = layout.unpack(x)  # (N, 2)
+        pos = _positions(layout, x)  # (N, 2)
         if box.shape != (layout.num_graphs, 2):
             raise ValueError(f"box must be (num_graphs={layout.num_graphs}, 2), got {tuple(box.shape)}")
         if periodic is not None and periodic.shape != (layout.num_graphs,):
@@ -80,6 +80,14 @@ class PositionDenoiser(nn.Module):
             batch=layout.batch, node_cond=node_cond, edge_cond=edge_cond, scale=scale,
         )  # fmt: skip
         return x - sigma[:, None] * layout.pack(eps, None)
+
+
+def _positions(layout: GraphLayout, x: Tensor) -> Tensor:
+    """The node positions ``(N, 2)`` of packed ``x``; a layout without node values is an error."""
+    pos, _ = layout.unpack(x)
+    if pos is None:
+        raise ValueError(f"positions need a layout with node_dim=2, got node_dim={layout.node_dim}")
+    return pos
 
 
 class NodeJumps:
@@ -108,7 +116,7 @@ class NodeJumps:
         self.current = next((j for start, j in reversed(self.schedule) if step >= start), self.max_jump)
 
     def __call__(self, x: Tensor, *, layout: GraphLayout, generator: torch.Generator | None = None) -> Tensor:
-        pos, _ = layout.unpack(x)  # (N, 2)
+        pos = _positions(layout, x)  # (N, 2)
         n = pos.shape[0]
         # (N, 3) uniforms per node: whether it jumps, how far, in which direction (drawn even when no node
         # jumps, so the noise that follows is the same at every stage of a schedule)
@@ -188,6 +196,7 @@ def sample_positions(
     order: Order | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    desc: str | None = None,
 ) -> Tensor:
     """``(num_nodes, 2)`` positions in the domain ``box = (W, H)`` (default: a square of area ``num_nodes``):
     :func:`start_points` (``start``: ``"uniform"`` or ``"stratified"``) plus ``sampler.sigma_max`` noise, denoised
@@ -198,7 +207,7 @@ def sample_positions(
     lie on the box's sides (grids: ``rows x cols`` sites in ``[0, rows - 1] x [0, cols - 1]``) fills the box
     grown by half a spacing at one node per unit area, so ``0.5`` matches it; a start squeezed into the box
     itself is denser than the lattice inside (by 19 % for 12 x 12, 6 % for 32 x 32), a surplus no local
-    denoiser can carry out to the sides."""
+    denoiser can carry out to the sides. ``progress`` shows a bar labelled ``desc``."""
     if num_nodes < 2:
         raise ValueError(f"num_nodes must be >= 2, got {num_nodes}")
     device = next(denoiser.parameters()).device
@@ -222,7 +231,7 @@ def sample_positions(
     noise = torch.randn(2 * num_nodes, 1, generator=generator, device=device)
     x = points.reshape(-1, 1) + sampler.sigma_max * noise
     out = sample_packed(
-        denoiser, layout, x, sampler, generator=generator, progress=progress, box=extent[None]
+        denoiser, layout, x, sampler, generator=generator, progress=progress, desc=desc, box=extent[None]
     )
     return out.view(num_nodes, 2)
 
@@ -238,6 +247,7 @@ def sample_edges(
     order: Order | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    desc: str | None = None,
 ) -> nx.Graph:
     """The graph on positions ``pos (n, 2)``: candidates ``candidates(pos, batch) -> (2, m)`` (``u < v``, each
     once; e.g. :func:`polyscale.data.graph_geometry.candidate_edges`), edge existence denoised by a packed edge
@@ -245,10 +255,10 @@ def sample_edges(
     ``conditioning(pos, cand)`` (e.g. :func:`polyscale.data.graph_geometry.candidate_conditioning`), with its
     estimate clamped to the labels' range ``[-1, 1]`` (:class:`~polyscale.diffusion.precond.ClampedDenoiser`);
     candidates ending above 0 are kept. ``order``: a node permutation to run on (memory locality); the graph
-    keeps the caller's node labels."""
+    keeps the caller's node labels. ``progress`` shows a bar labelled ``desc``."""
     n = pos.shape[0]
-    order = order(pos) if order is not None else torch.arange(n, device=pos.device)
-    pos_in, pos = pos, pos[order]
+    perm = order(pos) if order is not None else torch.arange(n, device=pos.device)
+    pos_in, pos = pos, pos[perm]
     batch = torch.zeros(n, dtype=torch.long, device=pos.device)
     cand = candidates(pos, batch)
     layout = GraphLayout.from_undirected(cand, batch, node_dim=0, edge_dim=1)
@@ -257,9 +267,16 @@ def sample_edges(
     # labels are +-1: clamping the estimate keeps one out-of-distribution spot (two generated nodes on one
     # lattice site give triangle side ratios of 10^3, edge estimates of 10^9) from spreading through the graph
     out = sample_packed(
-        ClampedDenoiser(denoiser), layout, x, sampler, generator=generator, progress=progress, **cond
+        ClampedDenoiser(denoiser),
+        layout,
+        x,
+        sampler,
+        generator=generator,
+        progress=progress,
+        desc=desc,
+        **cond,
     )
-    keep = order[cand[:, out[:, 0] > 0]].cpu().numpy()  # back to the caller's node labels
+    keep = perm[cand[:, out[:, 0] > 0]].cpu().numpy()  # back to the caller's node labels
     del (
         cond,
         layout,
@@ -267,7 +284,7 @@ def sample_edges(
         out,
         x,
     )  # the conditioning (tens of millions of tuples at 10^6 nodes) before networkx
-    g = nx.Graph()
+    g: nx.Graph = nx.Graph()
     g.add_nodes_from(range(n))
     g.add_edges_from(keep.T.tolist())
     nx.set_node_attributes(g, {i: tuple(map(float, p)) for i, p in enumerate(pos_in.cpu().numpy())}, "pos")

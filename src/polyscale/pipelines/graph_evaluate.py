@@ -31,10 +31,12 @@ def evaluate_structure(
     steps: int | None = None,
     seed: int = 0,
     overrides: Sequence[str] = (),
+    progress: bool = False,
 ) -> list[dict]:
     """Per size: validity (family check), MMD^2 of degree / clustering / orbit / spectrum against real graphs
     of that size, and the real-vs-real floor (two independent real sets of the same count); uniqueness and
-    novelty against the training graphs at training sizes."""
+    novelty against the training graphs at training sizes. ``progress``: a labelled bar per sampling stage
+    of each graph (``positions, graph 2/16, 64 nodes``)."""
     cfg = model.config
     if cfg.task != "structure":
         raise ValueError(f"evaluate_structure needs a structure model, got task {cfg.task!r}")
@@ -45,7 +47,14 @@ def evaluate_structure(
     for n in sizes:
         t0 = time.perf_counter()
         fake = generate_graphs(
-            model, n, num_graphs, sampler=sampler, steps=steps, seed=seed, overrides=overrides
+            model,
+            n,
+            num_graphs,
+            sampler=sampler,
+            steps=steps,
+            seed=seed,
+            overrides=overrides,
+            progress=progress,
         )
         seconds = time.perf_counter() - t0
         rng = np.random.default_rng(seed + n)
@@ -86,12 +95,14 @@ def evaluate_features(
     steps: int | None = None,
     seed: int = 0,
     overrides: Sequence[str] = (),
+    progress: bool = False,
 ) -> list[dict]:
     """Per size: on ``num_graphs`` graphs of the training family, sliced Wasserstein distances between the
     generated features and real smooth fields on the same graphs (node features, neighbour pairs, edge
     features), the neighbour correlation, and (up to ``SPECTRUM_LIMIT`` nodes) the error of the node fields'
     graph power spectrum (:func:`polyscale.metrics.graphs.spectrum_error`), each beside the floor of a second
-    independent real draw."""
+    independent real draw. ``progress``: a labelled bar per generated graph (``features, graph 2/16, 64
+    nodes``)."""
     from polyscale.data.graphs import graph_fields
     from polyscale.metrics.graphs import graph_power_spectrum, spectrum_error
     from polyscale.metrics.sliced_wasserstein import sliced_wasserstein
@@ -111,16 +122,17 @@ def evaluate_features(
             data = to_data(g)
             m = data.edge_index.shape[1] // 2
             node, edge = sample_graph_features(
-                model.features, data.num_nodes, 2 * m, d.node_dim, d.edge_dim, data.edge_index,
-                sampler=feature_sampler, generator=torch.Generator().manual_seed(seed + i),
+                model.require("features"), data.num_nodes, 2 * m, d.node_dim, d.edge_dim, data.edge_index,
+                sampler=feature_sampler, generator=torch.Generator().manual_seed(seed + i), progress=progress,
+                desc=f"features, graph {i + 1}/{num_graphs}, {n} nodes",
             )  # fmt: skip
             drawn = {"model": (node, edge[:m])}
             for name in ("real", "floor"):
-                x, e = graph_fields(
+                node_field, edge_field = graph_fields(
                     g, node_dim=d.node_dim, edge_dim=d.edge_dim, steps=d.smoothing_steps,
                     stationary=d.stationary_fields, rng=rng,
                 )  # fmt: skip
-                drawn[name] = (torch.from_numpy(x), torch.from_numpy(e))
+                drawn[name] = (torch.from_numpy(node_field), torch.from_numpy(edge_field))
             for name, (x, e) in drawn.items():
                 for key, t in _feature_sets(x.float(), e.float(), data.edge_index[:, :m]).items():
                     sets[name].setdefault(key, []).append(t)
@@ -146,10 +158,22 @@ def evaluate_features(
     return rows
 
 
-def evaluate_graph_model(model: GraphModel, sizes: list[int], **kwargs) -> list[dict]:
-    """:func:`evaluate_structure` or :func:`evaluate_features`, by the model's task."""
+def evaluate_graph_model(
+    model: GraphModel,
+    sizes: list[int],
+    *,
+    num_graphs: int = 16,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    overrides: Sequence[str] = (),
+    progress: bool = False,
+) -> list[dict]:
+    """:func:`evaluate_structure` or :func:`evaluate_features`, by the model's task (``progress``: labelled
+    sampling bars, one per graph and stage)."""
     fn = evaluate_features if model.config.task == "features" else evaluate_structure
-    return fn(model, sizes, **kwargs)
+    return fn(model, sizes, num_graphs=num_graphs, sampler=sampler, steps=steps, seed=seed, overrides=overrides,
+              progress=progress)  # fmt: skip
 
 
 def format_graph_table(rows: list[dict]) -> str:

@@ -60,7 +60,10 @@ def net_kwargs(model) -> dict:
 def graph_net(module: nn.Module) -> GraphDenoiser:
     """The GraphDenoiser inside a trained wrapper (EDMPrecond(PackedGraphNet(net)) or PositionDenoiser(net))."""
     while not isinstance(module, GraphDenoiser):
-        module = module.net
+        inner = getattr(module, "net", None)
+        if not isinstance(inner, nn.Module):
+            raise TypeError(f"no GraphDenoiser inside {type(module).__name__} (it has no .net module)")
+        module = inner
     return module
 
 

@@ -18,15 +18,17 @@ from polyscale.data.graphs import family_graph, grid_shape, to_data
 from polyscale.diffusion.graph import sample_graph_features
 from polyscale.diffusion.sampling import SamplerConfig, with_sampler
 from polyscale.diffusion.structure import sample_edges, sample_positions
-from polyscale.io import load_pretrained, read_model_dir
+from polyscale.io import CONFIG_NAME, load_pretrained, read_model_dir, resolve_model_dir
 from polyscale.nn.graph import GraphDenoiser
 from polyscale.pipelines.graph_config import (
+    STRUCTURE_STAGES,
     GraphExperimentConfig,
     candidate_options,
     check_graph_experiment,
     migrate_graph_experiment,
 )
 from polyscale.pipelines.graph_nets import graph_denoiser, position_denoiser, reads_crossings
+from polyscale.training.run_dir import MODEL
 
 
 @dataclass
@@ -38,6 +40,14 @@ class GraphModel:
     positions: torch.nn.Module | None = None
     edges: torch.nn.Module | None = None
 
+    def require(self, part: str) -> torch.nn.Module:
+        """The denoiser ``part`` (``"features"``, ``"positions"`` or ``"edges"``); a ValueError if this model
+        has none (a features model has no stages, a structure model no feature denoiser)."""
+        net = getattr(self, part)
+        if net is None:
+            raise ValueError(f"this {self.config.task} model has no {part} denoiser")
+        return net
+
 
 def load_net(directory: Path, device: torch.device) -> tuple[GraphDenoiser, GraphExperimentConfig]:
     info = read_model_dir(directory)
@@ -47,6 +57,8 @@ def load_net(directory: Path, device: torch.device) -> tuple[GraphDenoiser, Grap
             f"{directory} is not a graph model (its config.json has no graph_experiment metadata)"
         )
     net = load_pretrained(directory, {"GraphDenoiser": GraphDenoiser}, ema=True, map_location=device).eval()
+    if not isinstance(net, GraphDenoiser):  # the only class the map above builds
+        raise ValueError(f"{directory} holds a {type(net).__name__}, not a GraphDenoiser")
     return net, load_config(GraphExperimentConfig, migrate_graph_experiment(meta))
 
 
@@ -81,32 +93,64 @@ def with_position_sampler(model: GraphModel, name: str | None = None, steps: int
     return replace(model, config=replace(model.config, diffusion=replace(diff, positions=positions)))
 
 
-def load_graph_model(run_dir: str | Path, *, device: str = "auto") -> GraphModel:
-    """Load the EMA model(s) of a run directory written by :func:`train_graph_experiment`."""
-    run_dir = Path(run_dir)
+def resolve_graph_checkpoint(checkpoint: str | Path) -> dict[str, Path]:
+    """The model directories meant by a graph ``--checkpoint``: ``{"features": dir}`` or ``{"positions": dir,
+    "edges": dir}``. Accepted, in this order: a graph run directory (``model/``, or ``positions/model`` and
+    ``edges/model``), a model directory inside one (or a stage's run directory, ``<run>/positions``: its
+    structure run is meant), or a shipped graph model's name (:func:`polyscale.io.resolve_model_dir`).
+
+    Raises:
+        FileNotFoundError: one line naming the three accepted forms, or the stage a structure run lacks.
+    """
+    path = Path(checkpoint)
+    trained = [path / s / MODEL for s in STRUCTURE_STAGES if (path / s / MODEL / CONFIG_NAME).is_file()]
+    try:  # a structure run: one of its stages stands for it
+        found = trained[0] if trained else resolve_model_dir(path)
+        role = read_model_dir(found).metadata.get("role")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{str(checkpoint)!r} holds no graph model: expected a graph run directory (model/, or positions/ "
+            "and edges/), a model directory inside one (or its positions/ or edges/ stage), or a shipped model"
+        ) from None
+    if role not in STRUCTURE_STAGES:
+        return {"features": found}
+    run = found.parent.parent  # <run>/<stage>/model
+    stages = {s: run / s / MODEL for s in STRUCTURE_STAGES}
+    missing = [s for s, d in stages.items() if not (d / CONFIG_NAME).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{found} is the {role} stage of {run}, whose {missing[0]} stage has no model yet"
+        )
+    return stages
+
+
+def load_graph_model(checkpoint: str | Path, *, device: str = "auto") -> GraphModel:
+    """Load the EMA model(s) of a run written by :func:`train_graph_experiment`: ``checkpoint`` is the run
+    directory, a model directory inside it or a shipped model (:func:`resolve_graph_checkpoint`)."""
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
-    if (run_dir / "model").is_dir():
-        net, cfg = load_net(run_dir / "model", dev)
+    dirs = resolve_graph_checkpoint(checkpoint)
+    if "features" in dirs:
+        net, cfg = load_net(dirs["features"], dev)
+        if cfg.task != "features":
+            raise ValueError(
+                f"{dirs['features']} is a {cfg.task} model without its stage; pass its run directory"
+            )
         return GraphModel(cfg, features=graph_denoiser(net, sigma_data=cfg.diffusion.sigma_data))
-    if (run_dir / "positions" / "model").is_dir() and (run_dir / "edges" / "model").is_dir():
-        pos_net, cfg = load_net(run_dir / "positions" / "model", dev)
-        edge_net_, edge_cfg = load_net(run_dir / "edges" / "model", dev)
-        # the edge stage samples over the candidate set its own model was trained on (the two stages may
-        # have been trained apart, e.g. edges retrained with another candidate rule)
-        ed = edge_cfg.data
-        cfg = replace(
-            cfg,
-            data=replace(cfg.data, candidates_k=ed.candidates_k, candidates_sectors=ed.candidates_sectors,
-                         candidates_hull=ed.candidates_hull, candidates_max_length=ed.candidates_max_length),
-            model=replace(cfg.model, crossings=edge_cfg.model.crossings),
-        )  # fmt: skip
-        return GraphModel(cfg, positions=position_denoiser(cfg.model, pos_net),
-                          edges=graph_denoiser(edge_net_, sigma_data=1.0))  # fmt: skip
-    raise FileNotFoundError(
-        f"{run_dir} holds no graph model: expected model/ (features) or positions/model and edges/model (structure)"
-    )
+    pos_net, cfg = load_net(dirs["positions"], dev)
+    edge_net_, edge_cfg = load_net(dirs["edges"], dev)
+    # the edge stage samples over the candidate set its own model was trained on (the two stages may
+    # have been trained apart, e.g. edges retrained with another candidate rule)
+    ed = edge_cfg.data
+    cfg = replace(
+        cfg,
+        data=replace(cfg.data, candidates_k=ed.candidates_k, candidates_sectors=ed.candidates_sectors,
+                     candidates_hull=ed.candidates_hull, candidates_max_length=ed.candidates_max_length),
+        model=replace(cfg.model, crossings=edge_cfg.model.crossings),
+    )  # fmt: skip
+    return GraphModel(cfg, positions=position_denoiser(cfg.model, pos_net),
+                      edges=graph_denoiser(edge_net_, sigma_data=1.0))  # fmt: skip
 
 
 def sampling_domain(
@@ -126,7 +170,7 @@ def edge_geometry(model: GraphModel) -> dict:
     candidate rule, the conditioning its edge network reads, and the Z-order of the nodes."""
     return {
         "candidates": partial(candidate_edges, **candidate_options(model.config.data)),
-        "conditioning": partial(candidate_conditioning, crossings=reads_crossings(model.edges)),
+        "conditioning": partial(candidate_conditioning, crossings=reads_crossings(model.require("edges"))),
         "order": spatial_order,
     }
 
@@ -137,8 +181,9 @@ def stage_samplers(
     """The features', the positions stage's and the edge stage's :class:`SamplerConfig` of ``cfg.diffusion``;
     an explicit ``sampler`` / ``steps`` serves all of them (each keeps the options the new sampler accepts)."""
     diff = cfg.diffusion
-    return tuple(with_sampler(s, sampler, steps or None) for s in (diff.sampler, diff.positions.sampler,
-                                                                  diff.edges.sampler))  # fmt: skip
+    steps = steps or None
+    return (with_sampler(diff.sampler, sampler, steps), with_sampler(diff.positions.sampler, sampler, steps),
+            with_sampler(diff.edges.sampler, sampler, steps))  # fmt: skip
 
 
 def generate_graphs(
@@ -162,13 +207,15 @@ def generate_graphs(
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(num_graphs):
+    for i in range(num_graphs):
+        which = f"graph {i + 1}/{num_graphs}"
         if model.features is not None:
             g = family_graph(cfg.data.family, num_nodes, rng=rng)
             d = to_data(g)
             node, edge = sample_graph_features(
-                model.features, d.num_nodes, d.edge_index.shape[1], cfg.data.node_dim, cfg.data.edge_dim,
+                model.require("features"), d.num_nodes, d.edge_index.shape[1], cfg.data.node_dim, cfg.data.edge_dim,
                 d.edge_index, sampler=feature_sampler, generator=generator, progress=progress,
+                desc=f"features, {which}",
             )  # fmt: skip
             nx.set_node_attributes(g, {i: node[i].tolist() for i in range(d.num_nodes)}, "x")
             m = d.edge_index.shape[1] // 2
@@ -178,11 +225,11 @@ def generate_graphs(
         else:
             n, box = sampling_domain(cfg.data.family, num_nodes, rng=rng)
             pos = sample_positions(
-                model.positions, n, pos_sampler, box=box, start=cfg.diffusion.positions.start,
+                model.require("positions"), n, pos_sampler, box=box, start=cfg.diffusion.positions.start,
                 start_margin=cfg.diffusion.positions.start_margin, order=spatial_order, generator=generator,
-                progress=progress,
+                progress=progress, desc=f"positions, {which}, {n} nodes",
             )  # fmt: skip
-            g = sample_edges(model.edges, pos, edge_sampler, **edge_geometry(model), generator=generator,
-                             progress=progress)  # fmt: skip
+            g = sample_edges(model.require("edges"), pos, edge_sampler, **edge_geometry(model), generator=generator,
+                             progress=progress, desc=f"edges, {which}")  # fmt: skip
         out.append(g)
     return out

@@ -1,5 +1,14 @@
 """Training a graph experiment (:mod:`polyscale.pipelines.graph_config`): the feature denoiser, or the two
-stages of structure generation, each into its own model directory."""
+stages of structure generation. Each trained model has its own run directory
+(:mod:`polyscale.training.run_dir`: ``config.yaml``, ``checkpoints/``, ``model/``, ``metrics.csv``,
+``summary.json``)::
+
+    <run>/                     features task: the run directory itself
+    <run>/positions/, <run>/edges/   structure task: one run directory per stage
+
+Resuming a stage refuses changed settings (the differing keys named), except those in :data:`RESUMABLE` and
+the sampling settings, which training does not read. Runs written before ``config.yaml`` (an
+``experiment.yaml`` at the top) are checked against that file."""
 
 from __future__ import annotations
 
@@ -11,7 +20,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from polyscale.config import to_dict, yaml_dump
+from polyscale.config import to_dict, yaml_load
 from polyscale.data.graph_datasets import (
     CandidateDataset,
     GraphFeatureDataset,
@@ -21,11 +30,28 @@ from polyscale.data.graph_datasets import (
 from polyscale.data.graphs import family_graph, field_graphs, grid_graph, torus_shape
 from polyscale.diffusion.graph import GraphLoss
 from polyscale.diffusion.structure import NodeJumps, eps_weight
-from polyscale.io import atomic_write_text, save_pretrained
+from polyscale.io import save_pretrained
 from polyscale.nn.graph import GraphDenoiser
 from polyscale.pipelines.graph_config import STRUCTURE_STAGES, GraphExperimentConfig, candidate_options
 from polyscale.pipelines.graph_nets import edge_net, graph_denoiser, graph_net, net_kwargs, position_denoiser
-from polyscale.training import TrainResult, train
+from polyscale.training import TrainResult, latest_checkpoint, train
+from polyscale.training.run_dir import (
+    MODEL,
+    check_same_settings,
+    flatten,
+    prepare_run,
+    read_settings,
+    write_summary,
+)
+
+# settings a resumed stage may change: how far and how it trains, not what
+RESUMABLE = ("optimization.max_steps", "optimization.output_dir", "optimization.progress", "optimization.num_workers",
+             "optimization.checkpoint_every", "optimization.keep_checkpoints", "optimization.log_every",
+             "diffusion.positions.max_steps", "system.device", "system.num_threads")  # fmt: skip
+# how the trained models sample: saved with the model, never read by training
+SAMPLING = ("diffusion.sampler.", "diffusion.positions.sampler.", "diffusion.edges.sampler.",
+            "diffusion.positions.start")  # fmt: skip
+LEGACY_SETTINGS = "experiment.yaml"  # where runs written before config.yaml kept the experiment
 
 
 def _device(cfg: GraphExperimentConfig) -> torch.device:
@@ -48,18 +74,43 @@ def training_graphs(cfg: GraphExperimentConfig, *, split: str = "train") -> list
     ]
 
 
+def prepare_stage(run_dir: Path, settings: dict, *, resume: bool) -> None:
+    """:func:`~polyscale.training.run_dir.prepare_run` for one stage's run directory: a resumed stage must
+    have the saved settings (``config.yaml``; for older runs ``experiment.yaml`` at the top) except the keys
+    training does not depend on (:data:`RESUMABLE`, :data:`SAMPLING`); else a ValueError names them."""
+    saved = read_settings(run_dir)
+    if saved is None and resume and latest_checkpoint(run_dir) is not None:
+        legacy = next((d / LEGACY_SETTINGS for d in (run_dir, run_dir.parent) if (d / LEGACY_SETTINGS).is_file()),
+                      None)  # fmt: skip
+        saved = yaml_load(legacy.read_text(encoding="utf-8")) if legacy is not None else None
+        if saved is not None:
+            check_same_settings(saved, settings, ignore=_resumable(saved, settings))
+    prepare_run(run_dir, settings, resume=resume, ignore=_resumable(saved or {}, settings))
+
+
+def _resumable(saved: dict, settings: dict) -> list[str]:
+    keys = set(flatten(saved)) | set(flatten(settings))
+    return [*RESUMABLE, *sorted(k for k in keys if k.startswith(SAMPLING))]
+
+
 def _train_one(
     denoiser, loss, dataset, cfg: GraphExperimentConfig, output_dir: Path, *, resume: bool, role: str
-):
+) -> TrainResult:
     metadata = {"graph_experiment": to_dict(cfg), "role": role}
 
     def export(directory: Path, model, ema) -> None:
         save_pretrained(graph_net(model), directory, ema=graph_net(ema), metadata=metadata)
 
     train_cfg = replace(cfg.optimization, output_dir=str(output_dir))
-    return train(
+    output_dir.mkdir(parents=True, exist_ok=True)
+    prepare_stage(output_dir, to_dict(replace(cfg, optimization=train_cfg)), resume=resume)
+    result = train(
         denoiser, loss, dataset, train_cfg, export_fn=export, resume=resume, collate_fn=collate_graphs
     )
+    write_summary(
+        output_dir, {"role": role, "steps": result.step, "final_loss": result.final_loss, "model": MODEL}
+    )
+    return result
 
 
 def train_graph_experiment(
@@ -77,7 +128,6 @@ def train_graph_experiment(
         raise ValueError(f"stages must be a non-empty subset of {STRUCTURE_STAGES}, got {tuple(stages)}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output_dir / "experiment.yaml", yaml_dump(to_dict(cfg), sort_keys=False))
     _device(cfg)
     d, diff = cfg.data, cfg.diffusion
     torch.manual_seed(cfg.optimization.seed)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from polyscale.config import load_config, to_dict
 from polyscale.diffusion import SAMPLERS, EDMPrecond, TiledDenoiser
@@ -337,20 +337,24 @@ def sample_checkpoint(
     denoiser, cfg, sample_shape = load_denoiser(checkpoint, device=dev)
     sampling = resolve_sampler(cfg, sampler=sampler, steps=steps, overrides=overrides)
     check_architecture(cfg, checkpoint, dims=dims, in_channels=channels, base_channels=base_channels)
-    check_resolution(resolution, denoiser.net.size_multiple, tile_size=tile_size)
+    unet = denoiser.net
+    if not isinstance(unet, UNet):  # load_denoiser builds only MODEL_CLASSES
+        raise ValueError(f"{checkpoint} holds a {type(unet).__name__}; sampling needs a UNet")
+    check_resolution(resolution, unet.size_multiple, tile_size=tile_size)
+    model: nn.Module = denoiser
     if tile_size is not None:
         overlap = tile_size // 4 if tile_overlap is None else tile_overlap
-        denoiser = TiledDenoiser(
+        model = TiledDenoiser(
             denoiser,
             tile_size=tile_size,
             overlap=overlap,
-            size_multiple=denoiser.net.size_multiple,
-            periodic=denoiser.net.config.padding_mode == "circular",
+            size_multiple=unet.size_multiple,
+            periodic=unet.config.padding_mode == "circular",
         )
     spatial = sample_shape[1:] if resolution is None else (resolution,) * (len(sample_shape) - 1)
     generator = torch.Generator(dev).manual_seed(seed)
     samples = generate(
-        denoiser,
+        model,
         (num_samples, sample_shape[0], *spatial),
         sampling,
         generator=generator,
@@ -362,7 +366,7 @@ def sample_checkpoint(
     files = []
     if output_file is not None:
         files = save_samples(samples, output_file, data_kind=cfg.data.kind, save_raw=save_raw)
-    if recorder is not None:
+    if recorder is not None and output_file is not None:  # create_animation needs an output_file (checked)
         first = samples[: recorder.max_samples]
         frames = [*recorder.ordered(), (len(recorder.frames), 0.0, first, first)]  # end on the final samples
         shown = [(i, s, to_display(x, cfg.data.kind), to_display(d, cfg.data.kind)) for i, s, x, d in frames]

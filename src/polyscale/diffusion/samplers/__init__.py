@@ -1,13 +1,13 @@
 """Stateless samplers ``sample_<name>(denoiser, x, sigmas, *, generator=None, callback=None, disable=None,
-cond=None, ...) -> x``.
+desc=None, cond=None, ...) -> x``.
 
 ``x`` ``(B, ...)`` starts at ``randn * sigmas[0]`` (the caller draws it); ``sigmas`` is a strictly decreasing
 schedule ending in 0; ``cond`` is a dict of keyword arguments passed to every denoiser call; randomness comes
 only from ``generator``; ``callback`` receives ``{"i", "sigma", "sigma_next", "x", "denoised"}`` once per step
 (``x`` and ``denoised`` before the update). A callback may move the batch by editing ``x`` in place, moving
 ``denoised`` by the same displacement (the velocity ``(x - denoised) / sigma`` is then unchanged); the step
-continues from the moved batch (``polyscale.ot.bridge.SinkhornBridge`` does this). A tqdm bar shows unless
-``disable=True``.
+continues from the moved batch (``polyscale.ot.bridge.SinkhornBridge`` does this). A tqdm bar, labelled
+``desc`` (default ``"sampling"``), shows unless ``disable=True``.
 """
 
 from __future__ import annotations

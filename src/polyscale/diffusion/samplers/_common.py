@@ -32,9 +32,10 @@ def prepare(x: Tensor, sigmas: Tensor) -> Tensor:
     return sigmas.to(device=x.device, dtype=x.dtype)
 
 
-def steps(sigmas: Tensor, disable: bool | None) -> Iterable[int]:
-    """Step indices ``0 .. len(sigmas) - 2`` with a tqdm bar unless ``disable``."""
-    return trange(len(sigmas) - 1, disable=disable, desc="sampling", leave=False)
+def steps(sigmas: Tensor, disable: bool | None, desc: str | None = None) -> Iterable[int]:
+    """Step indices ``0 .. len(sigmas) - 2`` with a tqdm bar unless ``disable``, labelled ``desc`` (default
+    ``"sampling"``)."""
+    return trange(len(sigmas) - 1, disable=disable, desc=desc or "sampling", leave=False)
 
 
 def report(

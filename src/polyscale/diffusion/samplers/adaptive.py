@@ -50,6 +50,7 @@ def sample_ode_adaptive(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
+    desc: str | None = None,
     cond: dict[str, Any] | None = None,
 ) -> Tensor:
     """Integrate the probability-flow ODE from ``sigmas[0]`` to ``sigmas[-2]`` (the smallest non-zero level)
@@ -83,7 +84,7 @@ def sample_ode_adaptive(
 
     k_first, denoised = f(x, u)
     h = 0.05 * (u_end - u)  # h < 0: u decreases towards u_end
-    bar = tqdm(total=100.0, disable=disable, desc="sampling (adaptive)", leave=False, unit="%")
+    bar = tqdm(total=100.0, disable=disable, desc=desc or "sampling (adaptive)", leave=False, unit="%")
     span = max(u - u_end, 1e-12)
     while u > u_end:
         if accepted + rejected >= max_steps:

@@ -32,6 +32,7 @@ def sample_euler(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
+    desc: str | None = None,
     cond: dict[str, Any] | None = None,
 ) -> Tensor:
     """First-order Euler (Karras et al. 2022, Alg. 2 without churn or correction). NFE = N.
@@ -40,7 +41,7 @@ def sample_euler(
     ``generator`` is unused (deterministic); ``cond`` is passed to the denoiser as keyword arguments.
     """
     sigmas, cond = prepare(x, sigmas), cond or {}
-    for i in steps(sigmas, disable):
+    for i in steps(sigmas, disable, desc):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma_batch(s, x), **cond)
         report(callback, i, s, s_next, x, denoised)
@@ -57,6 +58,7 @@ def sample_heun(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
+    desc: str | None = None,
     cond: dict[str, Any] | None = None,
     s_churn: float = 0.0,
     s_tmin: float = 0.0,
@@ -78,7 +80,7 @@ def sample_heun(
             f"s_tmin={s_tmin}, s_tmax={s_tmax}"
         )
     gamma_max = min(s_churn / max(len(sigmas) - 1, 1), 2**0.5 - 1)
-    for i in steps(sigmas, disable):
+    for i in steps(sigmas, disable, desc):
         s, s_next = sigmas[i], sigmas[i + 1]
         if gamma_max > 0 and s_tmin <= float(s) <= s_tmax:  # Alg. 2, lines 4-6
             s_hat = s * (1 + gamma_max)
@@ -105,6 +107,7 @@ def sample_dpmpp_2m(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
+    desc: str | None = None,
     cond: dict[str, Any] | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data prediction, in sigma space. NFE = N.
@@ -117,7 +120,7 @@ def sample_dpmpp_2m(
     """
     sigmas, cond = prepare(x, sigmas), cond or {}
     old_denoised = None  # multistep history lives only in this call
-    for i in steps(sigmas, disable):
+    for i in steps(sigmas, disable, desc):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma_batch(s, x), **cond)
         report(callback, i, s, s_next, x, denoised)
@@ -144,6 +147,7 @@ def sample_ode_rk4(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
+    desc: str | None = None,
     cond: dict[str, Any] | None = None,
 ) -> Tensor:
     """Classical fixed-step RK4 on ``dx/dsigma = (x - D) / sigma`` from each sigma to the next.
@@ -155,7 +159,7 @@ def sample_ode_rk4(
     def f(x_: Tensor, s_: Tensor) -> Tensor:
         return to_d(x_, s_, denoiser(x_, sigma_batch(s_, x_), **cond))
 
-    for i in steps(sigmas, disable):
+    for i in steps(sigmas, disable, desc):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma_batch(s, x), **cond)
         report(callback, i, s, s_next, x, denoised)

@@ -32,6 +32,7 @@ def sample_ddim(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
+    desc: str | None = None,
     cond: dict[str, Any] | None = None,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) with stochasticity ``eta`` in ``[0, 1]``. NFE = N.
@@ -47,7 +48,7 @@ def sample_ddim(
     sigmas, cond = prepare(x, sigmas), cond or {}
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
-    for i in steps(sigmas, disable):
+    for i in steps(sigmas, disable, desc):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma_batch(s, x), **cond)
         report(callback, i, s, s_next, x, denoised)
@@ -72,6 +73,7 @@ def sample_ddpm(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
+    desc: str | None = None,
     cond: dict[str, Any] | None = None,
 ) -> Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, Alg. 2, ``sigma_t^2 = beta~_t``) on any sub-sequence of
@@ -85,7 +87,15 @@ def sample_ddpm(
     NFE = N.
     """
     return sample_ddim(
-        denoiser, x, sigmas, eta=1.0, generator=generator, callback=callback, disable=disable, cond=cond
+        denoiser,
+        x,
+        sigmas,
+        eta=1.0,
+        generator=generator,
+        callback=callback,
+        disable=disable,
+        desc=desc,
+        cond=cond,
     )
 
 
@@ -104,6 +114,7 @@ def sample_pc(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     disable: bool | None = None,
+    desc: str | None = None,
     cond: dict[str, Any] | None = None,
 ) -> Tensor:
     """VP-SDE predictor-corrector (Song et al. 2021, "Score-based generative modeling through SDEs", Alg. 1
@@ -137,7 +148,7 @@ def sample_pc(
         denoised = denoiser(x_vp / abar.sqrt(), sigma_batch(s, x_vp), **cond)
         return -(x_vp - abar.sqrt() * denoised) / (1 - abar), denoised
 
-    for i in steps(sigmas, disable):
+    for i in steps(sigmas, disable, desc):
         s, s_next = sigmas[i], sigmas[i + 1]
         abar, abar_next = 1 / (1 + s**2), 1 / (1 + s_next**2)
         g, denoised = score(x * abar.sqrt(), s)
