@@ -72,7 +72,11 @@ def _add_sampling_args(p: argparse.ArgumentParser, *, num_graphs: int) -> None:
     """Flags that `graph sample` and `graph evaluate` share."""
     from polyscale.diffusion import SAMPLERS
 
-    p.add_argument("--checkpoint", required=True, help="run directory written by `polyscale graph train`")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a run directory written by `polyscale graph train`, a model directory inside it, or a shipped model name",
+    )
     p.add_argument("--num-graphs", type=positive_int, default=num_graphs, help="graphs per size")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None, help="default: the experiment's")
     p.add_argument("--timesteps", type=positive_int, default=None, help="denoising steps")
