@@ -27,6 +27,10 @@ from polyscale.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+REFERENCE_PAGES = {
+    "architecture.md",
+    "research-log.md",
+}  # maps and history: their commands (if any) still run
 TRAIN_CAPS = [
     "--set", "train.max_steps=2", "--set", "train.checkpoint_every=2", "--set", "train.warmup_steps=1",
     "--set", "train.log_every=1", "--set", "train.batch_size=4",
@@ -142,7 +146,8 @@ def run_page(page: Path, tmp_path: Path, monkeypatch, capsys) -> int:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_command_on_the_page_runs(page: Path, tmp_path: Path, monkeypatch, capsys):
-    assert run_page(page, tmp_path, monkeypatch, capsys) > 0
+    ran = run_page(page, tmp_path, monkeypatch, capsys)
+    assert ran > 0 or page.name in REFERENCE_PAGES, f"{page.name} shows no command"
 
 
 def test_every_task_has_a_page():
