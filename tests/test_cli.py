@@ -364,14 +364,21 @@ def test_an_option_value_after_a_bare_double_dash_is_left_alone():
         (["grow", "sparse", "--learning-rat", "1"], "did you mean --lr?"),
         (["grow", "depth", "--n-layr", "2"], "did you mean --n-layer?"),
         (["sample", "--resoluton", "8"], "did you mean --resolution?"),
+        # a flag that names a key of the command's configuration: its --set spelling
+        (["train", "--preset", "digits2d", "--output-dir", "x", "--learning_rate", "1"],
+         "did you mean --set train.lr=VALUE?"),
+        (["train", "--preset", "digits2d", "--output-dir", "x", "--channel-mult", "1"],
+         "did you mean --set model.channel_mults=VALUE?"),
+        (["graph", "train", "--preset", "graph_planar", "--output-dir", "x", "--hidden_dim", "8"],
+         "did you mean --set model.hidden=VALUE?"),
     ],
-)
+)  # fmt: skip
 def test_an_unknown_flag_gets_a_did_you_mean_on_its_one_line(capsys, argv: list[str], hint: str):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
     line = _one_stderr_line(capsys)
-    assert f"unrecognized arguments: {argv[-2]}" in line and hint in line
+    assert f"unrecognized arguments: {argv[-2].replace('_', '-')}" in line and hint in line
 
 
 def test_an_unknown_flag_like_nothing_of_ours_gets_no_guess(capsys):

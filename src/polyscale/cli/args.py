@@ -8,6 +8,8 @@ through :data:`polyscale.config.KNOWN_ALIASES`. An unknown flag gets a did-you-m
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar, overload
 
@@ -63,15 +65,24 @@ class OneLineParser(argparse.ArgumentParser):
             out.append(_rename(token, flags) if token.startswith("--") else token)
         return out
 
+    # dotted keys of the configuration a command's --set overrides (e.g. "train.lr"), set by the command:
+    # an unknown flag that names one of them is answered with the --set spelling
+    config_keys: Sequence[str] = ()
+
     def unknown_flag_hint(self, extras: Sequence[str]) -> str:
-        """``"; did you mean --lr?"`` for the first unknown ``--flag`` in ``extras`` that resembles one of ours."""
+        """``"; did you mean --lr?"`` for the first unknown ``--flag`` in ``extras`` that resembles one of ours,
+        or ``"; did you mean --set train.lr=VALUE?"`` when it names a key of the command's configuration."""
         for token in extras:
             if token.startswith("--"):
-                name = token.partition("=")[0][2:]
+                name = token.partition("=")[0][2:].replace("-", "_")
                 ours = [f[2:].replace("-", "_") for f in self.long_flags() if f != "--help"]
-                match = suggest(name.replace("-", "_"), ours)
+                match = suggest(name, ours)
                 if match is not None:
                     return f"; did you mean --{match.replace('_', '-')}?"
+                leaves = {key.rpartition(".")[2]: key for key in reversed(self.config_keys)}
+                leaf = suggest(name, list(leaves))
+                if leaf is not None:
+                    return f"; did you mean --set {leaves[leaf]}=VALUE?"
         return ""
 
 
@@ -82,6 +93,20 @@ def _rename(token: str, flags: set[str]) -> str:
         match = suggest(name[2:].replace("-", "_"), [f[2:].replace("-", "_") for f in flags], close=False)
         name = f"--{match.replace('_', '-')}" if match is not None else name
     return f"{name}{sep}{value}"
+
+
+def config_keys(config_class: type) -> list[str]:
+    """Every dotted key of a (nested) dataclass configuration, e.g. ``["model.dims", ..., "train.lr", ...]``."""
+    keys = []
+    for f in dataclasses.fields(config_class):
+        inner = f.type if isinstance(f.type, type) else None
+        if inner is None and isinstance(f.type, str):
+            inner = typing.get_type_hints(config_class).get(f.name)
+        if isinstance(inner, type) and dataclasses.is_dataclass(inner):
+            keys += [f"{f.name}.{k}" for k in config_keys(inner)]
+        else:
+            keys.append(f.name)
+    return keys
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -140,11 +165,14 @@ non_negative_int = int_at_least(0)
 
 
 def add_command(
-    sub: argparse._SubParsersAction, name: str, func: Handler, help: str
+    sub: argparse._SubParsersAction, name: str, func: Handler, help: str, *, config: type | None = None
 ) -> argparse.ArgumentParser:
-    """A subcommand ``name`` running ``func``; ``command_parser`` reports unrecognised flags in its name."""
+    """A subcommand ``name`` running ``func``; ``command_parser`` reports unrecognised flags in its name, and
+    names the ``--set`` key of ``config`` (the command's configuration dataclass) that a stray flag means."""
     p = sub.add_parser(name, help=help, description=help)
     p.set_defaults(func=func, command_parser=p)
+    if config is not None and isinstance(p, OneLineParser):
+        p.config_keys = config_keys(config)
     return p
 
 

@@ -104,7 +104,15 @@ def add_graph_commands(sub: argparse._SubParsersAction) -> None:
         "graph", help="graph diffusion: train | sample | evaluate", description="Graph diffusion."
     )
     gsub = graph.add_subparsers(dest="graph_command", required=True)
-    p = add_command(gsub, "train", _cmd_graph_train, "train a graph preset (or a graph YAML file)")
+    from polyscale.pipelines.graph_config import GraphExperimentConfig
+
+    p = add_command(
+        gsub,
+        "train",
+        _cmd_graph_train,
+        "train a graph preset (or a graph YAML file)",
+        config=GraphExperimentConfig,
+    )
     p.add_argument(
         "--preset", required=True, help="graph preset (see `polyscale presets`) or path to a graph .yaml file"
     )

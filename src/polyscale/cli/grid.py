@@ -126,7 +126,11 @@ def add_presets_command(sub: argparse._SubParsersAction) -> None:
 
 
 def add_train_command(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "train", _cmd_train, "train a preset (or a YAML experiment file)")
+    from polyscale.pipelines.experiment import ExperimentConfig
+
+    p = add_command(
+        sub, "train", _cmd_train, "train a preset (or a YAML experiment file)", config=ExperimentConfig
+    )
     p.add_argument(
         "--preset", required=True, help="preset name (see `polyscale presets`) or path to a .yaml file"
     )

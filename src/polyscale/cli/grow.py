@@ -151,11 +151,12 @@ def _add_config_flags(
 
 
 def _add_grow_sparse(gsub: argparse._SubParsersAction) -> None:
-    from polyscale.pipelines.grow_config import load_grow_sparse_config
+    from polyscale.pipelines.grow_config import GrowSparseConfig, load_grow_sparse_config
 
     p = add_command(
-        gsub, "sparse", _cmd_grow_sparse, "train a sparse classifier that grows from a near-empty start"
-    )
+        gsub, "sparse", _cmd_grow_sparse, "train a sparse classifier that grows from a near-empty start",
+        config=GrowSparseConfig,
+    )  # fmt: skip
     preset = load_grow_sparse_config(SPARSE_PRESET)
     _add_config_flags(p, preset, SPARSE_PRESET, "epochs=30, schedule.spike_threshold=0.3")
     # the former name of --connectivity, kept working but out of --help
@@ -171,11 +172,12 @@ def _add_grow_sparse(gsub: argparse._SubParsersAction) -> None:
 
 
 def _add_grow_depth(gsub: argparse._SubParsersAction) -> None:
-    from polyscale.pipelines.grow_config import load_grow_depth_config
+    from polyscale.pipelines.grow_config import GrowDepthConfig, load_grow_depth_config
 
     p = add_command(
-        gsub, "depth", _cmd_grow_depth, "train a character-level GPT that inserts layers when it stagnates"
-    )
+        gsub, "depth", _cmd_grow_depth, "train a character-level GPT that inserts layers when it stagnates",
+        config=GrowDepthConfig,
+    )  # fmt: skip
     _add_config_flags(p, load_grow_depth_config(DEPTH_PRESET), DEPTH_PRESET, "max_layers=6")
     add_run_dir(
         p,
