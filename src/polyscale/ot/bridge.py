@@ -14,8 +14,8 @@ the batch's entropic map onto itself. That is a step along minus the gradient of
 (Feydy et al. 2019), and it is zero when the batch is distributed like the reference. On the eight-Gaussians
 toy (BENCHMARKS.md, "Transport") the plain map collapses the modes and the debiased one does not.
 
-``SinkhornBridge`` is a sampler callback (docs/architecture.md: corrections are callbacks, never sampler flags). It edits
-``x`` in place and moves ``denoised`` by the same displacement, so the sampler's velocity
+``SinkhornBridge`` is a sampler callback (docs/architecture.md: corrections are callbacks, not sampler flags). It
+edits ``x`` in place and moves ``denoised`` by the same displacement, so the sampler's velocity
 ``(x - denoised) / sigma`` is unchanged and the step continues from the moved batch: every sampler of
 ``polyscale.diffusion.samplers`` honours such an edit. It costs no denoiser evaluations.
 """
