@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 __all__ = [
     "KNOWN_ALIASES",
+    "shipped_presets",
     "ConfigError",
     "from_dict",
     "load_config",
@@ -42,6 +43,17 @@ __all__ = [
     "to_dict",
     "yaml_load",
 ]
+
+
+def shipped_presets(*folder: str) -> list[str]:
+    """Names (file stems) of the YAML presets shipped in the package folder ``polyscale/presets/<folder...>``;
+    ``[]`` when it does not exist."""
+    from importlib import resources
+
+    path = resources.files("polyscale").joinpath("presets", *folder)
+    if not path.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in path.iterdir() if p.name.endswith(".yaml"))
 
 
 class ConfigError(ValueError):

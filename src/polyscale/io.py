@@ -38,13 +38,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from polyscale.atomic import atomic_replace_dir, atomic_write_bytes, atomic_write_text
+from polyscale.atomic import atomic_replace_dir
 from polyscale.config import ConfigError, from_dict, to_dict
 from polyscale.pickles import PICKLE_SUFFIXES, has_pickle_signature, is_pickle_file, pickle_error
 
-# the atomic writers live in polyscale.atomic; re-exported here for older imports
-__all__ = ["PretrainedMixin", "atomic_replace_dir", "atomic_write_bytes", "atomic_write_text", "load_pretrained",
-           "load_weights", "model_from_state", "read_model_dir", "resolve_model_dir", "save_pretrained"]  # fmt: skip
+__all__ = ["PretrainedMixin", "load_pretrained", "load_weights", "model_from_state", "read_model_dir",
+           "resolve_model_dir", "save_pretrained"]  # fmt: skip
 
 FORMAT = "polyscale-model"
 FORMAT_VERSION = 1

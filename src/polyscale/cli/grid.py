@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from importlib import resources
 
 from polyscale.cli.args import (
     add_command,
@@ -16,24 +15,15 @@ from polyscale.cli.args import (
 )
 
 
-def _yaml_stems(*folder: str) -> list[str] | None:
-    """Stems of the ``.yaml`` files in the package folder ``presets/<folder>``; ``None`` when it is absent."""
-    path = resources.files("polyscale").joinpath("presets", *folder)
-    if not path.is_dir():
-        return None
-    return sorted(p.name[: -len(".yaml")] for p in path.iterdir() if p.name.endswith(".yaml"))
-
-
 def _cmd_presets(args: argparse.Namespace) -> int:
     from polyscale.pipelines.experiment import preset_names
     from polyscale.pipelines.graph_config import graph_preset_names
+    from polyscale.pipelines.grow_config import grow_preset_names
     from polyscale.pipelines.sample import shipped_models
 
     print("presets:", " ".join(preset_names()))
     print("graph presets:", " ".join(graph_preset_names()) or "(none)")
-    grow = _yaml_stems("grow")
-    if grow is not None:
-        print("growth presets:", " ".join(grow) or "(none)")
+    print("growth presets:", " ".join(grow_preset_names()) or "(none)")
     print("shipped models:", " ".join(shipped_models()) or "(none)")
     return 0
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from polyscale.growth.routing import sparse_blocks
 from polyscale.nn.sparse import ParameterChange
 from polyscale.nn.sparse_mlp import SparseMLP
 from polyscale.registry import Registry
@@ -109,7 +108,7 @@ def prune_and_regrow(
     if rule.needs_gradients and dense_grads is None:
         raise ValueError(f"{method} regrows by dense gradient: pass dense_grads (see dense_gradients)")
     changes = []
-    for name, block in sparse_blocks(net).items():
+    for name, block in net.sparse_blocks().items():
         k = int(fraction * block.nnz)
         total = block.in_features * block.out_features
         if k == 0 or block.nnz >= total:

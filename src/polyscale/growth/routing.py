@@ -23,13 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from polyscale.nn.sparse import SparseLinear
 from polyscale.nn.sparse_mlp import SparseMLP
-
-
-def sparse_blocks(net: SparseMLP) -> dict[str, SparseLinear]:
-    """``net.blocks`` with the type of what it holds: ``nn.ModuleDict`` hands out plain ``nn.Module``."""
-    return net.sparse_blocks()
 
 
 def plan_routes(
@@ -55,7 +49,7 @@ def plan_routes(
     for name, d in (("high", high), ("low", low)):
         if set(d) - set(hidden):
             raise ValueError(f"{name} extrema must be keyed by hidden layers {list(hidden)}, got {sorted(d)}")
-    active = {name: set(block.flat_index.tolist()) for name, block in sparse_blocks(net).items()}
+    active = {name: set(block.flat_index.tolist()) for name, block in net.sparse_blocks().items()}
     incoming: dict[tuple[int, int], int] = {}
     planned: dict[str, list[int]] = {}
     total = 0

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from polyscale.growth.extrema import activation_extrema
-from polyscale.growth.routing import plan_routes, sparse_blocks
+from polyscale.growth.routing import plan_routes
 from polyscale.nn.sparse import ParameterChange
 from polyscale.nn.sparse_mlp import SparseMLP
 
@@ -155,12 +155,12 @@ class SparseGrower:
                 cost = net.clone_connections(layer, unit, into)
                 if cost == 0 or added + cost > budget:
                     continue
-                before = {name: block.nnz for name, block in sparse_blocks(net).items()}
+                before = {name: block.nnz for name, block in net.sparse_blocks().items()}
                 _, clone_changes = net.clone_units(
                     layer, [unit], into, scale=self.clone_scale, preserve=self.preserve_clones
                 )
                 changes += clone_changes
-                for name, block in sparse_blocks(net).items():
+                for name, block in net.sparse_blocks().items():
                     if block.nnz != before[name]:
                         per_block[name] = per_block.get(name, 0) + block.nnz - before[name]
                 added += cost
@@ -184,10 +184,10 @@ def gradient_fill(net: SparseMLP, dense_grads: dict[str, Tensor], budget: int) -
     its inactive positions of largest ``|dL/dW|``."""
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
-    weight = {name: b.in_features + b.out_features for name, b in sparse_blocks(net).items()}
+    weight = {name: b.in_features + b.out_features for name, b in net.sparse_blocks().items()}
     total = sum(weight.values())
     out = {}
-    for name, block in sparse_blocks(net).items():
+    for name, block in net.sparse_blocks().items():
         pool = (~block.mask().flatten()).nonzero().squeeze(1)
         k = min(pool.numel(), budget * weight[name] // total)
         if k > 0:

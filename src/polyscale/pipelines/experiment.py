@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from polyscale.config import ConfigError, from_dict, load_config, load_yaml
+from polyscale.config import ConfigError, from_dict, load_config, load_yaml, shipped_presets
 from polyscale.data.config import DataConfig
 from polyscale.diffusion.sampling import SamplerConfig, nest_sampler_keys
 from polyscale.nn.unet import UNetConfig
@@ -45,8 +45,7 @@ class ExperimentConfig:
 
 def preset_names() -> list[str]:
     """Names of the presets shipped with the package."""
-    folder = resources.files("polyscale") / "presets"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return shipped_presets()
 
 
 def preset_path(name_or_path: str | Path) -> Path:

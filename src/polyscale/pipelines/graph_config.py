@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from polyscale.config import ConfigError, load_config, load_yaml
+from polyscale.config import ConfigError, load_config, load_yaml, shipped_presets
 from polyscale.diffusion.sampling import SamplerConfig, sampler_options
 from polyscale.diffusion.structure import POSITION_STARTS, check_jump_schedule
 from polyscale.training.config import TrainConfig
@@ -148,8 +148,8 @@ class GraphExperimentConfig:
 
 
 def graph_preset_names() -> list[str]:
-    folder = resources.files("polyscale") / "presets" / "graph"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    """Names of the graph presets shipped in ``polyscale/presets/graph``."""
+    return shipped_presets("graph")
 
 
 def load_graph_experiment(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()):

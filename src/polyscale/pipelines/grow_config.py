@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from polyscale.config import ConfigError, load_config
+from polyscale.config import ConfigError, load_config, shipped_presets
 
 OPT_IN = "opt-in, beyond the default growth rules (docs/growth.md)"  # a flag group of grow sparse
 
@@ -138,8 +138,7 @@ def _check(ok: bool, name: str, expected: str, got: object) -> None:
 
 def grow_preset_names() -> list[str]:
     """Names of the growth presets shipped in ``polyscale/presets/grow``."""
-    folder = resources.files("polyscale") / "presets" / "grow"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return shipped_presets("grow")
 
 
 def _source(preset_or_path: str | Path | None) -> str | Path | Mapping[str, Any]:

@@ -11,10 +11,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from polyscale import devices
+from polyscale.atomic import atomic_write_bytes
 from polyscale.config import load_config, to_dict
+from polyscale.devices import DEVICES
 from polyscale.diffusion import SAMPLERS, EDMPrecond, TiledDenoiser
 from polyscale.diffusion.sampling import SamplerConfig, run_sampler, with_sampler
-from polyscale.io import atomic_write_bytes, load_pretrained, read_model_dir
+from polyscale.io import load_pretrained, read_model_dir
 from polyscale.nn.unet import UNet
 from polyscale.pipelines.datasets import to_display
 from polyscale.pipelines.experiment import ExperimentConfig, experiment_from_dict
@@ -47,14 +50,12 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but no CUDA device is available")
-    return torch.device(device)
+    """The ``torch.device`` that ``device`` names (:data:`polyscale.devices.DEVICES`; ``auto`` picks CUDA when
+    present)."""
+    if device not in DEVICES:
+        names = [repr(name) for name in DEVICES]
+        raise ValueError(f"device must be {', '.join(names[:-1])} or {names[-1]}, got {device!r}")
+    return devices.resolve_device(device)
 
 
 def load_denoiser(

@@ -43,7 +43,6 @@ from polyscale.growth.snapshots import SnapshotStore
 from polyscale.growth.sparse_grower import SparseGrower, layer_extrema
 from polyscale.growth.sparse_schedule import SparseGrowthSchedule
 from polyscale.io import model_from_state
-from polyscale.nn.sparse import SparseLinear
 from polyscale.nn.sparse_mlp import SparseMLP
 from polyscale.training.optimizer_state import apply_changes, load_optimizer_state, optimizer_state_tensors
 
@@ -56,16 +55,6 @@ def accuracy(net: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 4096)
             for i in range(0, len(x), batch_size)
         )
     return hits / max(len(x), 1)
-
-
-def sparse_blocks(net: SparseMLP) -> dict[str, SparseLinear]:
-    """``net``'s blocks by name, each checked to be a :class:`SparseLinear`."""
-    blocks = {}
-    for name, block in net.blocks.items():
-        if not isinstance(block, SparseLinear):
-            raise TypeError(f"block {name!r} is a {type(block).__name__}, not a SparseLinear")
-        blocks[name] = block
-    return blocks
 
 
 class SparseGrowthTrainer:
@@ -134,7 +123,7 @@ class SparseGrowthTrainer:
         self.net.train()
         n = len(self.train_x)
         order = torch.randperm(n, generator=self.generator).to(self.device)
-        blocks = sparse_blocks(self.net)
+        blocks = self.net.sparse_blocks()
         grad_sum = {name: torch.zeros_like(b.values) for name, b in blocks.items()}
         total_loss, batches = 0.0, 0
         for i in range(0, n, self.batch_size):
