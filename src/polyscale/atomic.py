@@ -2,10 +2,14 @@
 
 Files are written to a temporary name in the same folder, fsynced, then renamed. A directory is built in a
 hidden sibling ``.<name>.tmp-<hex>``, fsynced, and renamed into place; an existing directory is first renamed
-aside to ``.<name>.old-<hex>`` and deleted only once the new one is in place. A process killed mid-write
-therefore leaves at the target path either the previous complete version or (killed between the two renames
-of a directory) nothing, never a half-written one; the hidden siblings it leaves behind are
-complete-or-partial copies that can be deleted (or, for ``.old-``, renamed back).
+aside to ``.<name>.old-<pid>-<hex>`` and deleted only once the new one is in place. A process killed
+mid-write therefore leaves at the target path either the previous complete version or (killed between the two
+renames of a directory) nothing, never a half-written one. The hidden siblings it leaves behind carry the
+writer's process id; :func:`recover_siblings` deletes the ``.tmp-`` ones of dead writers and renames a
+complete ``.old-`` copy back where its target is missing.
+
+Files and folders get the usual permissions (``0o666`` / ``0o777`` minus the umask), also where a library
+wrote them with narrower ones (safetensors writes ``0o600``).
 
 The lowest floor of the package: standard library only, nothing from polyscale.
 """
@@ -13,6 +17,7 @@ The lowest floor of the package: standard library only, nothing from polyscale.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -24,8 +29,12 @@ __all__ = [
     "atomic_write_text",
     "commit_dir",
     "fsync_dir",
+    "recover_siblings",
     "temp_sibling",
 ]
+
+# .<name>.<tag>-<pid>-<hex> (and .<name>.<tag>-<hex> from earlier versions, pid unknown)
+_SIBLING = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old)-(?:(?P<pid>\d+)-)?[0-9a-f]{8}$")
 
 
 def fsync_dir(path: Path) -> None:
@@ -43,8 +52,71 @@ def fsync_dir(path: Path) -> None:
 
 
 def temp_sibling(path: Path, tag: str) -> Path:
-    """A hidden, unique sibling of ``path``: ``.<name>.<tag>-<hex>``."""
-    return path.parent / f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}"
+    """A hidden, unique sibling of ``path``: ``.<name>.<tag>-<pid>-<hex>``."""
+    return path.parent / f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a process we may not signal still exists)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def recover_siblings(folder: str | Path) -> list[str]:
+    """Tidy what killed writers left in ``folder``; returns one sentence per action taken.
+
+    A ``.<name>.tmp-`` sibling of a writer that is no longer running is deleted (it was never renamed into
+    place, so it is a partial copy). A ``.<name>.old-`` sibling is the complete previous version of
+    ``<name>``: renamed back when ``<name>`` is missing (the writer died between its two renames), deleted
+    when ``<name>`` is in place. Siblings of a live writer are left alone.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    done: list[str] = []
+    for entry in sorted(folder.iterdir()):
+        m = _SIBLING.match(entry.name)
+        if m is None or (m["pid"] is not None and _alive(int(m["pid"]))):
+            continue
+        target = folder / m["name"]
+        if m["tag"] == "old" and not target.exists() and not target.is_symlink():
+            os.replace(entry, target)
+            done.append(f"restored {target} from its complete copy {entry.name} (a write was interrupted)")
+        else:
+            _remove(entry)
+            done.append(f"removed {entry} (left by an interrupted write)")
+    if done:
+        fsync_dir(folder)
+    return done
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_modes(root: Path) -> None:
+    """Give every file under ``root`` mode ``0o666`` and every folder ``0o777``, minus the umask."""
+    mask = _umask()
+    for p in root.rglob("*"):
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    os.chmod(root, 0o777 & ~mask)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview) -> Path:
@@ -119,6 +191,7 @@ def commit_dir(tmp: str | Path, target: str | Path) -> Path:
     tmp, target = Path(tmp), Path(target)
     old: Path | None = None
     try:
+        _usual_modes(tmp)
         _fsync_tree(tmp)
         if target.exists():
             old = temp_sibling(target, "old")

@@ -47,7 +47,9 @@ def _cmd_grow_sparse(args: argparse.Namespace) -> int:
     from polyscale.pipelines.grow_config import GrowSparseConfig, load_grow_sparse_config
 
     cfg = load_grow_sparse_config(args.preset, _overrides(args, GrowSparseConfig))
-    summary = grow_sparse(cfg, args.output_dir, resume=not args.no_resume)
+    summary = grow_sparse(
+        cfg, args.output_dir, resume=not args.no_resume, allow_change=tuple(args.allow_change)
+    )
     print(
         f"{cfg.dataset}: test accuracy {summary['test_accuracy']:.4f} at connectivity "
         f"{summary['final_connectivity']:.4%} ({summary['final_connections']} connections, from "
@@ -69,7 +71,9 @@ def _cmd_grow_depth(args: argparse.Namespace) -> int:
     from polyscale.pipelines.grow_depth import grow_depth
 
     cfg = load_grow_depth_config(args.preset, _overrides(args, GrowDepthConfig))
-    summary = grow_depth(cfg, args.output_dir, resume=not args.no_resume)
+    summary = grow_depth(
+        cfg, args.output_dir, resume=not args.no_resume, allow_change=tuple(args.allow_change)
+    )
     jumps = ", ".join(
         f"step {s}: {j:+.4f}" for s, j in zip(summary["insertion_steps"], summary["loss_jumps"], strict=True)
     )
@@ -150,7 +154,22 @@ def _add_config_flags(
     add_seed(p, default=None, help=f"random seed (preset {preset}: {values.seed})")
 
 
+NO_RESUME = (
+    "start afresh even where --output-dir holds a checkpoint; the earlier run is kept aside (.previous-run/) "
+    "until the new run's first checkpoint"
+)
+
+
+def _add_allow_change(p: argparse.ArgumentParser, changeable: tuple[str, ...]) -> None:
+    p.add_argument(
+        "--allow-change", action="append", default=[], metavar="KEY",
+        help="resume even though KEY differs from the saved run's settings (repeatable; "
+        f"keys that may: {', '.join(changeable) or 'none'})",
+    )  # fmt: skip
+
+
 def _add_grow_sparse(gsub: argparse._SubParsersAction) -> None:
+    from polyscale.pipelines.grow import CHANGEABLE
     from polyscale.pipelines.grow_config import GrowSparseConfig, load_grow_sparse_config
 
     p = add_command(
@@ -167,12 +186,14 @@ def _add_grow_sparse(gsub: argparse._SubParsersAction) -> None:
         required=False,
         help=f"run directory ({RUN_FILES}, snapshots.safetensors); a checkpoint every checkpoint_every epochs "
         "that a rerun with the same settings resumes from",
-        no_resume="ignore a checkpoint already in --output-dir",
+        no_resume=NO_RESUME,
     )
+    _add_allow_change(p, CHANGEABLE)
 
 
 def _add_grow_depth(gsub: argparse._SubParsersAction) -> None:
     from polyscale.pipelines.grow_config import GrowDepthConfig, load_grow_depth_config
+    from polyscale.pipelines.grow_depth import CHANGEABLE
 
     p = add_command(
         gsub, "depth", _cmd_grow_depth, "train a character-level GPT that inserts layers when it stagnates",
@@ -184,8 +205,9 @@ def _add_grow_depth(gsub: argparse._SubParsersAction) -> None:
         required=False,
         help=f"run directory ({RUN_FILES}, growth.json, layers/, sample.txt); a checkpoint every "
         "checkpoint_every steps that a rerun with the same settings resumes from",
-        no_resume="ignore a checkpoint already in --output-dir",
+        no_resume=NO_RESUME,
     )
+    _add_allow_change(p, CHANGEABLE)
 
 
 def add_grow_commands(sub: argparse._SubParsersAction) -> None:

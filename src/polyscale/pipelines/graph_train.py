@@ -39,7 +39,7 @@ from polyscale.training.run_dir import (
     MODEL,
     check_same_settings,
     flatten,
-    prepare_run,
+    open_run,
     read_settings,
     write_summary,
 )
@@ -52,6 +52,13 @@ RESUMABLE = ("optimization.max_steps", "optimization.output_dir", "optimization.
 SAMPLING = ("diffusion.sampler.", "diffusion.positions.sampler.", "diffusion.edges.sampler.",
             "diffusion.positions.start")  # fmt: skip
 LEGACY_SETTINGS = "experiment.yaml"  # where runs written before config.yaml kept the experiment
+# settings a resumed stage changes only when asked (--allow-change KEY), applied from the resumed step on
+CHANGEABLE = (
+    "optimization.lr",
+    "optimization.weight_decay",
+    "optimization.grad_clip",
+    "optimization.ema_decay",
+)
 
 
 def _device(cfg: GraphExperimentConfig) -> torch.device:
@@ -74,18 +81,21 @@ def training_graphs(cfg: GraphExperimentConfig, *, split: str = "train") -> list
     ]
 
 
-def prepare_stage(run_dir: Path, settings: dict, *, resume: bool) -> None:
-    """:func:`~polyscale.training.run_dir.prepare_run` for one stage's run directory: a resumed stage must
-    have the saved settings (``config.yaml``; for older runs ``experiment.yaml`` at the top) except the keys
-    training does not depend on (:data:`RESUMABLE`, :data:`SAMPLING`); else a ValueError names them."""
-    saved = read_settings(run_dir)
+def check_legacy_stage(
+    run_dir: Path, settings: dict, *, resume: bool, allow_change: tuple[str, ...] = ()
+) -> dict:
+    """The saved settings of one stage's run directory (``config.yaml``; for runs written before it,
+    ``experiment.yaml`` at the top, which a resumed stage must match except the keys training does not
+    depend on (:data:`RESUMABLE`, :data:`SAMPLING`) and ``allow_change``; else a ValueError names them)."""
+    saved = read_settings(run_dir) if run_dir.is_dir() else None
     if saved is None and resume and latest_checkpoint(run_dir) is not None:
         legacy = next((d / LEGACY_SETTINGS for d in (run_dir, run_dir.parent) if (d / LEGACY_SETTINGS).is_file()),
                       None)  # fmt: skip
         saved = yaml_load(legacy.read_text(encoding="utf-8")) if legacy is not None else None
         if saved is not None:
-            check_same_settings(saved, settings, ignore=_resumable(saved, settings))
-    prepare_run(run_dir, settings, resume=resume, ignore=_resumable(saved or {}, settings))
+            check_same_settings(saved, settings, ignore=[*_resumable(saved, settings), *allow_change],
+                                changeable=CHANGEABLE)  # fmt: skip
+    return saved or {}
 
 
 def _resumable(saved: dict, settings: dict) -> list[str]:
@@ -94,7 +104,15 @@ def _resumable(saved: dict, settings: dict) -> list[str]:
 
 
 def _train_one(
-    denoiser, loss, dataset, cfg: GraphExperimentConfig, output_dir: Path, *, resume: bool, role: str
+    denoiser,
+    loss,
+    dataset,
+    cfg: GraphExperimentConfig,
+    output_dir: Path,
+    *,
+    resume: bool,
+    role: str,
+    allow_change: tuple[str, ...] = (),
 ) -> TrainResult:
     metadata = {"graph_experiment": to_dict(cfg), "role": role}
 
@@ -102,14 +120,16 @@ def _train_one(
         save_pretrained(graph_net(model), directory, ema=graph_net(ema), metadata=metadata)
 
     train_cfg = replace(cfg.optimization, output_dir=str(output_dir))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    prepare_stage(output_dir, to_dict(replace(cfg, optimization=train_cfg)), resume=resume)
-    result = train(
-        denoiser, loss, dataset, train_cfg, export_fn=export, resume=resume, collate_fn=collate_graphs
-    )
-    write_summary(
-        output_dir, {"role": role, "steps": result.step, "final_loss": result.final_loss, "model": MODEL}
-    )
+    settings = to_dict(replace(cfg, optimization=train_cfg))
+    saved = check_legacy_stage(output_dir, settings, resume=resume, allow_change=allow_change)
+    with open_run(output_dir, settings, resume=resume, ignore=_resumable(saved, settings),
+                  allow_change=allow_change, changeable=CHANGEABLE, command=f"graph train ({role})"):  # fmt: skip
+        result = train(
+            denoiser, loss, dataset, train_cfg, export_fn=export, resume=resume, collate_fn=collate_graphs
+        )
+        write_summary(
+            output_dir, {"role": role, "steps": result.step, "final_loss": result.final_loss, "model": MODEL}
+        )
     return result
 
 
@@ -118,16 +138,22 @@ def train_graph_experiment(
     output_dir: str | Path,
     *,
     resume: bool = True,
-    stages: Sequence[str] | None = STRUCTURE_STAGES,
+    stages: Sequence[str] | None = None,
+    allow_change: tuple[str, ...] = (),
 ) -> list[TrainResult]:
     """Train the task's model(s) into ``output_dir`` (see the module docstring for the layout). For the
-    structure task ``stages`` picks which of ``"positions"`` and ``"edges"`` to train (the two are
-    independent: both learn from the true graphs, so they can train in separate processes at once)."""
+    structure task ``stages`` picks which of ``"positions"`` and ``"edges"`` to train (default both; the two
+    are independent: both learn from the true graphs, so they can train in separate processes at once).
+    ``allow_change`` accepts changed settings of :data:`CHANGEABLE` when a stage resumes."""
+    if cfg.task == "features" and stages is not None:
+        raise ValueError(
+            f"stages={list(stages)} (--stage) applies to the structure task; this experiment's task is "
+            "'features', which trains one model"
+        )
     stages = STRUCTURE_STAGES if stages is None else tuple(stages)
     if cfg.task == "structure" and (not stages or set(stages) - set(STRUCTURE_STAGES)):
         raise ValueError(f"stages must be a non-empty subset of {STRUCTURE_STAGES}, got {tuple(stages)}")
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     _device(cfg)
     d, diff = cfg.data, cfg.diffusion
     torch.manual_seed(cfg.optimization.seed)
@@ -140,11 +166,11 @@ def train_graph_experiment(
         net = GraphDenoiser(node_dim=d.node_dim, edge_dim=d.edge_dim, **net_kwargs(cfg.model))
         loss = GraphLoss(P_mean=diff.P_mean, P_std=diff.P_std, sigma_data=diff.sigma_data)
         return [_train_one(graph_denoiser(net, sigma_data=diff.sigma_data), loss, dataset, cfg, output_dir,
-                           resume=resume, role="features")]  # fmt: skip
+                           resume=resume, role="features", allow_change=allow_change)]  # fmt: skip
     graphs = training_graphs(cfg)
     out = []
     if "positions" in stages:
-        out.append(_train_positions(cfg, graphs, output_dir, resume=resume))
+        out.append(_train_positions(cfg, graphs, output_dir, resume=resume, allow_change=allow_change))
     if "edges" in stages:
         edges = graph_denoiser(
             edge_net(crossings=cfg.model.crossings, **net_kwargs(cfg.model)), sigma_data=1.0
@@ -152,7 +178,7 @@ def train_graph_experiment(
         edge_loss = GraphLoss(P_mean=diff.edges.P_mean, P_std=diff.edges.P_std, sigma_data=1.0)
         candidates = CandidateDataset(graphs, **candidate_options(d), crossings=cfg.model.crossings)
         out.append(_train_one(edges, edge_loss, candidates, cfg, output_dir / "edges", resume=resume,
-                              role="edges"))  # fmt: skip
+                              role="edges", allow_change=allow_change))  # fmt: skip
     return out
 
 
@@ -169,7 +195,14 @@ def position_graphs(cfg: GraphExperimentConfig, graphs: list[nx.Graph]) -> list[
     ]
 
 
-def _train_positions(cfg: GraphExperimentConfig, graphs: list[nx.Graph], output_dir: Path, *, resume: bool):
+def _train_positions(
+    cfg: GraphExperimentConfig,
+    graphs: list[nx.Graph],
+    output_dir: Path,
+    *,
+    resume: bool,
+    allow_change: tuple[str, ...] = (),
+):
     positions = position_denoiser(cfg.model)
     stage = cfg.diffusion.positions
     jumps = (
@@ -187,4 +220,5 @@ def _train_positions(cfg: GraphExperimentConfig, graphs: list[nx.Graph], output_
         cfg if steps is None else replace(cfg, optimization=replace(cfg.optimization, max_steps=steps))
     )
     return _train_one(positions, pos_loss, PositionDataset(position_graphs(cfg, graphs)), stage_cfg,
-                      output_dir / "positions", resume=resume, role="positions")  # fmt: skip
+                      output_dir / "positions", resume=resume, role="positions",
+                      allow_change=allow_change)  # fmt: skip

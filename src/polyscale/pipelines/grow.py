@@ -35,10 +35,11 @@ from polyscale.growth.sparse_grower import SparseGrower
 from polyscale.nn.sparse_mlp import SparseMLP
 from polyscale.pipelines.grow_config import GrowSparseConfig
 from polyscale.training.checkpoint import load_training_state, save_training_state
-from polyscale.training.run_dir import MODEL, prepare_run, write_history, write_summary
+from polyscale.training.run_dir import MODEL, open_run, write_history, write_summary
 from polyscale.training.sparse_growth import SparseGrowthTrainer, accuracy
 
 RESUMABLE = ("epochs", "device", "progress", "checkpoint_every")  # may change when a run resumes
+CHANGEABLE: tuple[str, ...] = ()  # may change on resume when asked (--allow-change KEY)
 ENSEMBLE_SIZE = 5  # snapshots in the reported ensemble: the best ones by validation accuracy
 
 
@@ -49,7 +50,11 @@ def classification_data(dataset: str, *, seed: int = 0) -> tuple[Split, Split, S
 
 
 def grow_sparse(
-    cfg: GrowSparseConfig | None = None, output_dir: str | Path | None = None, *, resume: bool = True
+    cfg: GrowSparseConfig | None = None,
+    output_dir: str | Path | None = None,
+    *,
+    resume: bool = True,
+    allow_change: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train a growing sparse network; returns the summary (also written to ``output_dir/summary.json``).
 
@@ -58,10 +63,19 @@ def grow_sparse(
     output (``polyscale.nn.sparse``); ``schedule`` and ``grower`` override further fields of
     :class:`SparseGrowthSchedule` and :class:`SparseGrower`. Without ``output_dir`` nothing is written.
     Build ``cfg`` from a preset and ``key=value`` overrides with
-    :func:`polyscale.pipelines.grow_config.load_grow_sparse_config`.
+    :func:`polyscale.pipelines.grow_config.load_grow_sparse_config`. The run directory is entered (checked,
+    locked, resumed or started afresh) before any training: :func:`~polyscale.training.run_dir.open_run`.
     """
     cfg = cfg if cfg is not None else GrowSparseConfig()
     cfg.validate()
+    if output_dir is None:
+        return _grow_sparse(cfg, None, None)
+    with open_run(output_dir, to_dict(cfg), resume=resume, ignore=RESUMABLE, allow_change=allow_change,
+                  changeable=CHANGEABLE, command="grow sparse") as run:  # fmt: skip
+        return _grow_sparse(cfg, run.path, run.checkpoint)
+
+
+def _grow_sparse(cfg: GrowSparseConfig, out: Path | None, last: Path | None) -> dict[str, Any]:
     train, val, test = classification_data(cfg.dataset, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     net = SparseMLP(
@@ -77,9 +91,8 @@ def grow_sparse(
         grower=SparseGrower(**grower), regrowth=cfg.regrowth, total_epochs=cfg.epochs,
         device=resolve_device(cfg.device), seed=cfg.seed,
     )  # fmt: skip
-    out = None if output_dir is None else Path(output_dir)
     history: list[dict] = []
-    if out is not None and (last := prepare_run(out, to_dict(cfg), resume=resume, ignore=RESUMABLE)):
+    if last is not None:
         history = _resume(trainer, last, cfg.epochs)
 
     def after_epoch(stats: dict) -> None:

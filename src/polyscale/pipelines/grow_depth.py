@@ -47,32 +47,47 @@ from polyscale.io import read_model_dir, resolve_model_dir
 from polyscale.nn.gpt import GPT, GPTConfig
 from polyscale.pipelines.grow_config import GrowDepthConfig
 from polyscale.training.depth_growth import DepthGrowthCallback, train_lm
-from polyscale.training.run_dir import MODEL, prepare_run, write_history, write_summary
+from polyscale.training.run_dir import MODEL, OWNED, open_run, write_history, write_summary
 
 RESUMABLE = ("device", "progress", "checkpoint_every")  # may change when a run resumes
+# may change on resume when asked (--allow-change KEY): the learning-rate schedule follows the new values
+CHANGEABLE = ("max_steps", "lr")
+WRITES = (*OWNED, "layers", "growth.json", "sample.txt")  # what a run writes at the top of its directory
 
 
 def grow_depth(
-    cfg: GrowDepthConfig | None = None, output_dir: str | Path | None = None, *, resume: bool = True
+    cfg: GrowDepthConfig | None = None,
+    output_dir: str | Path | None = None,
+    *,
+    resume: bool = True,
+    allow_change: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train a growing GPT (module docstring); returns the summary (also ``output_dir/summary.json``).
 
     ``cfg`` (default :class:`GrowDepthConfig()`) holds every setting; without ``output_dir`` nothing is
     written. Build ``cfg`` from a preset and ``key=value`` overrides with
-    :func:`polyscale.pipelines.grow_config.load_grow_depth_config`."""
+    :func:`polyscale.pipelines.grow_config.load_grow_depth_config`. The run directory is entered (checked,
+    locked, resumed or started afresh) before any training: :func:`~polyscale.training.run_dir.open_run`."""
     cfg = cfg if cfg is not None else GrowDepthConfig()
     cfg.validate()
     STRATEGIES.lookup(cfg.strategy)
     DETECTORS.lookup(cfg.detector)
     corpus = CharCorpus.from_file(cfg.dataset_path)
+    if output_dir is None:
+        return _grow_depth(cfg, corpus, None, resume=resume)
+    with open_run(output_dir, to_dict(cfg), resume=resume, ignore=RESUMABLE, allow_change=allow_change,
+                  changeable=CHANGEABLE, command="grow depth", names=WRITES) as run:  # fmt: skip
+        if run.checkpoint is None:
+            _clear_layer_states(run.path / "layers")  # a fresh run: no layer states of an earlier one stay
+        return _grow_depth(cfg, corpus, run.path, resume=resume)
+
+
+def _grow_depth(cfg: GrowDepthConfig, corpus: CharCorpus, out: Path | None, *, resume: bool) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     dev = resolve_device(cfg.device)
     model = GPT(GPTConfig(vocab_size=corpus.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd)).to(dev)  # fmt: skip
     settings = {k: v for k, v in to_dict(cfg).items() if k not in RESUMABLE}
-    out = None if output_dir is None else Path(output_dir)
-    if out is not None and prepare_run(out, to_dict(cfg), resume=resume, ignore=RESUMABLE) is None:
-        _clear_layer_states(out / "layers")  # a fresh run: no layer states of an earlier one stay behind
     callback = _callback(cfg, corpus, out)
     run = train_lm(model, corpus, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
                    eval_interval=cfg.eval_interval, callbacks=[callback], seed=cfg.seed, progress=cfg.progress,

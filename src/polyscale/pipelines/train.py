@@ -15,11 +15,14 @@ from polyscale.pipelines.datasets import WithoutLabels, build_dataset
 from polyscale.pipelines.experiment import ExperimentConfig
 from polyscale.pipelines.sample import load_denoiser
 from polyscale.training import TrainResult, train
-from polyscale.training.run_dir import prepare_run, write_summary
+from polyscale.training.run_dir import open_run, write_summary
 
 # settings a resumed run may change: how far it trains and how it reports, not what it computes
 RESUMABLE = ("train.max_steps", "train.output_dir", "train.progress", "train.num_workers", "train.checkpoint_every",
              "train.keep_checkpoints", "train.log_every")  # fmt: skip
+# settings a resumed run changes only when asked (--allow-change KEY): the loop applies the new value from the
+# resumed step on (the learning rate's schedule keeps its shape, scaled to the new peak)
+CHANGEABLE = ("train.lr", "train.weight_decay", "train.grad_clip", "train.ema_decay")
 
 
 def make_denoiser(cfg: ExperimentConfig) -> EDMPrecond:
@@ -77,22 +80,30 @@ def train_experiment(
     resume: bool = True,
     callbacks=(),
     init_from: str | Path | None = None,
+    allow_change: tuple[str, ...] = (),
 ) -> TrainResult:
     """Train ``cfg`` into the run directory ``output_dir`` (:mod:`polyscale.training.run_dir`: ``config.yaml``,
     ``checkpoints/``, ``model/``, ``metrics.csv``, ``summary.json``).
 
     Resuming (``resume=True`` and a checkpoint in ``output_dir``) requires the saved ``config.yaml`` to equal
     ``cfg`` except for the keys in :data:`RESUMABLE` (``train.max_steps`` extends a run); otherwise a
-    ValueError names every differing key (old -> new).
+    ValueError names every differing key (old -> new); ``allow_change`` accepts changes to keys of
+    :data:`CHANGEABLE`. The run directory is locked while the run lasts, and a fresh start keeps the earlier
+    run until its own first checkpoint (:func:`~polyscale.training.run_dir.open_run`).
 
     ``init_from`` (a model directory or shipped model name) starts the weights, and so the EMA, from that
     model instead of the seeded initialisation: fine-tuning, e.g. on larger volumes. A run that resumes from
     its own checkpoint continues from that checkpoint instead.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     train_cfg = replace(cfg.train, output_dir=str(output_dir))
-    prepare_run(output_dir, to_dict(replace(cfg, train=train_cfg)), resume=resume, ignore=RESUMABLE)
+    settings = to_dict(replace(cfg, train=train_cfg))
+    with open_run(output_dir, settings, resume=resume, ignore=RESUMABLE, allow_change=allow_change,
+                  changeable=CHANGEABLE, command="train"):  # fmt: skip
+        return _train_in(cfg, train_cfg, output_dir, resume=resume, callbacks=callbacks, init_from=init_from)
+
+
+def _train_in(cfg: ExperimentConfig, train_cfg, output_dir: Path, *, resume: bool, callbacks, init_from):
     dataset = build_dataset(cfg.data, split="train")
     sample_shape = tuple(dataset[0]["x"].shape)
     check_data_matches_model(cfg, sample_shape)

@@ -17,11 +17,22 @@ optimizer, scaler and every process's RNG into the same directory (loaded back b
 (:func:`polyscale.atomic.atomic_replace_dir` / :func:`~polyscale.atomic.commit_dir`); older ones are pruned
 only after the new one is complete, so the newest complete checkpoint is never lost. Hidden directories are
 never listed as checkpoints.
+
+**Damage.** The last file written into a checkpoint is ``manifest.json``: the size and SHA-256 of every other
+file. :func:`latest_intact_checkpoint` checks it and falls back to the newest checkpoint that is intact,
+saying which one it skipped and why (a truncated or altered file, a missing one).
+
+**Starting over.** :func:`clear_checkpoints` does not delete: it moves the checkpoints into
+``<run>/.previous-run/``, which :func:`prune_checkpoints` deletes once the new run has a checkpoint of its
+own. A run stopped before that point therefore still has the old one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,12 +42,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from polyscale.atomic import atomic_replace_dir
+from polyscale.atomic import atomic_replace_dir, fsync_dir
 
 PREFIX = "step_"
 CHECKPOINTS = "checkpoints"
 TENSORS_FILE = "state.safetensors"
 META_FILE = "state.json"
+MANIFEST_FILE = "manifest.json"
+PREVIOUS = ".previous-run"  # <run>/.previous-run/: what a fresh start set aside, until its first checkpoint
+_STEP_DIR = re.compile(r"^step_\d+$")
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
@@ -44,7 +58,94 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     folder = Path(output_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: str | Path) -> Path:
+    """``manifest.json`` of a checkpoint being built: ``{file: [size, sha256]}`` of every file in it (call
+    last, once every other file is written)."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    entries = {p.relative_to(directory).as_posix(): [p.stat().st_size, _sha256(p)] for p in files}
+    path = directory / MANIFEST_FILE
+    path.write_text(json.dumps({"files": entries}, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def checkpoint_damage(path: str | Path) -> str | None:
+    """Why checkpoint ``path`` cannot be trusted (one phrase), or None when it is intact.
+
+    With a manifest every file's size and SHA-256 are checked; a checkpoint written before manifests only
+    has its ``state.json`` parsed and its safetensors headers read.
+    """
+    path = Path(path)
+    manifest = path / MANIFEST_FILE
+    if not manifest.is_file():
+        return _damage_without_manifest(path)
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{MANIFEST_FILE} is unreadable ({type(err).__name__})"
+    for name, (size, digest) in sorted(entries.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, expected {size} (truncated or altered)"
+        if _sha256(file) != digest:
+            return f"{name} does not match its checksum (altered or damaged)"
+    return None
+
+
+def _damage_without_manifest(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    for name in (TENSORS_FILE, META_FILE):
+        if not (path / name).is_file():
+            return f"{name} is missing"
+    try:
+        json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"{META_FILE} is not valid JSON ({err})"
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)
+        except Exception as err:  # safetensors raises its own error type for a truncated header
+            return f"{file.name} is unreadable ({' '.join(str(err).split())})"
+    return None
+
+
+def latest_intact_checkpoint(
+    output_dir: str | Path, *, notify: Callable[[str], None] | None = None
+) -> Path | None:
+    """The newest checkpoint under ``output_dir/checkpoints`` that :func:`checkpoint_damage` finds intact.
+
+    Each damaged newer one is renamed ``damaged-step_N`` (kept for inspection, no longer listed) and reported
+    through ``notify`` (one sentence naming it, why, and which checkpoint is used instead).
+    """
+    found = checkpoint_dirs(output_dir)
+    for i in range(len(found) - 1, -1, -1):
+        reason = checkpoint_damage(found[i])
+        if reason is None:
+            return found[i]
+        kept = found[i].with_name(f"damaged-{found[i].name}")
+        if kept.exists():
+            shutil.rmtree(kept, ignore_errors=True)
+        os.replace(found[i], kept)
+        fallback = f"resuming from {found[i - 1].name}" if i > 0 else "no intact checkpoint is left"
+        if notify is not None:
+            notify(f"checkpoint {found[i]} is damaged: {reason}; moved it to {kept.name}, {fallback}")
+    return None
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -58,17 +159,58 @@ def checkpoint_path(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / CHECKPOINTS / f"{PREFIX}{step:08d}"
 
 
+def set_aside(output_dir: str | Path, names: Sequence[str]) -> list[str]:
+    """Move ``output_dir/<name>`` for each of ``names`` into ``output_dir/.previous-run/`` (kept until the new
+    run's first checkpoint). Inside ``checkpoints/`` only our ``step_N`` folders move; anything else there is
+    left where it is. Where a ``.previous-run`` already exists (an earlier fresh start that never reached a
+    checkpoint) it is kept and the newer leftovers of ours are deleted instead. Returns the names moved."""
+    output_dir = Path(output_dir)
+    previous = output_dir / PREVIOUS
+    keep_old = previous.is_dir()
+    moved: list[str] = []
+    for name in names:
+        src = output_dir / name
+        if name == CHECKPOINTS:
+            entries = checkpoint_dirs(output_dir)
+            for entry in entries:
+                if keep_old:
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    (previous / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+                    os.replace(entry, previous / CHECKPOINTS / entry.name)
+            if entries:
+                moved.append(name)
+            if src.is_dir() and not any(src.iterdir()):
+                src.rmdir()
+        elif src.exists() or src.is_symlink():
+            if keep_old:
+                shutil.rmtree(src) if src.is_dir() and not src.is_symlink() else src.unlink()
+            else:
+                previous.mkdir(exist_ok=True)
+                os.replace(src, previous / name)
+                moved.append(name)
+    fsync_dir(output_dir)
+    return moved
+
+
 def clear_checkpoints(output_dir: str | Path) -> None:
-    """Delete ``output_dir/checkpoints`` (a fresh run started with ``resume=False`` replaces the old one)."""
-    shutil.rmtree(Path(output_dir) / CHECKPOINTS, ignore_errors=True)
+    """Start ``output_dir`` afresh without losing its checkpoints yet: :func:`set_aside` of ``checkpoints``."""
+    set_aside(output_dir, [CHECKPOINTS])
+
+
+def discard_previous(output_dir: str | Path) -> None:
+    """Delete ``output_dir/.previous-run`` (the new run has a checkpoint of its own)."""
+    shutil.rmtree(Path(output_dir) / PREVIOUS, ignore_errors=True)
 
 
 def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
-    """Delete all but the ``keep`` (>= 1) newest complete checkpoints."""
+    """Delete all but the ``keep`` (>= 1) newest complete checkpoints, and what a fresh start set aside
+    (:func:`set_aside`): call after a new checkpoint is in place."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     for stale in checkpoint_dirs(output_dir)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
+    discard_previous(output_dir)
 
 
 def write_state_files(directory: Path, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
@@ -97,6 +239,7 @@ def save_training_state(
         write_state_files(tmp, tensors, {**meta, "step": step})
         if extra is not None:
             extra(tmp)
+        write_manifest(tmp)
 
     atomic_replace_dir(build, final)
     prune_checkpoints(output_dir, keep)
@@ -107,14 +250,23 @@ def load_training_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, 
     """``(tensors, meta)`` of the checkpoint directory ``path`` (safetensors and JSON only).
 
     Raises:
-        ValueError: ``path`` lacks ``state.safetensors`` or ``state.json`` (names what it holds).
+        ValueError: ``path`` lacks ``state.safetensors`` or ``state.json`` (names what it holds), or one of
+            them cannot be read (names the file).
     """
     path = Path(path)
     for name in (TENSORS_FILE, META_FILE):
         if not (path / name).is_file():
             found = sorted(p.name for p in path.iterdir()) if path.is_dir() else "nothing"
             raise ValueError(f"checkpoint {path} is incomplete: expected {name}, found {found}")
-    return load_file(str(path / TENSORS_FILE)), json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    try:
+        tensors = load_file(str(path / TENSORS_FILE))
+    except Exception as err:  # safetensors' own error type for a damaged file
+        raise ValueError(f"{path / TENSORS_FILE} is damaged: {' '.join(str(err).split())}") from err
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path / META_FILE} is not valid JSON: {err}") from err
+    return tensors, meta
 
 
 def prefixed(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
