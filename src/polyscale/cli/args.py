@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn, TypeVar, overload
 
 from polyscale.config import suggest
@@ -18,6 +20,8 @@ from polyscale.config import suggest
 _N = TypeVar("_N")
 
 EXIT_ERROR = 2  # for usage errors and for errors the pipelines report
+EXIT_INTERNAL = 1  # an unexpected exception (a bug, or a failure polyscale does not know how to explain)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, the shell's convention)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -109,14 +113,46 @@ def config_keys(config_class: type) -> list[str]:
     return keys
 
 
+INT64_MAX = 2**63 - 1  # integer flags end up in tensors' sizes and in seeds: 64-bit integers
+
+
+def _integer(text: str, expected: str) -> int:
+    """``text`` as an integer: plain digits (``1000000000``, ``1_000``) or a whole number in decimal or scientific
+    notation (``1e9``, ``2.0e3``); anything else, or a value outside the 64-bit range, is an
+    ``ArgumentTypeError`` that says what was ``expected`` and what arrived."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = _whole_number(text, expected)
+    if abs(value) > INT64_MAX:
+        raise argparse.ArgumentTypeError(
+            f"expected {expected}, got {text!r}, beyond the 64-bit integer range (|value| <= {INT64_MAX})"
+        )
+    return value
+
+
+def _whole_number(text: str, expected: str) -> int:
+    """A number in decimal or scientific notation that is whole, as an int (one beyond int64 when it has more
+    than 19 digits: never expanded)."""
+    try:
+        number = Decimal(text.strip())
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not number.is_finite():
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    if number.adjusted() > 18:  # 10^19 or more
+        return INT64_MAX + 1
+    if number != number.to_integral_value():
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r} (not a whole number)")
+    return int(number)
+
+
 def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type`` accepting integers >= ``minimum`` with a message naming what arrived."""
+    """An argparse ``type`` accepting integers >= ``minimum`` (``1e9`` style whole numbers too, see
+    :func:`_integer`) with a message naming what arrived."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        value = _integer(text, f"an integer >= {minimum}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
         return value
@@ -126,32 +162,54 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 
 def any_int(text: str) -> int:
-    """An argparse ``type`` for any integer, with a message naming what arrived."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    """An argparse ``type`` for any 64-bit integer (``1e9`` style whole numbers too), with a message naming what
+    arrived."""
+    return _integer(text, "an integer")
 
 
-def any_float(text: str) -> float:
-    """An argparse ``type`` for any finite number, with a message naming what arrived."""
+def _finite(text: str, expected: str) -> float:
+    """``text`` as a finite float, else an ``ArgumentTypeError`` saying what was ``expected``."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(
+            f"expected {expected}, got {text!r} (NaN and infinities are refused)"
+        )
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type`` for any finite number (NaN and +-inf are refused), with a message naming what
+    arrived. Use it wherever a flag would otherwise be ``type=float``."""
+    return _finite(text, "a finite number")
+
+
+any_float = finite_float  # the earlier name
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type`` for a finite number > 0."""
+    value = _finite(text, "a finite number > 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value:g}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse ``type`` for a finite number >= 0."""
+    value = _finite(text, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value:g}")
     return value
 
 
 def float_in(low: float, high: float) -> Callable[[str], float]:
-    """An argparse ``type`` accepting numbers in ``(low, high]``, with a message naming what arrived."""
+    """An argparse ``type`` accepting finite numbers in ``(low, high]``, with a message naming what arrived."""
 
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        value = _finite(text, f"a number in ({low}, {high}]")
         if not low < value <= high:
             raise argparse.ArgumentTypeError(f"expected a number in ({low}, {high}], got {value}")
         return value
@@ -171,9 +229,20 @@ def add_command(
     names the ``--set`` key of ``config`` (the command's configuration dataclass) that a stray flag means."""
     p = sub.add_parser(name, help=help, description=help)
     p.set_defaults(func=func, command_parser=p)
+    add_debug(p, default=argparse.SUPPRESS)  # also after the command: polyscale sample --debug ...
     if config is not None and isinstance(p, OneLineParser):
         p.config_keys = config_keys(config)
     return p
+
+
+DEBUG_HELP = (
+    "on failure, show Python's full traceback instead of the one-line message (or set POLYSCALE_DEBUG=1)"
+)
+
+
+def add_debug(p: argparse.ArgumentParser, *, default: Any = False) -> None:
+    """``--debug``: failures propagate with their traceback (see :mod:`polyscale.cli.main`)."""
+    p.add_argument("--debug", action="store_true", default=default, help=DEBUG_HELP)
 
 
 def add_device(

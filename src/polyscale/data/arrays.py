@@ -97,6 +97,11 @@ def array_file(
         scale: ``"auto"``, ``(lo, hi)`` or None (see Values).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"array file {str(path)!r} is a directory, expected a .npy or .npz file "
+            "(a folder of images is data.kind 'image_folder', polyscale.data.image_folder)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"array file {str(path)!r} does not exist")
     if path.suffix.lower() not in (".npy", ".npz"):

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
-from polyscale.data.graph_geometry import candidate_conditioning, candidate_edges
+from polyscale.data.graph_geometry import candidate_conditioning, candidate_edges, check_edge_index
 from polyscale.diffusion.graph import GraphLayout
 
 
@@ -26,15 +26,25 @@ class GraphFeatureDataset(Dataset):
             raise ValueError("no graphs")
         self.items = []
         for i, d in enumerate(graphs):
+            check_edge_index(d.edge_index, d.num_nodes, name=f"graph {i}: edge_index")
+            if d.edge_index.shape[1] % 2:
+                raise ValueError(
+                    f"graph {i}: edge_index must list both directions of each edge (2m columns, as "
+                    f"polyscale.data.graphs.to_data writes them), got {d.edge_index.shape[1]} columns"
+                )
             m = d.edge_index.shape[1] // 2
+            if node_dim and d.x is None:
+                raise ValueError(f"graph {i} has no x (node features), expected {node_dim} columns")
+            if edge_dim and m and d.edge_attr is None:
+                raise ValueError(f"graph {i} has no edge_attr (edge features), expected {edge_dim} columns")
             node = d.x if node_dim else torch.zeros(d.num_nodes, 0)
-            edge = d.edge_attr[:m] if edge_dim else torch.zeros(m, 0)
+            edge = d.edge_attr[:m] if edge_dim and m else torch.zeros(m, edge_dim)
             if node.shape != (d.num_nodes, node_dim) or edge.shape != (m, edge_dim):
                 raise ValueError(
                     f"graph {i}: expected x ({d.num_nodes}, {node_dim}) and edge_attr rows ({m}, {edge_dim}), "
                     f"got {tuple(node.shape)} and {tuple(edge.shape)}"
                 )
-            self.items.append({"x": node.float(), "edge": edge.float(), "edges": d.edge_index[:, :m]})
+            self.items.append({"x": node.float(), "edge": edge.float(), "edges": d.edge_index[:, :m].long()})
         self.node_dim, self.edge_dim = node_dim, edge_dim
 
     def __len__(self) -> int:
@@ -54,6 +64,8 @@ def collate_graphs(items: list[dict[str, Tensor]]) -> dict:
     (``"crossings"`` ``(2, X)`` and ``"crossing_cond"`` likewise); items with a ``"box"`` ``(2,)`` add ``"box"``
     ``(G, 2)``, and a ``"periodic"`` ``()`` flag ``"periodic"`` ``(G,)``.
     """
+    if not items:
+        raise ValueError("collate_graphs needs at least one graph item, got none")
     nodes, edges, lists, batch, offset = [], [], [], [], 0
     conds = [item["edge_cond"] for item in items] if "edge_cond" in items[0] else None
     for g, item in enumerate(items):

@@ -5,6 +5,7 @@ k-nearest-neighbour graph of the noisy positions) for :class:`~polyscale.diffusi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,8 @@ def periodic_features(pos: Tensor, period: float) -> Tensor:
     ``period`` (the box's origin is a site). Invariant to translations by whole lattice vectors only, and
     local: it tells a node deep inside a large box where the sites are, which the side distances of
     :func:`wall_features` cannot (they saturate there), so lattice domains of different phase do not form."""
+    if not (math.isfinite(period) and period > 0):
+        raise ValueError(f"the lattice period must be > 0 (and finite), got {period}")
     angle = pos * (2 * torch.pi / period)  # (N, 2)
     return torch.cat([angle.cos(), angle.sin()], dim=1)
 
@@ -65,8 +68,10 @@ def density_features(
     binned on unit cells (cloud-in-cell), windows applied by FFT, read back by bilinear interpolation (about
     1 s for 10^6 nodes and two scales on one CPU core)."""
     scales = [float(r) for r in scales]
-    if not scales or min(scales) <= 0:
-        raise ValueError(f"density scales must be a non-empty list of values > 0, got {scales}")
+    if not scales or not all(math.isfinite(r) and r > 0 for r in scales):
+        raise ValueError(f"density scales must be a non-empty list of values > 0 (and finite), got {scales}")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"the density margin must be a finite number >= 0, got {margin}")
     reach = max(int(np.ceil(3 * r)) for r in scales)
     pad = reach + 2  # cells beyond the box on each side; nodes further out are left out of both counts
     out = pos.new_zeros(pos.shape[0], 3 * len(scales))
@@ -148,12 +153,15 @@ class PositionFeatures:
     density_margin: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.period is not None and not self.period > 0:
-            raise ValueError(f"period must be None or > 0, got {self.period}")
+        if self.period is not None and not (math.isfinite(self.period) and self.period > 0):
+            raise ValueError(f"period must be None or > 0 (and finite), got {self.period}")
         scales = tuple(float(r) for r in self.density_scales)
-        if any(not r > 0 for r in scales) or self.density_margin < 0:
+        if not all(math.isfinite(r) and r > 0 for r in scales) or not (
+            math.isfinite(self.density_margin) and self.density_margin >= 0
+        ):
             raise ValueError(
-                f"need density scales > 0 and density_margin >= 0, got {list(scales)}, {self.density_margin}"
+                f"need density scales > 0 and density_margin >= 0 (all finite), got {list(scales)}, "
+                f"{self.density_margin}"
             )
         object.__setattr__(self, "density_scales", scales)
 

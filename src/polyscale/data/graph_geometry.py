@@ -5,6 +5,8 @@ graph's triangles and of crossing candidates, which condition the edge stage of 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scipy.spatial import ConvexHull, QhullError, cKDTree
@@ -13,6 +15,45 @@ from torch import Tensor
 CANDIDATE_FEATURES = 3  # (dx, dy, |d|) of each direction of a candidate
 TRIANGLE_FEATURES = 5  # (cos, sin) of the angle at the third node, its side, two relative side lengths
 CROSSING_FEATURES = 4  # where the crossing lies along each edge, the sine of the angle, log length ratio
+
+
+# the most nodes whose pair keys ``u * n + v`` (one int64 per undirected edge) cannot overflow: isqrt(2^63 - 1)
+MAX_KEYED_NODES = math.isqrt(2**63 - 1)  # 3,037,000,499
+
+
+def check_num_nodes(num_nodes: int, what: str = "the graph") -> int:
+    """``num_nodes`` unless it is above :data:`MAX_KEYED_NODES` (then a ``ValueError`` naming the limit): edge
+    sets are deduplicated and sorted through the 64-bit key ``u * num_nodes + v``."""
+    if int(num_nodes) > MAX_KEYED_NODES:
+        raise ValueError(
+            f"{what} has {int(num_nodes):,} nodes, more than {MAX_KEYED_NODES:,}, the most whose node pairs "
+            "u * n + v fit in a 64-bit integer key"
+        )
+    return int(num_nodes)
+
+
+def check_edge_index(edge_index: Tensor, num_nodes: int, *, name: str = "edge_index") -> Tensor:
+    """``edge_index`` itself if it is a ``(2, E)`` tensor of integer node ids (any integer dtype) in
+    ``0 .. num_nodes - 1`` with ``num_nodes`` at most :data:`MAX_KEYED_NODES`; else a ``ValueError`` that
+    names ``name`` and what is wrong. Floating-point ids are refused rather than truncated (1.7 is no node)."""
+    if not isinstance(edge_index, Tensor):
+        raise ValueError(f"{name} must be a tensor (2, E) of node ids, got {type(edge_index).__name__}")
+    dtype = edge_index.dtype
+    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+        raise ValueError(
+            f"{name} must hold integer node ids (e.g. torch.long), got dtype {dtype}; convert it with "
+            ".long() if it holds whole numbers"
+        )
+    if edge_index.ndim != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"{name} must have shape (2, E), got {tuple(edge_index.shape)}")
+    check_num_nodes(num_nodes, f"the graph of {name}")
+    if edge_index.numel():
+        lo, hi = int(edge_index.min()), int(edge_index.max())
+        if lo < 0 or hi >= num_nodes:
+            raise ValueError(
+                f"{name} refers to node {lo if lo < 0 else hi}, outside the graph's nodes 0..{num_nodes - 1}"
+            )
+    return edge_index
 
 
 def sorted_unique(keys: np.ndarray) -> np.ndarray:
@@ -101,7 +142,7 @@ def knn_edges(pos: Tensor, batch: Tensor, k: int, *, period: Tensor | None = Non
     if bool((per < 0).any()) or bool(((per > 0).sum(1) == 1).any()):
         raise ValueError("each row of period must be (W, H) with W, H > 0, or (0, 0) for a plane")
     p, b = pos.detach().cpu().double().numpy(), batch.detach().cpu().numpy()
-    n = len(p)
+    n = check_num_nodes(len(p), "the batch")
     keys = []
     for ids in _graph_groups(batch):
         g = int(b[ids[0]])
@@ -154,7 +195,7 @@ def candidate_edges(
     if max_length is not None and max_length <= 0:
         raise ValueError(f"max_length must be > 0 or None, got {max_length}")
     p = pos.detach().cpu().double().numpy()
-    n = len(p)
+    n = check_num_nodes(len(p), "the batch")
     keys = []
     for ids in _graph_groups(batch):
         if len(ids) < 2:
@@ -211,6 +252,7 @@ def candidate_triangles(edges: Tensor, num_nodes: int, *, chunk: int = 65536) ->
     neighbours (a contiguous run of the sorted edge list) are kept when ``v - w`` is an edge. Nodes go in
     chunks, so memory stays bounded; the work is linear in ``n`` for bounded degree.
     """
+    check_edge_index(edges, num_nodes, name="edges")
     m = edges.shape[1]
     device = edges.device
     if m == 0:
@@ -382,12 +424,15 @@ def candidate_conditioning(pos: Tensor, cand: Tensor, *, crossings: bool = False
 __all__ = [
     "CANDIDATE_FEATURES",
     "CROSSING_FEATURES",
+    "MAX_KEYED_NODES",
     "TRIANGLE_FEATURES",
     "candidate_conditioning",
     "candidate_crossings",
     "candidate_edges",
     "candidate_geometry",
     "candidate_triangles",
+    "check_edge_index",
+    "check_num_nodes",
     "crossing_geometry",
     "knn_edges",
     "periodic_offsets",

@@ -25,6 +25,7 @@ from scipy.spatial import Delaunay, cKDTree
 from torch import Tensor
 from torch_geometric.data import Data
 
+from polyscale.data.graph_geometry import check_edge_index
 from polyscale.registry import Registry
 
 
@@ -227,16 +228,31 @@ def to_data(g: nx.Graph, *, x: np.ndarray | None = None, edge_attr: np.ndarray |
     if len(pos) == n:
         data.pos = torch.tensor([pos[i] for i in range(n)], dtype=torch.float32)
     if x is not None:
-        data.x = torch.as_tensor(x, dtype=torch.float32).reshape(n, -1)
+        data.x = _rows(x, n, "x (node features)")
     if edge_attr is not None:
-        e = torch.as_tensor(edge_attr, dtype=torch.float32).reshape(len(edges), -1)  # (m, F_e)
+        e = _rows(edge_attr, len(edges), "edge_attr (edge features)")  # (m, F_e)
         data.edge_attr = torch.cat([e, e])  # (2m, F_e)
     return data
 
 
+def _rows(values: np.ndarray, rows: int, what: str) -> Tensor:
+    """``values`` as float32 ``(rows, F)``: a 2-D array as it is, anything else reshaped (an edgeless graph's
+    ``(0, F)`` features keep their ``F``)."""
+    t = torch.as_tensor(values, dtype=torch.float32)
+    if t.ndim != 2:
+        if t.numel() == 0 and rows == 0:
+            return t.reshape(0, 0)
+        t = t.reshape(rows, -1)
+    if t.shape[0] != rows:
+        raise ValueError(f"{what}: expected {rows} rows, got shape {tuple(t.shape)}")
+    return t
+
+
 def to_networkx(edge_index: Tensor, num_nodes: int) -> nx.Graph:
-    """Undirected simple graph on ``0 .. num_nodes-1`` from an ``edge_index`` ``(2, E)`` (either or both
-    directions; self-loops dropped)."""
+    """Undirected simple graph on ``0 .. num_nodes-1`` from an ``edge_index`` ``(2, E)`` of integer node ids
+    (either or both directions; self-loops dropped; a float or out-of-range ``edge_index`` is a ``ValueError``,
+    see :func:`~polyscale.data.graph_geometry.check_edge_index`)."""
+    check_edge_index(edge_index, num_nodes)
     g: nx.Graph = nx.Graph()
     g.add_nodes_from(range(num_nodes))
     ei = edge_index.detach().cpu().numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,20 @@ import torch
 from polyscale.data.base import GridDataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _too_many_pixels(path: Path, err: Exception) -> str:
+    """The message for Pillow's decompression-bomb refusal of ``path``: the file, its pixels, the limit."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS or 0
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return (
+        f"image file {str(path)!r} has {pixels}, more than the {2 * limit:,} that Pillow reads (twice "
+        f"PIL.Image.MAX_IMAGE_PIXELS = {limit:,}, its guard against decompression bombs); shrink the image "
+        "first, or from Python raise PIL.Image.MAX_IMAGE_PIXELS before loading it"
+    )
 
 
 def _load_image(path: Path, *, channels: int, size: int | None) -> np.ndarray:
@@ -39,6 +54,8 @@ def _load_image(path: Path, *, channels: int, size: int | None) -> np.ndarray:
                 img = img.resize((size, size), Image.Resampling.BICUBIC)
             array = np.asarray(img, dtype=np.float32)
             array = array.clip(0, 1) if img.mode == "F" else array / 255.0  # (H, W) or (H, W, 3)
+    except Image.DecompressionBombError as err:  # more pixels than Pillow agrees to decode
+        raise ValueError(_too_many_pixels(path, err)) from None
     except (OSError, ValueError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError
         raise ValueError(f"cannot read image file {str(path)!r}: {err}") from None
     if array.ndim == 2:
@@ -93,8 +110,13 @@ def image_folder(
         labels: read class labels from sub-folders.
     """
     root = Path(path)
+    if root.is_file():
+        raise ValueError(
+            f"image folder {str(root)!r} is a file, expected a folder of images ({', '.join(IMAGE_EXTENSIONS)}); "
+            "a .npy or .npz file is data.kind 'array' (polyscale.data.array_file)"
+        )
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
     if size is not None and size < 1:

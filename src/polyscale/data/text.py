@@ -52,6 +52,8 @@ class CharCorpus:
         if path is None:
             return cls.from_text(default_corpus_text(), val_fraction=val_fraction)
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory, expected a UTF-8 text file")
         if not path.is_file():
             raise FileNotFoundError(f"no text file at {path}")
         try:

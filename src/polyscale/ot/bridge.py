@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from polyscale.ot.config import KernelConfig, make_kernel
+from polyscale.ot.kernels import check_finite
 from polyscale.ot.sinkhorn import SinkhornResult, sinkhorn
 
 
@@ -77,7 +78,7 @@ class SinkhornBridge:
             raise ValueError(f"step_size must be in [0, 1], got {step_size}")
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
-        self.reference = reference.flatten(1)  # (M, D)
+        self.reference = check_finite(reference.flatten(1), "reference")  # (M, D)
         self.sample_shape = tuple(reference.shape[1:])
         self.kernel, self.steps = kernel, None if steps is None else {int(s) for s in steps}
         self.step_size, self.iterations, self.tol = float(step_size), int(iterations), float(tol)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,8 +39,11 @@ class KernelConfig:
             raise ValueError(
                 f"give exactly one of epsilon and bandwidth, got epsilon={self.epsilon}, bandwidth={self.bandwidth}"
             )
-        if self.resolved_epsilon <= 0:
-            raise ValueError(f"epsilon (or bandwidth) must be positive, got {self.epsilon or self.bandwidth}")
+        if self.bandwidth is not None and not (math.isfinite(self.bandwidth) and self.bandwidth > 0):
+            raise ValueError(f"bandwidth must be a finite number > 0, got {self.bandwidth}")
+        if not (math.isfinite(self.resolved_epsilon) and self.resolved_epsilon > 0):
+            given = f"epsilon={self.epsilon}" if self.epsilon is not None else f"bandwidth={self.bandwidth}"
+            raise ValueError(f"epsilon (or bandwidth) must be a finite number > 0, got {given}")
         if self.rank < 1 or self.dense_limit < 1:
             raise ValueError(f"rank and dense_limit must be positive, got {self.rank}, {self.dense_limit}")
 

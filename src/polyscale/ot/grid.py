@@ -70,6 +70,9 @@ class Grid(KernelOperator):
         if coordinates is None:
             coordinates = [torch.linspace(0, 1, s, dtype=dtype, device=device) for s in self.grid]
         self.coordinates = [torch.as_tensor(t, dtype=dtype, device=device).flatten() for t in coordinates]
+        for axis, t in enumerate(self.coordinates):
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"coordinates of axis {axis} must be finite, got {t.tolist()[:8]}")
         if [len(t) for t in self.coordinates] != list(self.grid):
             raise ValueError(
                 f"coordinates must have lengths {list(self.grid)}, got {[len(t) for t in self.coordinates]}"

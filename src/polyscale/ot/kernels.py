@@ -20,13 +20,30 @@ from torch import Tensor
 
 
 def as_batch(points: Tensor, name: str) -> Tensor:
-    """``(n, d)`` or ``(B, n, d)`` floating points as ``(B, n, d)``."""
+    """``(n, d)`` or ``(B, n, d)`` floating points as ``(B, n, d)``; a ``ValueError`` for any other shape or
+    dtype, and for NaN or infinite coordinates (no cost, kernel or Sinkhorn potential exists for them)."""
     if not points.is_floating_point() or points.ndim not in (2, 3) or points.shape[-2] == 0:
         raise ValueError(
             f"{name} must be a non-empty floating tensor (n, d) or (B, n, d), got {points.dtype} "
             f"{tuple(points.shape)}"
         )
+    check_finite(points, name)
     return points if points.ndim == 3 else points.unsqueeze(0)
+
+
+def check_finite(points: Tensor, name: str) -> Tensor:
+    """``points`` ``(n, d)`` or ``(B, n, d)`` unless a coordinate is NaN or infinite, then a ``ValueError``
+    that counts the points concerned and names the first."""
+    bad = ~torch.isfinite(points)
+    if bool(bad.any()):
+        rows = bad.any(-1)  # (n,) or (B, n)
+        first = [int(i) for i in rows.nonzero()[0]]
+        at = f"point {first[-1]}" + (f" of problem {first[0]}" if len(first) == 2 else "")
+        raise ValueError(
+            f"{name} has NaN or infinite coordinates ({int(rows.sum())} of its {rows.numel()} points, the first "
+            f"is {at}); optimal transport needs finite points"
+        )
+    return points
 
 
 def check_epsilon(epsilon: float) -> float:

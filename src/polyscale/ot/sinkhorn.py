@@ -132,6 +132,10 @@ def epsilon_schedule(start: float, epsilon: float, scaling: float) -> list[float
     """Geometric epsilon-scaling ``start, start * scaling, ...`` stopping above ``epsilon``, then ``epsilon``."""
     if not 0 < scaling < 1:
         raise ValueError(f"scaling must be in (0, 1), got {scaling}")
+    if not (math.isfinite(start) and math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(
+            f"epsilon-scaling needs a finite start and a finite epsilon > 0, got start={start}, epsilon={epsilon}"
+        )
     stages = max(0, math.ceil(math.log(epsilon / start) / math.log(scaling))) if start > epsilon else 0
     return [start * scaling**k for k in range(stages)] + [epsilon]
 
@@ -159,8 +163,8 @@ def sinkhorn(
     Returns a :class:`SinkhornResult`; when the tolerance is not reached (or a potential stops being finite)
     ``converged`` is False and, unless ``warn=False``, a :class:`ConvergenceWarning` says so.
     """
-    if tol <= 0 or max_iter < 1:
-        raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
+    if not (math.isfinite(tol) and tol > 0) or max_iter < 1:
+        raise ValueError(f"need a finite tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
     kb, n, m = kernel.shape
     like = kernel.source_points()
     batched = (a is not None and a.ndim == 2) or (b is not None and b.ndim == 2) or kb > 1
