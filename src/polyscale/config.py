@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -32,8 +33,10 @@ T = TypeVar("T")
 
 __all__ = [
     "KNOWN_ALIASES",
+    "UNBOUNDED",
     "shipped_presets",
     "ConfigError",
+    "check_finite",
     "from_dict",
     "load_config",
     "load_yaml",
@@ -234,6 +237,8 @@ def _convert_scalar(value: Any, tp: type, where: str) -> Any:
         # ints are accepted for floats (YAML writes 1 for 1.0); bools are not numbers here
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected float, {_received(value)}")
+        if math.isnan(value):  # never a meaningful setting; infinities are checked by check_finite
+            raise ConfigError(f"{where} must be a finite number, got nan")
         return float(value)
     if tp is int and isinstance(value, bool):  # bool is a subclass of int in Python, never in a config
         raise ConfigError(f"{where}: expected int, {_received(value)}")
@@ -335,6 +340,37 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
         raise
     except ValueError as err:
         raise ConfigError(f"{where or cls.__name__}: {err}") from err
+
+
+# field metadata key: the field may be +inf, which means "no limit" (e.g. ``train.grad_clip``)
+UNBOUNDED = "unbounded"
+
+
+def check_finite(obj: Any, where: str = "") -> None:
+    """Refuse NaN and infinite numbers in the config dataclass ``obj`` (nested dataclasses, lists and tuples
+    included): a ConfigError names the dotted key, ``train.lr must be a finite number, got inf``. A field whose
+    metadata sets :data:`UNBOUNDED` may be ``+inf`` (its "no limit"); free-form mappings (a sampler's
+    options, where ``s_tmax: .inf`` means no limit) are checked for NaN only. ``where`` prefixes the keys."""
+    if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
+        raise TypeError(f"check_finite expects a dataclass instance, got {obj!r}")
+    for f in dataclasses.fields(obj):
+        key = f"{where}.{f.name}" if where else f.name
+        _check_finite_value(getattr(obj, f.name), key, allow_inf=bool(f.metadata.get(UNBOUNDED)))
+
+
+def _check_finite_value(value: Any, key: str, *, allow_inf: bool = False, nan_only: bool = False) -> None:
+    if isinstance(value, float):
+        if math.isnan(value) or (math.isinf(value) and not nan_only and not (allow_inf and value > 0)):
+            limit = " (or .inf for no limit)" if allow_inf else ""
+            raise ConfigError(f"{key} must be a finite number{limit}, got {value}")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        check_finite(value, key)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite_value(item, f"{key}[{i}]", allow_inf=allow_inf, nan_only=nan_only)
+    elif isinstance(value, Mapping):
+        for name, item in value.items():
+            _check_finite_value(item, f"{key}.{name}", nan_only=True)
 
 
 def to_dict(obj: Any) -> Any:

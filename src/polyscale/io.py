@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,12 +42,36 @@ from polyscale.atomic import atomic_replace_dir
 from polyscale.config import ConfigError, from_dict, to_dict
 from polyscale.pickles import PICKLE_SUFFIXES, has_pickle_signature, is_pickle_file, pickle_error
 
-__all__ = ["PretrainedMixin", "load_pretrained", "load_weights", "model_from_state", "read_model_dir",
-           "resolve_model_dir", "save_pretrained"]  # fmt: skip
+__all__ = ["PretrainedMixin", "first_non_finite", "load_pretrained", "load_weights", "model_from_state",
+           "read_model_dir", "resolve_model_dir", "save_pretrained"]  # fmt: skip
 
 FORMAT = "polyscale-model"
 FORMAT_VERSION = 1
 CONFIG_NAME, WEIGHTS_NAME, EMA_NAME = "config.json", "model.safetensors", "ema.safetensors"
+
+
+def first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, str] | None:
+    """``(name, "nan (3 of 120 values)")`` for the first floating-point tensor of ``named`` holding NaN or
+    +-inf, or None when all are finite. One device synchronisation for the whole check (more only to
+    describe a tensor that is not finite)."""
+    items = [(n, t.detach()) for n, t in named if t.is_floating_point() or t.is_complex()]
+    if not items:
+        return None
+    device = items[0][1].device
+    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in items])
+    bad = (~finite).nonzero()
+    if bad.numel() == 0:
+        return None
+    name, tensor = items[int(bad[0, 0])]
+    count = int((~torch.isfinite(tensor)).sum())
+    value = "nan" if bool(tensor.isnan().any()) else ("inf" if bool(tensor.isposinf().any()) else "-inf")
+    return name, f"{value} ({count} of {tensor.numel()} values)"
+
+
+def _parameter_names(model: nn.Module) -> set[str]:
+    """State-dict keys of ``model`` that are parameters (tied ones under each of their names), not buffers."""
+    return {name for name, _ in model.named_parameters(remove_duplicate=False)}
+
 
 # ----------------------------------------------------------------------------------------------------- saving
 
@@ -142,8 +166,9 @@ def save_pretrained(
 
     Raises:
         ValueError: no dataclass config, a config that does not match the constructor or would not load back,
-            non-JSON metadata, EMA weights whose keys/shapes differ from the model's, or a target directory
-            that holds something other than a polyscale model.
+            non-JSON metadata, EMA weights whose keys/shapes differ from the model's, a parameter (of the
+            model or the EMA) holding NaN or inf, or a target directory that holds something other than a
+            polyscale model.
     """
     config = _check_config(model)
     header = {
@@ -162,6 +187,14 @@ def save_pretrained(
     if ema_weights is not None:
         _check_same_layout(weights, ema_weights)
     target = Path(directory)
+    params = _parameter_names(model)
+    for what, tensors in (("model", weights), ("EMA", ema_weights or {})):
+        found = first_non_finite((k, v) for k, v in tensors.items() if k in params)
+        if found is not None:
+            raise ValueError(
+                f"refusing to save non-finite weights to {target}: {what} parameter {found[0]!r} holds "
+                f"{found[1]}; the training diverged (lower the learning rate)"
+            )
     _check_replaceable(target)
 
     def build(tmp: Path) -> None:
@@ -248,6 +281,8 @@ def read_model_dir(directory: str | Path) -> ModelDir:
         header = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{cfg_path} is not valid JSON ({err}); expected a polyscale model config") from None
+    except OSError as err:
+        raise ValueError(f"{cfg_path} could not be read ({err.strerror or err})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         found = header.get("format") if isinstance(header, dict) else f"a JSON {type(header).__name__}"
         raise ValueError(f'{cfg_path}: expected "format": {FORMAT!r}, found {found!r}')
@@ -286,11 +321,26 @@ def load_weights(path: str | Path, *, map_location: str | torch.device = "cpu") 
         ) from None
 
 
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "boolean"
+    if dtype.is_complex:
+        return "complex"
+    return "floating point" if dtype.is_floating_point else "integer"
+
+
 def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, strict: bool) -> None:
     expected = model.state_dict()
     shapes = [f"{k}: config builds {tuple(v.shape)}, file has {tuple(state[k].shape)}"
               for k, v in expected.items() if k in state and v.shape != state[k].shape]  # fmt: skip
+    # another precision of the same kind is converted on loading; another kind (int for float) is an error
+    kinds = [
+        f"{k}: the model expects {_dtype_kind(v.dtype)} ({v.dtype}), the file holds {state[k].dtype}"
+        for k, v in expected.items()
+        if k in state and _dtype_kind(v.dtype) != _dtype_kind(state[k].dtype)
+    ]
     problems = [f"shape mismatch {shapes[:5]}"] if shapes else []
+    problems += [f"dtype mismatch {kinds[:5]}"] if kinds else []
     if strict:
         missing, extra = [k for k in expected if k not in state], [k for k in state if k not in expected]
         problems += [f"missing keys {missing[:5]}"] if missing else []
@@ -308,7 +358,8 @@ def load_pretrained(
     strict: bool = True,
 ) -> nn.Module:
     """Rebuild the model saved in ``directory`` and load its weights (bit-identical to what was saved). The
-    model is in training mode; weights saved in another dtype are converted to the constructor's.
+    model is in training mode; weights saved in another floating-point precision are converted to the
+    constructor's.
 
     Args:
         directory: a model directory written by :func:`save_pretrained`.
@@ -319,8 +370,10 @@ def load_pretrained(
         strict: require the file's keys to equal the model's (shapes must always match).
 
     Raises:
-        ValueError: unknown class, class without ``config_class``, weights that do not fit the config, or
-            any error of :func:`read_model_dir` / :func:`load_weights`; ConfigError: an invalid ``config``;
+        ValueError: unknown class, class without ``config_class``, weights that do not fit the config
+            (shape, or a dtype of another kind: integers where the model has floats), parameters holding NaN
+            or inf (a diverged run), or any error of :func:`read_model_dir` / :func:`load_weights`;
+            ConfigError: an invalid ``config``;
             FileNotFoundError: missing directory, config.json or weights file.
     """
     info = read_model_dir(directory)
@@ -372,6 +425,13 @@ def model_from_state(
         raise ValueError(f"{source}: could not build {cls.__name__} from its config: {err}") from err
     model = model.to(next(iter(state.values())).device if state else "cpu")
     _check_fits(model, state, f"{weights} does not fit the {cls.__name__} described by {source}", strict)
+    params = _parameter_names(model)
+    found = first_non_finite((k, v) for k, v in state.items() if k in params)
+    if found is not None:
+        raise ValueError(
+            f"{weights} holds non-finite values in {found[0]}: {found[1]}; it was saved from a diverged run "
+            "(retrain with a lower learning rate, or use an earlier checkpoint)"
+        )
     model.load_state_dict(state, strict=strict)
     return model
 

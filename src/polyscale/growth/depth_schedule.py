@@ -17,6 +17,7 @@ the step and the mean training loss since the last check.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -37,9 +38,9 @@ class LossPlateau:
     growths: int = 0
 
     def __post_init__(self) -> None:
-        if self.warmup_steps < 0 or self.patience < 1 or self.threshold < 0:
+        if self.warmup_steps < 0 or self.patience < 1 or not 0 <= self.threshold < math.inf:
             raise ValueError(
-                f"need warmup_steps >= 0, patience >= 1, threshold >= 0; got {self.warmup_steps}, "
+                f"need warmup_steps >= 0, patience >= 1, a finite threshold >= 0; got {self.warmup_steps}, "
                 f"{self.patience}, {self.threshold}"
             )
 
@@ -48,8 +49,9 @@ class LossPlateau:
 
     def update(self, step: int, loss: float, *, tau: float | None = None, kappa: float | None = None) -> bool:
         """One check; True when a layer should be inserted now."""
-        if loss != loss:  # NaN
-            raise ValueError(f"the loss at step {step} is NaN")
+        if not math.isfinite(loss):
+            shown = "NaN" if math.isnan(loss) else loss
+            raise ValueError(f"the loss at step {step} is {shown}: training diverged before this check")
         if self.max_growths is not None and self.growths >= self.max_growths:
             return False
         if step - self.start < self.warmup_steps:
@@ -71,14 +73,33 @@ class LossPlateau:
 class StagnationDetector(LossPlateau):
     """:class:`LossPlateau` whose stagnant checks also need ``tau > tau_crit`` or ``kappa > kappa_crit``."""
 
-    tau_crit: float = 2.0  # stretch factor above which the trajectory counts as stagnating
-    kappa_crit: float = 0.5  # curvature above which it counts as stagnating
+    tau_crit: float = 2.0  # stretch factor above which the trajectory counts as stagnating (>= 1)
+    kappa_crit: float = 0.5  # curvature above which it counts as stagnating (>= 0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_geometry_thresholds(self.tau_crit, self.kappa_crit)
 
     def _stagnant(self, loss: float, tau: float | None, kappa: float | None) -> bool:
         if tau is None or kappa is None:
             return False
         geometric = tau > self.tau_crit or kappa > self.kappa_crit
         return geometric and super()._stagnant(loss, tau, kappa)
+
+
+def check_geometry_thresholds(tau_crit: float, kappa_crit: float) -> None:
+    """Stagnation thresholds must be finite and reachable: the stretch factor (path over chord) is >= 1 and
+    the curvature >= 0, so ``tau_crit`` below 1 or ``kappa_crit`` below 0 would call every trajectory
+    stagnant."""
+    if not 1 <= tau_crit < math.inf:
+        raise ValueError(
+            f"tau_crit must be a finite number >= 1 (the stretch factor path / chord is never below 1), "
+            f"got {tau_crit}"
+        )
+    if not 0 <= kappa_crit < math.inf:
+        raise ValueError(
+            f"kappa_crit must be a finite number >= 0 (the curvature is never negative), got {kappa_crit}"
+        )
 
 
 DETECTORS: Registry[type[LossPlateau]] = Registry(

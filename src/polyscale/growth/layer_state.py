@@ -25,7 +25,18 @@ class LayerStateManager:
     def __init__(self, output_dir: str | Path) -> None:
         self.root = Path(output_dir)
         index = self.root / "index.json"
-        self.index: list[dict] = json.loads(index.read_text()) if index.is_file() else []
+        self.index: list[dict] = []
+        if index.is_file():
+            try:
+                self.index = json.loads(index.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(
+                    f"{index} is not valid JSON ({err}); expected the layer-state index"
+                ) from None
+            if not isinstance(self.index, list):
+                raise ValueError(
+                    f"{index}: expected a JSON list of saved states, found {type(self.index).__name__}"
+                )
 
     def save_state(self, layer_id: int, state_name: str, state_dict: dict[str, Tensor], step: int) -> Path:
         """Write ``state_dict`` (tensors only) as layer ``layer_id``'s ``state_name`` at ``step``; returns the
@@ -53,11 +64,11 @@ class LayerStateManager:
         return sorted(rows, key=lambda e: (e["layer_id"], e["step"], e["state_name"]))
 
     def load_state(self, layer_id: int, state_name: str, step: int | None = None) -> dict[str, Tensor]:
-        """The saved state (the latest step when ``step`` is None)."""
-        from safetensors.torch import load_file
+        """The saved state (the latest step when ``step`` is None); a corrupt file is a ValueError naming it."""
+        from polyscale.io import load_weights
 
         rows = [e for e in self.states(layer_id, state_name) if step is None or e["step"] == step]
         if not rows:
             have = sorted({(e["layer_id"], e["state_name"], e["step"]) for e in self.index})
             raise KeyError(f"no state {state_name!r} of layer {layer_id} at step {step}; saved: {have}")
-        return load_file(self.root / rows[-1]["file"])
+        return load_weights(self.root / rows[-1]["file"])

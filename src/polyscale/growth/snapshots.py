@@ -231,16 +231,30 @@ class SnapshotStore:
 
     @classmethod
     def load(cls, path: str | Path) -> SnapshotStore:
-        """Read a store written by :meth:`save`."""
-        from safetensors import safe_open
+        """Read a store written by :meth:`save`; another, corrupt or truncated file is a ValueError naming it."""
+        from safetensors import SafetensorError
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no snapshot file at {path}")
+        try:
+            return cls._read(path)
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise ValueError(
+                f"{path} is not a readable safetensors file (corrupt or truncated?): {err}"
+            ) from None
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: the snapshot index is damaged ({type(err).__name__}: {err})") from None
+
+    @classmethod
+    def _read(cls, path: Path) -> SnapshotStore:
+        from safetensors import safe_open
+
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("index", "{}"))
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"{path} is not a polyscale snapshot store (format {meta.get('format')!r})")
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            if found != FORMAT:
+                raise ValueError(f"{path} is not a polyscale snapshot store (format {found!r})")
             store = cls()
             store.infos = [SnapshotInfo(**i) for i in meta["infos"]]
             store._layout = [{k: (d, list(s)) for k, (d, s) in lay.items()} for lay in meta["layout"]]

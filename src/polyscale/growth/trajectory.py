@@ -32,11 +32,14 @@ reshaped back)::
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from polyscale.growth.depth_schedule import check_geometry_thresholds
 
 
 def _points(history: Tensor | list[Tensor]) -> Tensor:
@@ -90,6 +93,13 @@ class GeometricExtrapolator:
             raise ValueError(
                 f"need k_subspace >= 1 and ell_orth >= 0, got {self.k_subspace}, {self.ell_orth}"
             )
+        for name in ("beta0", "gamma0", "eta0"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite gain >= 0 (0 turns its term off), got {value}")
+        if not 0 < self.eps < math.inf:
+            raise ValueError(f"eps must be a finite number > 0, got {self.eps}")
+        check_geometry_thresholds(self.tau_crit, self.kappa_crit)
 
     def coefficients(self, tau: float, kappa: float) -> tuple[float, float, float]:
         """``(beta, gamma, eta)`` for the given geometry."""

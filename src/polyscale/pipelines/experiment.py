@@ -12,7 +12,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from polyscale.config import ConfigError, from_dict, load_config, load_yaml, shipped_presets
+from polyscale.config import (
+    ConfigError,
+    check_finite,
+    from_dict,
+    load_yaml,
+    merge,
+    parse_overrides,
+    shipped_presets,
+)
 from polyscale.data.config import DataConfig
 from polyscale.diffusion.sampling import SamplerConfig, nest_sampler_keys
 from polyscale.nn.unet import UNetConfig
@@ -66,12 +74,19 @@ def preset_path(name_or_path: str | Path) -> Path:
 def load_experiment(
     name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()
 ) -> ExperimentConfig:
-    """Load and validate a preset, applying ``section.key=value`` overrides (a file with the flat sampling
-    keys of earlier versions is read as :func:`migrate_experiment` says)."""
+    """Load and validate a preset, applying ``section.key=value`` overrides (a file or an override with the
+    flat sampling keys of earlier versions, ``diffusion.sampler=euler``, is read as :func:`migrate_experiment`
+    says). Every number must be finite (``train.grad_clip`` may be ``.inf``: no clipping) and the sampler
+    one of :data:`polyscale.diffusion.SAMPLERS`, with options it takes: a run is refused before it trains,
+    not when it first samples."""
     path = preset_path(name_or_path)
     try:
-        return load_config(ExperimentConfig, migrate_experiment(load_yaml(path)), overrides=overrides)
-    except ConfigError as err:
+        data = merge(migrate_experiment(load_yaml(path)), migrate_experiment(parse_overrides(overrides)))
+        cfg = from_dict(ExperimentConfig, data)
+        check_finite(cfg)
+        cfg.train.validate()  # ranges too (train() checks again, knowing the number of processes)
+        return cfg
+    except (ConfigError, ValueError) as err:
         origin = f"{path}" + (f" with overrides {list(overrides)}" if overrides else "")
         raise ConfigError(f"{origin}: {err}") from None
 
@@ -93,5 +108,8 @@ def migrate_experiment(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def experiment_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
-    """:class:`ExperimentConfig` from a stored mapping (a model directory's metadata), old forms migrated."""
-    return from_dict(ExperimentConfig, migrate_experiment(data))
+    """:class:`ExperimentConfig` from a stored mapping (a model directory's metadata), old forms migrated;
+    non-finite numbers are refused as by :func:`load_experiment`."""
+    cfg = from_dict(ExperimentConfig, migrate_experiment(data))
+    check_finite(cfg)
+    return cfg

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from polyscale.config import ConfigError, load_config, load_yaml, shipped_presets
+from polyscale.config import UNBOUNDED, ConfigError, check_finite, load_config, load_yaml, shipped_presets
 from polyscale.diffusion.sampling import SamplerConfig, sampler_options
 from polyscale.diffusion.structure import POSITION_STARTS, check_jump_schedule
 from polyscale.training.config import TrainConfig
@@ -68,7 +68,8 @@ class GraphDataConfig:
     candidates_k: int = 10  # structure task: k of the candidate k-NN graph of the positions
     candidates_sectors: int = 0  # structure task: also the nearest candidate per angular sector (0: off)
     candidates_hull: bool = False  # structure task: also the convex hull's edges
-    candidates_max_length: float | None = None  # structure task: drop longer candidates (density units)
+    # structure task: drop longer candidates (density units; None or .inf: keep every one)
+    candidates_max_length: float | None = field(default=None, metadata={UNBOUNDED: True})
     seed: int = 0
 
 
@@ -226,7 +227,10 @@ def migrate_graph_experiment(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_graph_experiment(cfg: GraphExperimentConfig) -> GraphExperimentConfig:
-    """``cfg`` if its values fit together, else a ValueError naming the field, what it needs and what it got."""
+    """``cfg`` if its values fit together, else a ValueError naming the field, what it needs and what it got
+    (every number must be finite; ``data.candidates_max_length`` and ``optimization.grad_clip`` may be
+    ``.inf``, no limit)."""
+    check_finite(cfg)
     d, diff = cfg.data, cfg.diffusion
     if not 2 <= d.min_nodes <= d.max_nodes:
         raise ValueError(f"need 2 <= data.min_nodes <= data.max_nodes, got {d.min_nodes} and {d.max_nodes}")

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from polyscale.config import ConfigError, load_config, shipped_presets
+from polyscale.config import ConfigError, check_finite, load_config, shipped_presets
 
 OPT_IN = "opt-in, beyond the default growth rules (docs/growth.md)"  # a flag group of grow sparse
 
@@ -65,9 +65,13 @@ class GrowSparseConfig:
     progress: bool = True  # progress bar
     schedule: dict[str, Any] = field(default_factory=dict)  # other SparseGrowthSchedule fields
     grower: dict[str, Any] = field(default_factory=dict)  # other SparseGrower fields
+    # steps in a row whose loss or gradients are NaN or inf that are skipped before the run stops with a
+    # DivergenceError (0 = stop at the first)
+    max_bad_steps: int = 0
 
     def validate(self) -> None:
         """Raise a one-line ValueError for a value out of range (types are checked by ``from_dict``)."""
+        check_finite(self)
         _check(0 < self.connectivity <= 1, "connectivity (the initial share of connections)", "in (0, 1]",
                self.connectivity)  # fmt: skip
         _check(bool(self.hidden_sizes) and min(self.hidden_sizes) >= 1, "hidden_sizes", "positive widths",
@@ -77,6 +81,7 @@ class GrowSparseConfig:
         _check(0 < self.lr <= 10, "lr", "in (0, 10]", self.lr)
         for name in ("epochs", "batch_size", "structure_size", "checkpoint_every"):
             _check(getattr(self, name) >= 1, name, ">= 1", getattr(self, name))
+        _check(self.max_bad_steps >= 0, "max_bad_steps", ">= 0", self.max_bad_steps)
 
 
 @dataclass
@@ -116,9 +121,13 @@ class GrowDepthConfig:
     seed: int = 0
     checkpoint_every: int = _flag(500, "steps between checkpoints (and always at the end)")
     progress: bool = True  # progress bar
+    # steps in a row whose loss or gradient norm is NaN or inf that are skipped before the run stops with a
+    # DivergenceError (0 = stop at the first)
+    max_bad_steps: int = 0
 
     def validate(self) -> None:
         """Raise a one-line ValueError for a value out of range (types are checked by ``from_dict``)."""
+        check_finite(self)
         for name in ("n_layer", "n_head", "n_embd", "block_size", "max_steps", "batch_size", "k_subspace",
                      "pg_patience", "collect_interval", "eval_interval", "checkpoint_every"):  # fmt: skip
             _check(getattr(self, name) >= 1, name, ">= 1", getattr(self, name))
@@ -129,6 +138,12 @@ class GrowDepthConfig:
                (self.ell_orth, self.warmup_steps))  # fmt: skip
         _check(self.history_window >= 3, "history_window", ">= 3", self.history_window)
         _check(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda", self.device)
+        for name in ("beta0", "gamma0", "eta0"):  # gains of the extrapolation's terms; 0 turns one off
+            _check(getattr(self, name) >= 0, name, ">= 0 (a gain; 0 turns its term off)", getattr(self, name))
+        _check(self.tau_crit >= 1, "tau_crit", ">= 1 (the stretch factor path / chord is never below 1)",
+               self.tau_crit)  # fmt: skip
+        _check(self.kappa_crit >= 0, "kappa_crit", ">= 0 (the curvature is never negative)", self.kappa_crit)
+        _check(self.max_bad_steps >= 0, "max_bad_steps", ">= 0", self.max_bad_steps)
 
 
 def _check(ok: bool, name: str, expected: str, got: object) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from polyscale.config import UNBOUNDED, check_finite
 
 PRECISIONS = ("no", "bf16", "fp16")
 
@@ -20,7 +22,8 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decay rates
     warmup_steps: int = 100  # linear warmup of the lr over the first steps (0 = none)
     min_lr_ratio: float = 0.1  # cosine decays lr to lr * min_lr_ratio at max_steps (1 = flat after warmup)
-    grad_clip: float | None = 1.0  # max global gradient norm; None or 0 = off (the norm is still logged)
+    # max global gradient norm; None, 0 or .inf = off (the norm is still logged)
+    grad_clip: float | None = field(default=1.0, metadata={UNBOUNDED: True})
     ema_decay: float = 0.999  # decay of the EMA of weights (0 = EMA equals the latest weights)
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)): the EMA leaves the init fast
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast precision; fp16 needs a GPU
@@ -35,9 +38,13 @@ class TrainConfig:
     )
     null_class: int | None = None  # the label index meaning "no class" (for the UNet: its num_classes)
     progress: bool = True  # tqdm progress bar on the main process
+    # bad steps (a loss or gradient norm that is NaN or inf) in a row that are skipped before the run stops
+    # with a DivergenceError (0 = stop at the first); a skipped step's update is dropped, its schedule kept
+    max_bad_steps: int = 0
 
     def validate(self, num_processes: int = 1) -> None:
         """Raise ValueError naming the field, what was expected and what arrived."""
+        check_finite(self, "train")
         at_least_one = {
             "max_steps": self.max_steps,
             "batch_size": self.batch_size,
@@ -55,8 +62,13 @@ class TrainConfig:
                 f"train.batch_size={self.batch_size} must be divisible by grad_accum_steps * num_processes = "
                 f"{self.grad_accum_steps} * {num_processes} = {per_step} (each micro-batch has the same size)"
             )
-        for name, value in {"warmup_steps": self.warmup_steps, "num_workers": self.num_workers}.items():
-            if not isinstance(value, int) or value < 0:
+        at_least_zero = {
+            "warmup_steps": self.warmup_steps,
+            "num_workers": self.num_workers,
+            "max_bad_steps": self.max_bad_steps,
+        }
+        for name, value in at_least_zero.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"train.{name} must be an integer >= 0, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")

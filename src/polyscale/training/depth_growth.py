@@ -19,7 +19,11 @@ fixed probe batch just before and just after the insertion (the *loss jump*).
 :func:`train_lm` is the loop: AdamW with weight decay on matrices only, linear warm-up then cosine decay
 of the learning rate (set on every parameter group at every step, so groups that gain parameters follow
 the schedule), gradient clipping, and a validation loss every ``eval_interval`` steps on fixed batches.
-It counts training FLOPs step by step at the depth each step ran with (``GPT.flops_per_token``).
+It counts training FLOPs step by step at the depth each step ran with (``GPT.flops_per_token``). Every
+step's loss and gradient norm are checked (:mod:`polyscale.training.divergence`): a step where either is
+NaN or infinite is skipped (no update; the callbacks see its loss as NaN and leave it out of their means),
+and more than ``max_bad_steps`` such steps in a row (0 by default) stop training with a
+:class:`~polyscale.training.divergence.DivergenceError`, as do non-finite weights at a checkpoint.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from polyscale.training.checkpoint import (
     rng_tensors,
     save_training_state,
 )
+from polyscale.training.divergence import BadSteps, DivergenceError, non_finite, non_finite_weights
 from polyscale.training.lr import warmup_cosine
 from polyscale.training.optimizer_state import add_parameters, load_optimizer_state, optimizer_state_tensors
 from polyscale.training.run_dir import check_same_settings
@@ -148,11 +153,17 @@ class DepthGrowthCallback:
     def __call__(
         self, step: int, model: GPT, optimizer: torch.optim.Optimizer, loss: float
     ) -> GrowthEvent | None:
-        """After optimizer step ``step`` (1-based count of steps done) with training loss ``loss``."""
-        self._loss_sum, self._loss_count = self._loss_sum + loss, self._loss_count + 1
+        """After optimizer step ``step`` (1-based count of steps done) with training loss ``loss`` (NaN or inf
+        for a step the loop skipped: left out of the mean)."""
+        if math.isfinite(loss):
+            self._loss_sum, self._loss_count = self._loss_sum + loss, self._loss_count + 1
         if step % self.window.interval:  # not a snapshot step: nothing else to do
             return None
         self.window.add(step, last_block_tensors(model))
+        if self._loss_count == 0:  # every step since the last check was skipped: nothing to decide on
+            self.checks.append({"step": step, "loss": None, "tau": None, "kappa": None,
+                                "n_layer": model.config.n_layer})  # fmt: skip
+            return None
         mean_loss = self._loss_sum / self._loss_count
         self._loss_sum, self._loss_count = 0.0, 0
         geometry = self.window.layer_geometry()
@@ -254,6 +265,7 @@ def train_lm(
     checkpoint_every: int = 500,
     resume: bool = True,
     settings: dict | None = None,
+    max_bad_steps: int = 0,
 ) -> LMRun:
     """Train ``model`` in place on ``corpus`` (module docstring); ``min_lr`` defaults to ``lr / 10``.
 
@@ -263,12 +275,19 @@ def train_lm(
     the step, the FLOP count, the history, the random streams and the state of every callback that has
     ``state_dict`` / ``load_state_dict`` (:class:`DepthGrowthCallback` does). With ``resume`` a later call
     continues from it (the model passed in grows to the saved depth first) to the same result an
-    uninterrupted run gives; ``settings`` (json-able) must then equal the saved ones."""
+    uninterrupted run gives; ``settings`` (json-able) must then equal the saved ones.
+
+    Raises:
+        DivergenceError: more than ``max_bad_steps`` steps in a row had a NaN or infinite loss or gradient
+            norm (each one skipped until then), or the weights were not finite at a checkpoint (which is then
+            not written: the newest checkpoint on disk stays a finite one)."""
     if max_steps < 1 or batch_size < 1 or eval_interval < 1 or eval_iters < 1:
         raise ValueError(
             f"need max_steps, batch_size, eval_interval, eval_iters >= 1; got {max_steps}, {batch_size}, "
             f"{eval_interval}, {eval_iters}"
         )
+    if not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a finite number > 0, got {lr}")
     if corpus.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"the corpus has {corpus.vocab_size} characters, the model's vocabulary {model.config.vocab_size}"
@@ -287,11 +306,17 @@ def train_lm(
     checkpoint = None if output_dir is None else Path(output_dir)
     if checkpoint is not None and not resume:
         clear_checkpoints(checkpoint)  # a fresh start: no older, later step may outrank the new checkpoints
+    bad = BadSteps(max_bad_steps)
     if checkpoint is not None and resume and (last := latest_checkpoint(checkpoint)) is not None:
-        first, flops, history, optimizer = _load_checkpoint(
+        first, flops, history, optimizer, bad.count = _load_checkpoint(
             last, model, optimizer, g_train, callbacks, settings
         )
         first = min(first, max_steps)
+
+    def diverged(step: int, what: str) -> DivergenceError:
+        hint = f"lr={lr} is probably too high: lower it" + ("" if grad_clip > 0 else " or set grad_clip > 0")
+        kept = None if checkpoint is None else latest_checkpoint(checkpoint)
+        return DivergenceError(f"step {step}", what, hint=hint, checkpoint=kept, step=step)
 
     def record(step: int) -> None:
         history.append({"step": step, "flops": flops, "train_loss": evaluate(model, train_batches),
@@ -310,25 +335,42 @@ def train_lm(
         _, loss = model(x.to(device), y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        # the norm is computed (and checked) also without clipping: clipping at inf scales by exactly 1
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+        value, grad_norm = torch.stack([loss.detach().float(), norm.float()]).tolist()  # one sync for both
+        problem = non_finite(value, grad_norm)
+        if bad.record(problem):
+            raise diverged(step + 1, bad.describe(problem))
+        if problem:  # skipped: the gradients are dropped, the schedule and the callbacks go on
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            optimizer.step()
         flops += model.flops_per_token(T) * batch_size * T  # at the depth this step ran with
-        value = float(loss.detach())
         for cb in callbacks:
             cb(step + 1, model, optimizer, value)
         if (step + 1) % eval_interval == 0 or step + 1 == max_steps:
             record(step + 1)
             bar.set_postfix(val=f"{history[-1]['val_loss']:.3f}", layers=model.config.n_layer)
         if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == max_steps):
+            if what := non_finite_weights([("", model.named_parameters())]):
+                raise diverged(step + 1, what)
             _save_checkpoint(
-                checkpoint, model, optimizer, step + 1, flops, history, g_train, callbacks, settings
+                checkpoint,
+                model,
+                optimizer,
+                step + 1,
+                flops,
+                history,
+                g_train,
+                callbacks,
+                settings,
+                bad.count,
             )
     return LMRun(history, flops, max_steps, time.perf_counter() - start)
 
 
 def _save_checkpoint(
-    output_dir: Path, model, optimizer, step, flops, history, g_train, callbacks, settings
+    output_dir: Path, model, optimizer, step, flops, history, g_train, callbacks, settings, bad_steps
 ) -> None:
     """The training state in the one checkpoint format (:mod:`polyscale.training.checkpoint`); the tied head
     is stored once, as ``model.wte.weight``, and the optimizer's groups by parameter name."""
@@ -339,7 +381,7 @@ def _save_checkpoint(
     cb_tensors, cb_meta = callback_state(callbacks)
     groups = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
     meta = {"config": asdict(model.config), "flops": flops, "history": history, "settings": settings,
-            "groups": groups, "callbacks": cb_meta}  # fmt: skip
+            "groups": groups, "callbacks": cb_meta, "bad_steps": bad_steps}  # fmt: skip
     save_training_state(output_dir, step, tensors={**tensors, **cb_tensors}, meta=meta, keep=1)
 
 
@@ -361,4 +403,4 @@ def _load_checkpoint(path: Path, model, optimizer, g_train, callbacks, settings)
     load_optimizer_state(model, optimizer, tensors)
     restore_rng(tensors, {"train": g_train})
     restore_callbacks(callbacks, tensors, meta["callbacks"])
-    return meta["step"], meta["flops"], meta["history"], optimizer
+    return meta["step"], meta["flops"], meta["history"], optimizer, int(meta.get("bad_steps", 0))

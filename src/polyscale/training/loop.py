@@ -42,6 +42,7 @@ from polyscale.training.checkpoint import (
 )
 from polyscale.training.config import TrainConfig
 from polyscale.training.data import check_dataset, chunk_index, make_loader, mix_seed
+from polyscale.training.divergence import BadSteps, DivergenceError, non_finite, non_finite_weights
 from polyscale.training.ema import ema_decay_at, ema_update
 from polyscale.training.logs import MetricsLogger
 from polyscale.training.lr import warmup_cosine
@@ -72,6 +73,7 @@ class TrainerState:
 
     step: int = 0  # optimizer steps done
     smoothed_loss: float | None = None  # exponentially smoothed loss (so a resumed run reports the same)
+    bad_steps: int = 0  # skipped bad steps in a row so far (polyscale.training.divergence)
 
 
 def save_checkpoint(
@@ -98,8 +100,8 @@ def save_checkpoint(
     if accelerator.is_main_process:
         cb_tensors, cb_meta = callback_state(callbacks)
         tensors = {f"ema.{k}": v.detach().cpu().clone() for k, v in ema.state_dict().items()}
-        meta = {"step": state.step, "smoothed_loss": state.smoothed_loss, "scheduler": scheduler.state_dict(),
-                "callbacks": cb_meta}  # fmt: skip
+        meta = {"step": state.step, "smoothed_loss": state.smoothed_loss, "bad_steps": state.bad_steps,
+                "scheduler": scheduler.state_dict(), "callbacks": cb_meta}  # fmt: skip
         write_state_files(tmp, {**tensors, **cb_tensors}, meta)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -123,7 +125,11 @@ def load_checkpoint(
     ema.load_state_dict(prefixed(tensors, "ema"))
     scheduler.load_state_dict(meta["scheduler"])
     restore_callbacks(callbacks, tensors, meta.get("callbacks", {}))
-    return TrainerState(step=int(meta["step"]), smoothed_loss=meta.get("smoothed_loss"))
+    return TrainerState(
+        step=int(meta["step"]),
+        smoothed_loss=meta.get("smoothed_loss"),
+        bad_steps=int(meta.get("bad_steps", 0)),
+    )
 
 
 def _make_accelerator(mixed_precision: str) -> Accelerator:
@@ -189,6 +195,17 @@ def _custom_batch(batch: Mapping[str, object]) -> bool:
     return "layout" in batch
 
 
+@dataclass
+class _Step:
+    """What one optimizer step reports."""
+
+    loss: Tensor  # this process's mean loss (0-d, on the device)
+    loss_value: float  # the same as a number
+    lr: float  # the rate the step used
+    grad_norm: float  # global gradient norm before clipping
+    problem: str  # "" or what was not finite (the update was then skipped)
+
+
 def _optimizer_step(
     accelerator: Accelerator,
     model: nn.Module,
@@ -200,8 +217,9 @@ def _optimizer_step(
     *,
     step: int,
     grad_clip: float,
-) -> tuple[Tensor, float, float]:
-    """One optimizer step over ``grad_accum_steps`` micro-batches -> (this process's loss, lr, grad norm)."""
+) -> _Step:
+    """One optimizer step over ``grad_accum_steps`` micro-batches. A step whose loss or gradient norm is not
+    finite changes no weight and no optimizer moment (its gradients are dropped); the schedule advances."""
     rank, world = accelerator.process_index, accelerator.num_processes
     step_loss = torch.zeros((), device=accelerator.device)
     for micro in range(cfg.grad_accum_steps):
@@ -216,11 +234,33 @@ def _optimizer_step(
         accelerator.backward(loss)
         step_loss += loss.detach()
     lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    norm = torch.as_tensor(norm, dtype=torch.float32, device=step_loss.device)
+    loss_value, grad_norm = torch.stack([step_loss.float(), norm]).tolist()  # one sync for both
+    # with fp16 the loss scaler skips a step of inf gradients and lowers its scale: no divergence
+    scaler = accelerator.scaler
+    problem = non_finite(loss_value, grad_norm if scaler is None else None)
+    if world > 1:  # every process decides alike: a loss may be bad on one process only
+        flag = torch.tensor(float(not math.isfinite(loss_value)), device=accelerator.device)
+        if bool(accelerator.reduce(flag, reduction="sum") > 0) and math.isfinite(loss_value):
+            problem = " and ".join(p for p in (problem, "the loss of another process is not finite") if p)
+    if not problem:
+        optimizer.step()
+    elif scaler is not None:  # fp16: clip_grad_norm_ unscaled the gradients; end the scaler's step
+        scaler.update()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return step_loss, lr, float(grad_norm)
+    return _Step(step_loss, loss_value, lr, grad_norm, problem)
+
+
+def _divergence_hint(cfg: TrainConfig, key: str) -> str:
+    """The likely cause of a divergence and what to change, in the run's setting names."""
+    hint = f"{key}.lr={cfg.lr} is probably too high: lower it"
+    if not cfg.grad_clip or math.isinf(cfg.grad_clip):
+        hint += f" or set {key}.grad_clip (e.g. 1.0)"
+    if cfg.mixed_precision == "fp16":
+        hint += f" or train in bf16 ({key}.mixed_precision=bf16)"
+    return hint
 
 
 def train(
@@ -233,6 +273,7 @@ def train(
     resume: bool = True,
     callbacks: Sequence[Callback] = (),
     collate_fn: Callable[[list], dict] | None = None,
+    config_key: str = "train",
 ) -> TrainResult:
     """Train ``model`` in place with AdamW on dict batches of ``dataset``.
 
@@ -255,6 +296,14 @@ def train(
             ``state_dict() -> (tensors, meta)`` / ``load_state_dict(tensors, meta)`` is checkpointed too.
         collate_fn: batches items of different shapes (graphs: :func:`polyscale.data.graph_datasets.collate_graphs`,
             whose batches carry a ``"layout"`` and whose loss is one value per graph).
+        config_key: where ``config`` sits in the run's settings (``optimization`` for graph runs), for the
+            setting names in error messages.
+
+    Raises:
+        DivergenceError: more than ``config.max_bad_steps`` steps in a row had a NaN or infinite loss or
+            gradient norm, or the weights stopped being finite (checked before every checkpoint and export:
+            a non-finite model is never written, so the newest checkpoint on disk stays a finite one). The
+            metrics up to the failing step stay in ``metrics.csv``.
     """
     cfg = config
     cfg.validate()  # before accelerate sees the precision string
@@ -292,6 +341,21 @@ def train(
         if resume and (last_ckpt := latest_checkpoint(output_dir)) is not None:
             state = load_checkpoint(accelerator, last_ckpt, ema=ema, scheduler=scheduler, callbacks=callbacks)
         start_step = state.step
+        bad = BadSteps(cfg.max_bad_steps, state.bad_steps)
+
+        def diverged(step: int, what: str) -> DivergenceError:
+            hint = _divergence_hint(cfg, config_key)
+            return DivergenceError(f"step {step}", what, hint=hint, checkpoint=latest_checkpoint(output_dir),
+                                   step=step)  # fmt: skip
+
+        def check_weights(step: int) -> None:
+            """Before anything is written: every parameter of the model and of its EMA must be finite."""
+            what = non_finite_weights(
+                [("", unwrapped.named_parameters()), ("the EMA", ema.named_parameters())]
+            )
+            if what:
+                raise diverged(step, what)
+
         batches = iter(
             make_loader(
                 dataset,
@@ -322,7 +386,7 @@ def train(
         for step in range(start_step, cfg.max_steps):
             if set_step is not None:  # a loss whose settings follow the step (a curriculum) learns which
                 set_step(step)
-            step_loss, lr, grad_norm = _optimizer_step(
+            done = _optimizer_step(
                 accelerator,
                 model,
                 optimizer,
@@ -333,21 +397,26 @@ def train(
                 step=step,
                 grad_clip=grad_clip,
             )
+            lr, grad_norm, loss_value = done.lr, done.grad_norm, done.loss_value
+            if bad.record(done.problem):  # too many in a row: log the failing step, then stop
+                logger.log(step + 1, {"loss": loss_value, "lr": lr, "grad_norm": grad_norm})
+                raise diverged(step + 1, bad.describe(done.problem, f"{config_key}.max_bad_steps"))
+            state.bad_steps = bad.count
             decay = ema_decay_at(step, cfg.ema_decay, warmup=cfg.ema_warmup)
             ema_update(ema, unwrapped, decay=decay)
             state.step = step + 1
 
             # bookkeeping: smoothed loss, logs, callbacks, progress bar, checkpoint
-            loss_value = float(step_loss)
             losses.append(loss_value)
             s = state.smoothed_loss
-            state.smoothed_loss = loss_value if s is None else 0.98 * s + 0.02 * loss_value
+            if not done.problem:  # a skipped step's loss would make the smoothed loss NaN for good
+                state.smoothed_loss = loss_value if s is None else 0.98 * s + 0.02 * loss_value
             metrics = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
             steps_since_log += 1
             final = state.step == cfg.max_steps
             if state.step % cfg.log_every == 0 or final:
                 now = time.perf_counter()
-                metrics["loss"] = float(accelerator.reduce(step_loss, reduction="mean"))  # global batch
+                metrics["loss"] = float(accelerator.reduce(done.loss, reduction="mean"))  # global batch
                 metrics["samples_per_s"] = steps_since_log * cfg.batch_size / max(now - t_log, 1e-9)
                 logger.log(state.step, metrics)
                 t_log, steps_since_log = now, 0
@@ -355,8 +424,10 @@ def train(
                 for cb in callbacks:
                     cb(state.step, unwrapped, metrics)
             bar.update(1)
-            bar.set_postfix(loss=f"{state.smoothed_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            shown = state.smoothed_loss if state.smoothed_loss is not None else math.nan
+            bar.set_postfix(loss=f"{shown:.4f}", lr=f"{lr:.2e}", refresh=False)
             if state.step % cfg.checkpoint_every == 0 or final:
+                check_weights(state.step)
                 last_ckpt = save_checkpoint(
                     accelerator,
                     output_dir,
@@ -369,6 +440,7 @@ def train(
                 if export_fn is not None and main:
                     export_fn(export_dir, unwrapped, ema)
         if export_fn is not None and main and start_step >= cfg.max_steps:
+            check_weights(start_step)
             export_fn(export_dir, unwrapped, ema)  # nothing left to train: export anyway
         accelerator.wait_for_everyone()
     final_loss = state.smoothed_loss if state.smoothed_loss is not None else math.nan

@@ -18,6 +18,12 @@ The same loop runs the baselines: no schedule is a static sparse (or dense) netw
 ``regrowth="set"`` / ``"rigl"`` prunes and regrows a cosine-decayed fraction of every block after every
 epoch, at fixed connectivity (:mod:`polyscale.growth.regrowth`).
 
+Every step's loss and gradients are checked (:mod:`polyscale.training.divergence`): a step where either is
+NaN or infinite is skipped (no update; it counts neither in the epoch's loss nor in the gradient variance),
+and more than ``max_bad_steps`` of them in a row (0 by default) stop training with a
+:class:`~polyscale.training.divergence.DivergenceError`, as does a network whose weights are not finite when
+:meth:`SparseGrowthTrainer.state_dict` is asked for a checkpoint.
+
 Growth and regrowth also combine (opt-in): with a schedule *and* ``regrowth``, every epoch that does not
 grow prunes and regrows at the connectivity reached so far, so the grown structure keeps exploring between
 and after growth events. A grower that places connections by gradient (``SparseGrower(rank="gradient")``
@@ -27,9 +33,11 @@ same batch size RigL's regrowth uses.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +52,8 @@ from polyscale.growth.sparse_grower import SparseGrower, layer_extrema
 from polyscale.growth.sparse_schedule import SparseGrowthSchedule
 from polyscale.io import model_from_state
 from polyscale.nn.sparse_mlp import SparseMLP
+from polyscale.training.checkpoint import latest_checkpoint
+from polyscale.training.divergence import BadSteps, DivergenceError, non_finite, non_finite_weights
 from polyscale.training.optimizer_state import apply_changes, load_optimizer_state, optimizer_state_tensors
 
 
@@ -58,7 +68,12 @@ def accuracy(net: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 4096)
 
 
 class SparseGrowthTrainer:
-    """The loop of the module docstring. ``train`` and ``val`` are ``(x (N, F), y (N,))`` tensor pairs."""
+    """The loop of the module docstring. ``train`` and ``val`` are ``(x (N, F), y (N,))`` tensor pairs.
+
+    ``max_bad_steps``: steps in a row with a NaN or infinite loss or gradient that are skipped before a
+    :class:`~polyscale.training.divergence.DivergenceError` stops training (0: stop at the first).
+    ``output_dir``: the run directory whose ``checkpoints/`` the caller writes, named in that error as where
+    the last good checkpoint is (None: the error names none)."""
 
     def __init__(
         self,
@@ -78,6 +93,8 @@ class SparseGrowthTrainer:
         probe_size: int = 512,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        max_bad_steps: int = 0,
+        output_dir: str | Path | None = None,
     ) -> None:
         if regrowth is not None and regrowth not in METHODS:
             raise ValueError(f"regrowth must be None or one of {METHODS}, got {regrowth!r}")
@@ -88,9 +105,10 @@ class SparseGrowthTrainer:
                 )
             if x.shape[1] != net.sizes[0]:
                 raise ValueError(f"{name} has {x.shape[1]} features, the network takes {net.sizes[0]}")
-        if lr <= 0 or batch_size < 1 or improvement < 0:
+        if not (0 < lr < math.inf) or batch_size < 1 or not (0 <= improvement < math.inf):
             raise ValueError(
-                f"need lr > 0, batch_size >= 1, improvement >= 0; got {lr}, {batch_size}, {improvement}"
+                f"need a finite lr > 0, batch_size >= 1, a finite improvement >= 0; got {lr}, {batch_size}, "
+                f"{improvement}"
             )
         self.device = torch.device(device)
         self.net = net.to(self.device)
@@ -110,6 +128,16 @@ class SparseGrowthTrainer:
         self.growth_events = 0
         self.connections_added = 0
         self.clones = 0
+        self.bad = BadSteps(max_bad_steps)
+        self.output_dir = None if output_dir is None else Path(output_dir)
+
+    def _diverged(self, where: str, what: str, step: int) -> DivergenceError:
+        known = self.output_dir is not None  # else the caller keeps the checkpoints: name none of them
+        checkpoint = latest_checkpoint(self.output_dir) if self.output_dir is not None else None
+        hint = f"lr={self.lr} is probably too high: lower it"
+        return DivergenceError(
+            where, what, hint=hint, checkpoint=checkpoint, step=step, checkpoints_known=known
+        )
 
     def train_epoch(self) -> dict:
         """One epoch of training, then the growth (or regrowth) step; returns the epoch's statistics:
@@ -125,28 +153,40 @@ class SparseGrowthTrainer:
         order = torch.randperm(n, generator=self.generator).to(self.device)
         blocks = self.net.sparse_blocks()
         grad_sum = {name: torch.zeros_like(b.values) for name, b in blocks.items()}
-        total_loss, batches = 0.0, 0
-        for i in range(0, n, self.batch_size):
+        total_loss, batches = 0.0, 0  # over the steps taken (skipped bad steps do not count)
+        per_epoch = -(-n // self.batch_size)
+        for b, i in enumerate(range(0, n, self.batch_size)):
             idx = order[i : i + self.batch_size]
             loss = F.cross_entropy(self.net(self.train_x[idx]), self.train_y[idx])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            value, grad_total = self._loss_and_gradient_sum(loss)  # one sync: finite or not
+            problem = non_finite(value, grad_total, grad_label="sum of the gradients")
+            if self.bad.record(problem):
+                step = self.epoch * per_epoch + b + 1
+                where = f"step {step} (epoch {self.epoch + 1}, batch {b + 1} of {per_epoch})"
+                raise self._diverged(where, self.bad.describe(problem), step)
+            if problem:  # skipped: no update, no contribution to the epoch's statistics
+                self.optimizer.zero_grad(set_to_none=True)
+                continue
             for name, block in blocks.items():
                 if block.values.grad is not None:
                     grad_sum[name] += block.values.grad
             self.optimizer.step()
-            total_loss, batches = total_loss + float(loss.detach()), batches + 1
+            total_loss, batches = total_loss + value, batches + 1
         self.epoch += 1
         self.net.eval()
         variances = {
-            name: float((g / batches).double().var()) for name, g in grad_sum.items() if g.numel() >= 2
+            name: float((g / max(batches, 1)).double().var())
+            for name, g in grad_sum.items()
+            if g.numel() >= 2
         }
         high, low = (self.grower.extrema if self.grower is not None else layer_extrema)(self.net, self.probe)
         n_high, n_low = sum(len(v) for v in high.values()), sum(len(v) for v in low.values())
         stats: dict[str, Any] = {
-            "epoch": self.epoch, "loss": total_loss / batches, "grew": False, "connections_added": 0,
-            "clones": 0, "high_extrema": n_high, "low_extrema": n_low, "phase": None, "spikes": 0,
-            "credits": None, "growth_done": None,
+            "epoch": self.epoch, "loss": total_loss / batches if batches else math.nan, "grew": False,
+            "connections_added": 0, "clones": 0, "high_extrema": n_high, "low_extrema": n_low, "phase": None,
+            "spikes": 0, "credits": None, "growth_done": None,
         }  # fmt: skip
         # accuracies and snapshots describe the network this epoch trained, before any surgery
         val_acc = accuracy(self.net, self.val_x, self.val_y)
@@ -192,6 +232,13 @@ class SparseGrowthTrainer:
         )
         return stats
 
+    def _loss_and_gradient_sum(self, loss: Tensor) -> tuple[float, float]:
+        """The loss and the sum of every gradient entry (NaN or inf exactly when some entry is), read together."""
+        grads = [p.grad.sum().double() for p in self.net.parameters() if p.grad is not None]
+        total = torch.stack(grads).sum() if grads else loss.new_zeros((), dtype=torch.float64)
+        value, grad_total = torch.stack([loss.detach().double(), total]).tolist()
+        return value, grad_total
+
     def _dense_gradients(self) -> dict[str, Tensor]:
         """``dL/dW`` at every position of every block on a random batch of ``max(batch_size, 512)``."""
         idx = torch.randperm(len(self.train_x), generator=self.generator)[: max(self.batch_size, 512)]
@@ -206,7 +253,13 @@ class SparseGrowthTrainer:
     def state_dict(self) -> tuple[dict[str, Tensor], dict]:
         """Everything a resumed run needs, as ``(tensors, json-able metadata)``: the network (structure
         included), Adam's state by parameter name, the schedule, the counters and the random stream. The
-        snapshots are saved on their own (:meth:`SnapshotStore.save`)."""
+        snapshots are saved on their own (:meth:`SnapshotStore.save`).
+
+        Raises:
+            DivergenceError: a weight of the network is NaN or infinite (nothing of it should be saved)."""
+        what = non_finite_weights([("", self.net.named_parameters())])
+        if what:
+            raise self._diverged(f"epoch {self.epoch}", what, self.epoch)
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         tensors.update(optimizer_state_tensors(self.net, self.optimizer))
         tensors["rng.train"] = self.generator.get_state()
@@ -217,6 +270,7 @@ class SparseGrowthTrainer:
             "growth_events": self.growth_events,
             "connections_added": self.connections_added,
             "clones": self.clones,
+            "bad_steps": self.bad.count,
             "schedule": None if self.schedule is None else asdict(self.schedule),
         }
         return tensors, meta
@@ -237,6 +291,7 @@ class SparseGrowthTrainer:
             int(meta["connections_added"]),
         )
         self.clones = int(meta["clones"])
+        self.bad.count = int(meta.get("bad_steps", 0))
         if meta["schedule"] is not None:
             fields = dict(meta["schedule"])
             fields["phase_limits"] = tuple(fields["phase_limits"])
