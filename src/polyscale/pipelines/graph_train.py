@@ -47,7 +47,8 @@ from polyscale.training.run_dir import (
 # settings a resumed stage may change: how far and how it trains, not what
 RESUMABLE = ("optimization.max_steps", "optimization.output_dir", "optimization.progress", "optimization.num_workers",
              "optimization.checkpoint_every", "optimization.keep_checkpoints", "optimization.log_every",
-             "diffusion.positions.max_steps", "system.device", "system.num_threads")  # fmt: skip
+             "optimization.max_bad_steps", "diffusion.positions.max_steps", "system.device",
+             "system.num_threads")  # fmt: skip
 # how the trained models sample: saved with the model, never read by training
 SAMPLING = ("diffusion.sampler.", "diffusion.positions.sampler.", "diffusion.edges.sampler.",
             "diffusion.positions.start")  # fmt: skip
@@ -125,7 +126,14 @@ def _train_one(
     with open_run(output_dir, settings, resume=resume, ignore=_resumable(saved, settings),
                   allow_change=allow_change, changeable=CHANGEABLE, command=f"graph train ({role})"):  # fmt: skip
         result = train(
-            denoiser, loss, dataset, train_cfg, export_fn=export, resume=resume, collate_fn=collate_graphs
+            denoiser,
+            loss,
+            dataset,
+            train_cfg,
+            export_fn=export,
+            resume=resume,
+            collate_fn=collate_graphs,
+            config_key="optimization",
         )
         write_summary(
             output_dir, {"role": role, "steps": result.step, "final_loss": result.final_loss, "model": MODEL}

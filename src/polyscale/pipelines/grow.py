@@ -38,7 +38,13 @@ from polyscale.training.checkpoint import load_training_state, save_training_sta
 from polyscale.training.run_dir import MODEL, open_run, write_history, write_summary
 from polyscale.training.sparse_growth import SparseGrowthTrainer, accuracy
 
-RESUMABLE = ("epochs", "device", "progress", "checkpoint_every")  # may change when a run resumes
+RESUMABLE = (
+    "epochs",
+    "device",
+    "progress",
+    "checkpoint_every",
+    "max_bad_steps",
+)  # may change when a run resumes
 CHANGEABLE: tuple[str, ...] = ()  # may change on resume when asked (--allow-change KEY)
 ENSEMBLE_SIZE = 5  # snapshots in the reported ensemble: the best ones by validation accuracy
 
@@ -89,7 +95,7 @@ def _grow_sparse(cfg: GrowSparseConfig, out: Path | None, last: Path | None) -> 
         net, train, val, lr=cfg.lr, batch_size=cfg.batch_size,
         schedule=SparseGrowthSchedule(**{"max_epochs": cfg.epochs, **cfg.schedule}),
         grower=SparseGrower(**grower), regrowth=cfg.regrowth, total_epochs=cfg.epochs,
-        device=resolve_device(cfg.device), seed=cfg.seed,
+        device=resolve_device(cfg.device), seed=cfg.seed, max_bad_steps=cfg.max_bad_steps, output_dir=out,
     )  # fmt: skip
     history: list[dict] = []
     if last is not None:
@@ -100,7 +106,12 @@ def _grow_sparse(cfg: GrowSparseConfig, out: Path | None, last: Path | None) -> 
         if out is not None and (trainer.epoch % cfg.checkpoint_every == 0 or trainer.epoch == cfg.epochs):
             _save_checkpoint(trainer, out, history)
 
-    trainer.fit(max(0, cfg.epochs - trainer.epoch), progress=cfg.progress, after_epoch=after_epoch)
+    try:
+        trainer.fit(max(0, cfg.epochs - trainer.epoch), progress=cfg.progress, after_epoch=after_epoch)
+    except BaseException:
+        if out is not None and history:  # diverged or interrupted: the epochs done stay readable
+            write_history(out, history)
+        raise
     summary = _summary(cfg, trainer, history, test, start)
     if out is not None:
         trainer.net.save_pretrained(out / MODEL, metadata={"dataset": cfg.dataset, "epochs": cfg.epochs})

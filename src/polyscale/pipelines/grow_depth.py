@@ -49,7 +49,7 @@ from polyscale.pipelines.grow_config import GrowDepthConfig
 from polyscale.training.depth_growth import DepthGrowthCallback, train_lm
 from polyscale.training.run_dir import MODEL, OWNED, open_run, write_history, write_summary
 
-RESUMABLE = ("device", "progress", "checkpoint_every")  # may change when a run resumes
+RESUMABLE = ("device", "progress", "checkpoint_every", "max_bad_steps")  # may change when a run resumes
 # may change on resume when asked (--allow-change KEY): the learning-rate schedule follows the new values
 CHANGEABLE = ("max_steps", "lr")
 WRITES = (*OWNED, "layers", "growth.json", "sample.txt")  # what a run writes at the top of its directory
@@ -82,17 +82,20 @@ def grow_depth(
         return _grow_depth(cfg, corpus, run.path, resume=resume)
 
 
-def _grow_depth(cfg: GrowDepthConfig, corpus: CharCorpus, out: Path | None, *, resume: bool) -> dict[str, Any]:
+def _grow_depth(
+    cfg: GrowDepthConfig, corpus: CharCorpus, out: Path | None, *, resume: bool
+) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     dev = resolve_device(cfg.device)
     model = GPT(GPTConfig(vocab_size=corpus.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd)).to(dev)  # fmt: skip
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in RESUMABLE}
+    # what the checkpoint must match; open_run has already checked the keys a resumed run may change
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in (*RESUMABLE, *CHANGEABLE)}
     callback = _callback(cfg, corpus, out)
     run = train_lm(model, corpus, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
                    eval_interval=cfg.eval_interval, callbacks=[callback], seed=cfg.seed, progress=cfg.progress,
                    output_dir=out, checkpoint_every=cfg.checkpoint_every, resume=resume,
-                   settings=settings)  # fmt: skip
+                   settings=settings, max_bad_steps=cfg.max_bad_steps)  # fmt: skip
     prompt = corpus.encode(corpus.chars[0] if "\n" not in corpus.chars else "\n")[None].to(dev)
     sample = corpus.decode(
         model.eval().generate(prompt, 500, generator=torch.Generator(dev).manual_seed(cfg.seed))[0]

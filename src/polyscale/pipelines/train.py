@@ -19,7 +19,7 @@ from polyscale.training.run_dir import open_run, write_summary
 
 # settings a resumed run may change: how far it trains and how it reports, not what it computes
 RESUMABLE = ("train.max_steps", "train.output_dir", "train.progress", "train.num_workers", "train.checkpoint_every",
-             "train.keep_checkpoints", "train.log_every")  # fmt: skip
+             "train.keep_checkpoints", "train.log_every", "train.max_bad_steps")  # fmt: skip
 # settings a resumed run changes only when asked (--allow-change KEY): the loop applies the new value from the
 # resumed step on (the learning rate's schedule keeps its shape, scaled to the new peak)
 CHANGEABLE = ("train.lr", "train.weight_decay", "train.grad_clip", "train.ema_decay")

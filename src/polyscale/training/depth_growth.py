@@ -387,7 +387,10 @@ def _save_checkpoint(
 
 def _load_checkpoint(path: Path, model, optimizer, g_train, callbacks, settings):
     tensors, meta = load_training_state(path)
-    check_same_settings(meta["settings"] or {}, settings or {})
+    requested = settings or {}
+    # keys the caller left out (those it lets change on resume) are not compared
+    saved = {k: v for k, v in (meta["settings"] or {}).items() if k in requested}
+    check_same_settings(saved, requested)
     saved_layers = meta["config"]["n_layer"]
     if model.config.n_layer > saved_layers:
         raise ValueError(f"the model has {model.config.n_layer} layers, the checkpoint only {saved_layers}")

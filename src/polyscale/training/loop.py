@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import functools
 import math
 import shutil
@@ -34,10 +35,12 @@ from polyscale.training.checkpoint import (
     checkpoint_path,
     clear_checkpoints,
     latest_checkpoint,
+    latest_intact_checkpoint,
     load_training_state,
     prefixed,
     prune_checkpoints,
     restore_callbacks,
+    write_manifest,
     write_state_files,
 )
 from polyscale.training.config import TrainConfig
@@ -46,6 +49,8 @@ from polyscale.training.divergence import BadSteps, DivergenceError, non_finite,
 from polyscale.training.ema import ema_decay_at, ema_update
 from polyscale.training.logs import MetricsLogger
 from polyscale.training.lr import warmup_cosine
+from polyscale.training.run_dir import notice
+from polyscale.training.run_lock import RunLock
 
 LossFn = Callable[..., Tensor]  # loss_fn(model, x0, *, generator, **cond) -> per-sample loss (B,)
 ModelT = TypeVar("ModelT", bound=nn.Module)
@@ -96,19 +101,37 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)  # left over by a crash during an earlier save
         tmp.parent.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    if accelerator.is_main_process:
-        cb_tensors, cb_meta = callback_state(callbacks)
-        tensors = {f"ema.{k}": v.detach().cpu().clone() for k, v in ema.state_dict().items()}
-        meta = {"step": state.step, "smoothed_loss": state.smoothed_loss, "bad_steps": state.bad_steps,
-                "scheduler": scheduler.state_dict(), "callbacks": cb_meta}  # fmt: skip
-        write_state_files(tmp, {**tensors, **cb_tensors}, meta)
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        if accelerator.is_main_process:
+            cb_tensors, cb_meta = callback_state(callbacks)
+            tensors = {f"ema.{k}": v.detach().cpu().clone() for k, v in ema.state_dict().items()}
+            meta = {"step": state.step, "smoothed_loss": state.smoothed_loss, "bad_steps": state.bad_steps,
+                    "scheduler": scheduler.state_dict(), "callbacks": cb_meta}  # fmt: skip
+            write_state_files(tmp, {**tensors, **cb_tensors}, meta)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_manifest(tmp)  # last: a checkpoint with a complete manifest is a complete checkpoint
+    except BaseException as err:
+        # a full disk or an interrupt: the previous checkpoints stay as they are
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, RuntimeError) and "inline_container" in str(err):  # torch.save's writer failed
+            raise _write_failure(final, err) from err
+        raise
     if accelerator.is_main_process:
         commit_dir(tmp, final)
         prune_checkpoints(output_dir, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_failure(path: Path, err: RuntimeError) -> OSError:
+    """torch.save reports a failed write (typically a full disk) as a RuntimeError of its C++ writer: an OSError
+    naming the checkpoint, ``ENOSPC`` when the disk has (almost) no room left."""
+    free = shutil.disk_usage(path.parent).free if path.parent.exists() else None
+    code = errno.ENOSPC if free is not None and free < 64 * 2**20 else errno.EIO
+    return OSError(code, f"writing the checkpoint failed ({' '.join(str(err).split())})", str(path))
 
 
 def load_checkpoint(
@@ -118,13 +141,24 @@ def load_checkpoint(
     ema: nn.Module,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     callbacks: Sequence[object] = (),
+    config: TrainConfig | None = None,
 ) -> TrainerState:
-    """Restore model, optimizer, RNG (via accelerate), EMA, scheduler and callbacks from ``path``."""
+    """Restore model, optimizer, RNG (via accelerate), EMA, scheduler and callbacks from ``path``.
+
+    With ``config``, its learning rate and weight decay replace the saved ones (the same values unless a
+    resumed run was allowed to change them): the schedule keeps its shape, scaled to the new peak rate.
+    """
     tensors, meta = load_training_state(path)
     accelerator.load_state(str(path))
     ema.load_state_dict(prefixed(tensors, "ema"))
     scheduler.load_state_dict(meta["scheduler"])
     restore_callbacks(callbacks, tensors, meta.get("callbacks", {}))
+    if config is not None and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.base_lrs = [config.lr for _ in scheduler.base_lrs]
+        for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                                       scheduler.lr_lambdas, strict=True):  # fmt: skip
+            group["lr"] = base * factor(scheduler.last_epoch)
+            group["weight_decay"] = config.weight_decay
     return TrainerState(
         step=int(meta["step"]),
         smoothed_loss=meta.get("smoothed_loss"),
@@ -335,11 +369,17 @@ def train(
     with contextlib.ExitStack() as stack:
         stack.enter_context(_seeded_global_rng(mix_seed(cfg.seed, rank, 0xD0), accelerator.device))
         state, last_ckpt = TrainerState(), None
-        if not resume and main:
-            clear_checkpoints(output_dir)
+        if main:  # one run per directory; re-entrant, so a pipeline that holds the lock may call train
+            stack.enter_context(RunLock(output_dir, command="train"))
+            if not resume:
+                clear_checkpoints(output_dir)  # sets the checkpoints aside until this run writes its first
+            else:
+                latest_intact_checkpoint(output_dir, notify=notice)  # damaged ones are moved out of the list
         accelerator.wait_for_everyone()
         if resume and (last_ckpt := latest_checkpoint(output_dir)) is not None:
-            state = load_checkpoint(accelerator, last_ckpt, ema=ema, scheduler=scheduler, callbacks=callbacks)
+            state = load_checkpoint(
+                accelerator, last_ckpt, ema=ema, scheduler=scheduler, callbacks=callbacks, config=cfg
+            )
         start_step = state.step
         bad = BadSteps(cfg.max_bad_steps, state.bad_steps)
 
