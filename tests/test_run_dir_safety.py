@@ -104,7 +104,16 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path: Path):
 
 def test_two_concurrent_cli_runs_on_one_directory_one_is_refused(tmp_path: Path):
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "polyscale.cli.main", "train", "--preset", "digits2d", "--output-dir", str(run)]
+    argv = [
+        sys.executable,
+        "-m",
+        "polyscale.cli.main",
+        "train",
+        "--preset",
+        "digits2d",
+        "--output-dir",
+        str(run),
+    ]
     argv += [a for kv in TINY for a in ("--set", kv)] + ["--set", "train.max_steps=400"]
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -191,7 +200,9 @@ def test_an_output_directory_that_is_a_file_is_refused_before_work(tmp_path: Pat
 
 def test_allow_change_names_unknown_and_unsafe_keys(tmp_path: Path):
     cfg = load_experiment("digits2d", overrides=TINY)
-    with pytest.raises(ValueError, match=r"--allow-change train.lrr: no such setting; did you mean train.lr\?"):
+    with pytest.raises(
+        ValueError, match=r"--allow-change train.lrr: no such setting; did you mean train.lr\?"
+    ):
         train_experiment(cfg, tmp_path / "a", allow_change=("train.lrr",))
     with pytest.raises(ValueError, match=r"--allow-change model.base_channels: this setting cannot change"):
         train_experiment(cfg, tmp_path / "a", allow_change=("model.base_channels",))

@@ -411,7 +411,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         try:
             value = yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({err})") from None
+            reason = " ".join(str(getattr(err, "problem", None) or err).split())
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({reason})") from None
         node = result
         for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})

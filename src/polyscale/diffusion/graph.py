@@ -13,6 +13,7 @@ disagree). Per-graph scalars meet the rows through :meth:`GraphLayout.expand` (`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -208,11 +209,20 @@ class GraphLoss:
         )  # fmt: skip
 
 
+_MAX_NODES = 3_037_000_499  # floor(sqrt(2**63 - 1)): the largest n with n * n a 64-bit integer
+
+
 def undirected_edges(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
     """Each undirected edge once, ``(2, m)`` with ``u < v``, and the edge of each column of ``edge_index``
     ``(E,)`` (both directions of an edge map to the same one). Self-loops are an error."""
     if edge_index.ndim != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"edge_index must be (2, num_edges), got shape {tuple(edge_index.shape)}")
+    if edge_index.is_floating_point() or edge_index.is_complex() or edge_index.dtype == torch.bool:
+        raise ValueError(f"edge_index must hold integer node ids, got dtype {edge_index.dtype}")
+    if num_nodes > _MAX_NODES:
+        raise ValueError(
+            f"num_nodes={num_nodes} is above {_MAX_NODES}, the most whose node pairs fit in 64 bits"
+        )
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
         raise ValueError(f"edge_index refers to nodes outside 0..{num_nodes - 1}")
     u, v = edge_index.long()
@@ -278,6 +288,8 @@ def sample_graph_features(
     sampler = sampler if sampler is not None else SamplerConfig()
     x = torch.randn(layout.size, 1, generator=generator, device=device) * sampler.sigma_max
     cond: dict = {}
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale}")
     if scale is not None:
         cond["scale"] = torch.tensor([float(scale)], device=device)
     out = sample_packed(

@@ -166,7 +166,7 @@ class ScaleAwareGraphAttention(nn.Module):
             return (q_all[t].view(-1, heads, d) * k).sum(-1) / d**0.5 * gamma[t]  # (E_piece, H)
 
         pieces = range(0, num_edges, step)
-        if len(pieces) == 1:
+        if len(pieces) <= 1:  # one piece, or none: a graph without edges
             alpha = segment_softmax(logits_of(0, keys(0)), dst, n)  # (E, H)
             out = h.new_zeros(h.shape).index_add_(0, dst, (alpha[..., None] * values(0)).flatten(1))
             return self.out(out)  # (N, C)
