@@ -48,7 +48,11 @@ def _cmd_grow_sparse(args: argparse.Namespace) -> int:
 
     cfg = load_grow_sparse_config(args.preset, _overrides(args, GrowSparseConfig))
     summary = grow_sparse(
-        cfg, args.output_dir, resume=not args.no_resume, allow_change=tuple(args.allow_change)
+        cfg,
+        args.output_dir,
+        resume=not args.no_resume,
+        allow_change=tuple(args.allow_change),
+        force=args.force,
     )
     print(
         f"{cfg.dataset}: test accuracy {summary['test_accuracy']:.4f} at connectivity "
@@ -72,7 +76,11 @@ def _cmd_grow_depth(args: argparse.Namespace) -> int:
 
     cfg = load_grow_depth_config(args.preset, _overrides(args, GrowDepthConfig))
     summary = grow_depth(
-        cfg, args.output_dir, resume=not args.no_resume, allow_change=tuple(args.allow_change)
+        cfg,
+        args.output_dir,
+        resume=not args.no_resume,
+        allow_change=tuple(args.allow_change),
+        force=args.force,
     )
     jumps = ", ".join(
         f"step {s}: {j:+.4f}" for s, j in zip(summary["insertion_steps"], summary["loss_jumps"], strict=True)
@@ -161,6 +169,10 @@ NO_RESUME = (
 
 
 def _add_allow_change(p: argparse.ArgumentParser, changeable: tuple[str, ...]) -> None:
+    p.add_argument(
+        "--force", action="store_true",
+        help="run even when the memory estimate printed by the up-front check exceeds the available memory",
+    )  # fmt: skip
     p.add_argument(
         "--allow-change", action="append", default=[], metavar="KEY",
         help="resume even though KEY differs from the saved run's settings (repeatable; "

@@ -34,6 +34,7 @@ from polyscale.growth.snapshots import SnapshotStore, ensemble_probabilities
 from polyscale.growth.sparse_grower import SparseGrower
 from polyscale.nn.sparse_mlp import SparseMLP
 from polyscale.pipelines.grow_config import GrowSparseConfig
+from polyscale.pipelines.preflight import check_memory
 from polyscale.training.checkpoint import load_training_state, save_training_state
 from polyscale.training.run_dir import MODEL, open_run, write_history, write_summary
 from polyscale.training.sparse_growth import SparseGrowthTrainer, accuracy
@@ -61,6 +62,7 @@ def grow_sparse(
     *,
     resume: bool = True,
     allow_change: tuple[str, ...] = (),
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train a growing sparse network; returns the summary (also written to ``output_dir/summary.json``).
 
@@ -74,11 +76,26 @@ def grow_sparse(
     """
     cfg = cfg if cfg is not None else GrowSparseConfig()
     cfg.validate()
+    check_memory(sparse_memory_estimate(cfg), what=f"grow sparse (hidden sizes {list(cfg.hidden_sizes)})",
+                 device=resolve_device(cfg.device), force=force)  # fmt: skip
     if output_dir is None:
         return _grow_sparse(cfg, None, None)
     with open_run(output_dir, to_dict(cfg), resume=resume, ignore=RESUMABLE, allow_change=allow_change,
                   changeable=CHANGEABLE, command="grow sparse") as run:  # fmt: skip
         return _grow_sparse(cfg, run.path, run.checkpoint)
+
+
+def sparse_memory_estimate(cfg: GrowSparseConfig, in_features: int = 40, classes: int = 10) -> int:
+    """Rough peak bytes of a sparse growth run: every block can hold a dense ``out x in`` float matrix (the
+    masked forward), its gradient and the growth scores, plus a boolean mask; a batch's activations on top.
+    Counted for the blocks between consecutive layers and the skip blocks (``cfg.skip`` layers back)."""
+    sizes = [in_features, *cfg.hidden_sizes, classes]
+    dense = sum(
+        sizes[src] * sizes[dst]
+        for dst in range(1, len(sizes))
+        for src in range(max(0, dst - 1 - min(cfg.skip, len(cfg.hidden_sizes))), dst)
+    )
+    return dense * 13 + cfg.batch_size * sum(sizes) * 4 * 4
 
 
 def _grow_sparse(cfg: GrowSparseConfig, out: Path | None, last: Path | None) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from polyscale.growth.layer_state import LayerStateManager
 from polyscale.io import read_model_dir, resolve_model_dir
 from polyscale.nn.gpt import GPT, GPTConfig
 from polyscale.pipelines.grow_config import GrowDepthConfig
+from polyscale.pipelines.preflight import check_memory
 from polyscale.training.depth_growth import DepthGrowthCallback, train_lm
 from polyscale.training.run_dir import MODEL, OWNED, open_run, write_history, write_summary
 
@@ -61,6 +62,7 @@ def grow_depth(
     *,
     resume: bool = True,
     allow_change: tuple[str, ...] = (),
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train a growing GPT (module docstring); returns the summary (also ``output_dir/summary.json``).
 
@@ -73,6 +75,9 @@ def grow_depth(
     STRATEGIES.lookup(cfg.strategy)
     DETECTORS.lookup(cfg.detector)
     corpus = CharCorpus.from_file(cfg.dataset_path)
+    what = f"grow depth (up to {max(cfg.max_layers, cfg.n_layer)} layers of width {cfg.n_embd})"
+    check_memory(depth_memory_estimate(cfg, corpus.vocab_size), what=what, device=resolve_device(cfg.device),
+                 force=force)  # fmt: skip
     if output_dir is None:
         return _grow_depth(cfg, corpus, None, resume=resume)
     with open_run(output_dir, to_dict(cfg), resume=resume, ignore=RESUMABLE, allow_change=allow_change,
@@ -80,6 +85,18 @@ def grow_depth(
         if run.checkpoint is None:
             _clear_layer_states(run.path / "layers")  # a fresh run: no layer states of an earlier one stay
         return _grow_depth(cfg, corpus, run.path, resume=resume)
+
+
+def depth_memory_estimate(cfg: GrowDepthConfig, vocab_size: int) -> int:
+    """Rough peak bytes of a depth growth run at its largest (``max_layers``): weights, gradients and AdamW's
+    two moments (16 bytes per parameter, ``12 n_embd^2`` per layer plus the embeddings), the activations of a
+    batch (about 24 values of ``n_embd`` per token and layer, and the attention maps), and the trajectory
+    history the growth detector keeps (``history_window`` copies of the weights)."""
+    layers = max(cfg.max_layers, cfg.n_layer)
+    params = layers * 12 * cfg.n_embd**2 + (vocab_size + cfg.block_size) * cfg.n_embd
+    tokens = cfg.batch_size * cfg.block_size
+    activations = tokens * layers * (24 * cfg.n_embd + cfg.n_head * cfg.block_size) * 4
+    return params * 4 * (4 + cfg.history_window) + activations
 
 
 def _grow_depth(
