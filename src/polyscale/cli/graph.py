@@ -13,6 +13,7 @@ from polyscale.cli.args import (
     int_at_least,
     positive_int,
 )
+from polyscale.cli.grid import add_allow_change, add_force
 
 
 def _cmd_graph_train(args: argparse.Namespace) -> int:
@@ -20,7 +21,13 @@ def _cmd_graph_train(args: argparse.Namespace) -> int:
     from polyscale.pipelines.graph_train import train_graph_experiment
 
     cfg = load_graph_experiment(args.preset, overrides=args.set)
-    results = train_graph_experiment(cfg, args.output_dir, resume=not args.no_resume, stages=args.stage)
+    results = train_graph_experiment(
+        cfg,
+        args.output_dir,
+        resume=not args.no_resume,
+        stages=args.stage,
+        allow_change=tuple(args.allow_change or ()),
+    )
     seconds = sum(r.wall_time for r in results)
     where = ", ".join(str(r.model_dir) for r in results)
     print(f"trained {cfg.task} model(s) in {seconds:.1f} s; saved to {where}")
@@ -37,16 +44,16 @@ def _with_position_sampler(model, args: argparse.Namespace):
 
 
 def _cmd_graph_sample(args: argparse.Namespace) -> int:
-    from polyscale.pipelines.graph_sample import generate_graphs, load_graph_model
-    from polyscale.viz.graphs import save_graph_grid, save_graphs_npz
+    from polyscale.pipelines.graph_sample import sample_graph_checkpoint
 
-    model = _with_position_sampler(load_graph_model(args.checkpoint, device=args.device), args)
-    graphs = generate_graphs(
-        model, args.num_nodes, args.num_graphs, sampler=args.sampler, steps=args.timesteps, seed=args.seed,
-        progress=True,
+    result = sample_graph_checkpoint(
+        args.checkpoint, num_nodes=args.num_nodes, num_graphs=args.num_graphs, output_file=args.output_file,
+        sampler=args.sampler, steps=args.timesteps, position_sampler=args.position_sampler,
+        position_steps=args.position_timesteps, overrides=args.set, seed=args.seed, device=args.device,
+        progress=True, force=args.force,
     )  # fmt: skip
-    print(f"wrote {save_graph_grid(graphs, args.output_file)}")
-    print(f"wrote {save_graphs_npz(graphs, args.output_file)}")
+    for path in result.files:
+        print(f"wrote {path}")
     return 0
 
 
@@ -126,13 +133,17 @@ def add_graph_commands(sub: argparse._SubParsersAction) -> None:
         "--stage", choices=list(STRUCTURE_STAGES), action="append", default=None,
         help="structure task: train only this stage (repeatable; default both, one after the other)",
     )  # fmt: skip
+    add_allow_change(p)
 
     p = add_command(gsub, "sample", _cmd_graph_sample, "generate graphs of any size")
     _add_sampling_args(p, num_graphs=4)
     p.add_argument("--num-nodes", type=int_at_least(2), default=64, help="nodes per graph")
     p.add_argument(
-        "--output-file", default="graphs.png", help="picture to write (an .npz of the graphs beside it)"
+        "--output-file",
+        default="graphs.png",
+        help="picture to write, a .png (an .npz of the graphs beside it)",
     )
+    add_force(p)
 
     p = add_command(
         gsub, "evaluate", _cmd_graph_evaluate, "validity and MMDs per size, beside the real floor"

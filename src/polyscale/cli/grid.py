@@ -33,7 +33,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from polyscale.pipelines.train import train_experiment
 
     cfg = load_experiment(args.preset, overrides=args.set)
-    result = train_experiment(cfg, args.output_dir, resume=not args.no_resume, init_from=args.init_from)
+    result = train_experiment(
+        cfg,
+        args.output_dir,
+        resume=not args.no_resume,
+        init_from=args.init_from,
+        allow_change=tuple(args.allow_change or ()),
+    )
     print(f"trained {result.step} steps in {result.wall_time:.1f} s; model saved to {args.output_dir}/model")
     return 0
 
@@ -55,6 +61,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         animation_interval=args.animation_interval,
         tile_size=args.tile_size,
         tile_overlap=args.tile_overlap,
+        force=args.force,
     )
     for path in result.files:
         print(f"wrote {path}")
@@ -111,6 +118,27 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
+def add_force(p: argparse.ArgumentParser) -> None:
+    """``--force``: go on when the run's memory estimate exceeds what is available (a warning, not an error)."""
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="sample even when the estimated memory exceeds what is available (warn instead of refusing)",
+    )
+
+
+def add_allow_change(p: argparse.ArgumentParser) -> None:
+    """``--allow-change KEY``, repeatable: settings a resumed run may change."""
+    p.add_argument(
+        "--allow-change",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="resume even though KEY differs from the saved run's settings (repeatable; keys that only say "
+        "how far or how verbosely to train may always change)",
+    )
+
+
 def add_presets_command(sub: argparse._SubParsersAction) -> None:
     add_command(sub, "presets", _cmd_presets, "list the shipped presets and models")
 
@@ -138,6 +166,7 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
         help="fine-tune: start from this model directory or shipped model (same network as the preset); "
         "a run resuming its own checkpoint ignores it",
     )
+    add_allow_change(p)
 
 
 def add_sample_command(sub: argparse._SubParsersAction) -> None:
@@ -180,7 +209,9 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
     )
     _add_sampling_args(p, num_samples=16)
     p.add_argument(
-        "--output-file", default="samples.png", help="picture to write (raw files and animations beside it)"
+        "--output-file",
+        default="samples.png",
+        help="picture to write, a .png (raw files and animations beside it)",
     )
     p.add_argument("--batch-size", type=positive_int, default=None, help="samples per batch (default: all)")
     p.add_argument(
@@ -192,6 +223,7 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
         help="also write the raw samples: .npy (the default format) or .pt (a tensor for "
         "torch.load(weights_only=True)); 3D always writes them (.npy unless pt is given)",
     )
+    add_force(p)
 
 
 def add_evaluate_command(sub: argparse._SubParsersAction) -> None:

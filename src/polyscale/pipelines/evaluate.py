@@ -31,7 +31,15 @@ from polyscale.metrics.sliced_wasserstein import sliced_wasserstein
 from polyscale.metrics.spectrum import histogram_error, spectrum_error, windows
 from polyscale.pipelines.datasets import build_dataset, texture_band_height
 from polyscale.pipelines.experiment import DataConfig, experiment_from_dict
-from polyscale.pipelines.sample import resolve_checkpoint, sample_checkpoint
+from polyscale.pipelines.preflight import check_steps
+from polyscale.pipelines.sample import (
+    check_sampling_memory,
+    resolve_checkpoint,
+    resolve_device,
+    resolve_sampler,
+    sample_checkpoint,
+    sampling_memory,
+)
 
 
 @dataclass
@@ -172,6 +180,18 @@ def reference_classifier(x: Tensor, labels: Tensor) -> FeatureClassifier:
     return _CLASSIFIERS[key]
 
 
+def check_finite(samples: Tensor, checkpoint: str | Path) -> None:
+    """Refuse samples ``(N, ...)`` with NaN or infinite values (no metric means anything on them, and the
+    Fréchet distance's matrix square root fails on them): a ValueError counting them and naming the model."""
+    bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
+    if bad:
+        raise ValueError(
+            f"samples contain NaN or infinite values ({bad} of {len(samples)}), so they cannot be scored: "
+            f"did the model {str(checkpoint)!r} diverge in training, or its sampler settings (--sampler, "
+            "--timesteps, --set sampler.*) blow up?"
+        )
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
@@ -183,9 +203,16 @@ def evaluate_checkpoint(
     device: str = "auto",
     progress: bool = True,
     overrides: Sequence[str] = (),
+    force: bool = False,
 ) -> list[MetricRow]:
-    """Sample ``num_samples`` from ``checkpoint`` and score them (see the module docstring); ``overrides``:
-    ``KEY=VALUE`` sampler settings (:func:`polyscale.pipelines.sample.resolve_sampler`)."""
+    """Sample ``num_samples`` from ``checkpoint`` (in one batch) and score them (see the module docstring);
+    ``overrides``: ``KEY=VALUE`` sampler settings (:func:`polyscale.pipelines.sample.resolve_sampler`).
+
+    Raises:
+        ValueError: fewer than 2 samples, a checkpoint without experiment metadata, a run that would not fit
+            in memory (checked before sampling, see :func:`polyscale.pipelines.sample.sampling_memory`;
+            ``force`` only warns), or samples that are not finite (:func:`check_finite`).
+    """
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 to compare distributions, got {num_samples}")
     meta = read_model_dir(resolve_checkpoint(checkpoint)).metadata  # the config alone, no weights loaded
@@ -194,10 +221,19 @@ def evaluate_checkpoint(
             f"{checkpoint} has no polyscale experiment metadata in config.json; was it saved by polyscale?"
         )
     cfg = experiment_from_dict(meta["experiment"])
+    if "sample_shape" in meta:  # else sample_checkpoint names what is missing
+        shape = list(meta["sample_shape"])
+        spatial = shape[1:] if resolution is None else [resolution] * (len(shape) - 1)
+        sampling = resolve_sampler(cfg, sampler=sampler, steps=steps, overrides=overrides)
+        check_steps(sampling.steps, flag="--timesteps (sampler.steps)")
+        estimate = sampling_memory(cfg.model, (num_samples, shape[0], *spatial), steps=sampling.steps)
+        check_sampling_memory(estimate, resolve_device(device), force=force, flag=None,
+                              lower="--num-samples or --resolution")  # fmt: skip
     fake = sample_checkpoint(
         checkpoint, num_samples=num_samples, sampler=sampler, steps=steps, seed=seed, resolution=resolution,
-        device=device, progress=progress, overrides=overrides,
+        device=device, progress=progress, overrides=overrides, force=force,
     ).samples  # fmt: skip
+    check_finite(fake, checkpoint)
     data_cfg = real_data_config(cfg.data, fake)
     train_x, train_y = stack_dataset(build_dataset(data_cfg, split="train"))
     test_x, _ = stack_dataset(build_dataset(data_cfg, split="test"))

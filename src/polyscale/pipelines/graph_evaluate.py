@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import networkx as nx
 import numpy as np
 import torch
 from torch import Tensor
@@ -20,6 +21,18 @@ from polyscale.pipelines.graph_sample import (
     with_sampling_overrides,
 )
 from polyscale.pipelines.graph_train import training_graphs
+
+
+def check_finite(values: Tensor | np.ndarray, what: str, num_nodes: int) -> None:
+    """Refuse generated ``values`` (positions or features of a graph of ``num_nodes`` nodes) with NaN or
+    infinite entries, which no metric can score: a one-line ValueError saying how many."""
+    finite = np.isfinite(values.detach().cpu().numpy() if isinstance(values, Tensor) else values)
+    if not finite.all():
+        raise ValueError(
+            f"generated {what} contain NaN or infinite values ({int((~finite).sum())} of {finite.size} at "
+            f"{num_nodes} nodes), so they cannot be scored: did the model diverge in training, or its sampler "
+            "settings (--sampler, --timesteps, --set diffusion.*) blow up?"
+        )
 
 
 def evaluate_structure(
@@ -57,6 +70,9 @@ def evaluate_structure(
             progress=progress,
         )
         seconds = time.perf_counter() - t0
+        for g in fake:
+            pos = np.array(list(nx.get_node_attributes(g, "pos").values()), dtype=np.float64)
+            check_finite(pos, "positions", n)
         rng = np.random.default_rng(seed + n)
         real_a = [family_graph(family, n, rng=rng) for _ in range(num_graphs)]
         real_b = [family_graph(family, n, rng=rng) for _ in range(num_graphs)]
@@ -126,6 +142,8 @@ def evaluate_features(
                 sampler=feature_sampler, generator=torch.Generator().manual_seed(seed + i), progress=progress,
                 desc=f"features, graph {i + 1}/{num_graphs}, {n} nodes",
             )  # fmt: skip
+            check_finite(node, "node features", n)
+            check_finite(edge, "edge features", n)
             drawn = {"model": (node, edge[:m])}
             for name in ("real", "floor"):
                 node_field, edge_field = graph_fields(

@@ -15,6 +15,7 @@ import torch
 from polyscale.config import load_config, to_dict
 from polyscale.data.graph_geometry import candidate_conditioning, candidate_edges, spatial_order
 from polyscale.data.graphs import family_graph, grid_shape, to_data
+from polyscale.devices import resolve_device
 from polyscale.diffusion.graph import sample_graph_features
 from polyscale.diffusion.sampling import SamplerConfig, with_sampler
 from polyscale.diffusion.structure import sample_edges, sample_positions
@@ -28,6 +29,7 @@ from polyscale.pipelines.graph_config import (
     migrate_graph_experiment,
 )
 from polyscale.pipelines.graph_nets import graph_denoiser, position_denoiser, reads_crossings
+from polyscale.pipelines.preflight import check_memory, check_steps, check_writable, human_bytes
 from polyscale.training.run_dir import MODEL
 
 
@@ -126,10 +128,10 @@ def resolve_graph_checkpoint(checkpoint: str | Path) -> dict[str, Path]:
 
 def load_graph_model(checkpoint: str | Path, *, device: str = "auto") -> GraphModel:
     """Load the EMA model(s) of a run written by :func:`train_graph_experiment`: ``checkpoint`` is the run
-    directory, a model directory inside it or a shipped model (:func:`resolve_graph_checkpoint`)."""
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    )
+    directory, a model directory inside it or a shipped model (:func:`resolve_graph_checkpoint`); ``device``:
+    a name of :data:`polyscale.devices.DEVICES` (``auto``: CUDA when present; ``cuda`` without CUDA is a
+    ValueError)."""
+    dev = resolve_device(device)
     dirs = resolve_graph_checkpoint(checkpoint)
     if "features" in dirs:
         net, cfg = load_net(dirs["features"], dev)
@@ -233,3 +235,159 @@ def generate_graphs(
                              progress=progress, desc=f"edges, {which}")  # fmt: skip
         out.append(g)
     return out
+
+
+# ------------------------------------------------------------------------------------ memory, before sampling
+#
+# Graphs are drawn one after another and all kept, so a run's peak is the kept graphs plus the one in flight:
+#
+# - kept, per graph: NX_NODE_BYTES per node and NX_EDGE_BYTES per edge (networkx dictionaries with the
+#   positions or the features as attributes);
+# - in flight: GRAPH_ACTIVATION_FACTOR x 4 bytes x hidden x (nodes + directed message edges) for the network
+#   and its conditioning, over the family's edges (features task), the positions' k-nearest-neighbour graph
+#   (2 x position_knn per node) or the candidate set (2 x (candidates_k + candidates_sectors) per node), and
+#   the graph being built.
+#
+# Calibrated once from the peak RSS of sampling on CPU (2-core AMD EPYC, float32, one thread, 2 Heun steps,
+# the shipped presets' widths: hidden 64), as the marginal bytes per node between two sizes, and from
+# tracemalloc for networkx alone (a planar graph with features: 1650 bytes per node at 3 edges per node):
+# graph_features (8 layers) 6.0 kB per node measured (20,000 -> 80,000 nodes), 7.0 kB estimated;
+# graph_planar (6 layers, 8 + 8 candidates per node, crossings) 19.7 kB per node measured (5,000 -> 20,000
+# nodes), 27 kB estimated. Whole runs: 230 / 592 MB measured at 20,000 / 80,000 feature nodes against 274 /
+# 696 MB estimated; 199 / 495 MB at 5,000 / 20,000 planar nodes against 269 / 674 MB.
+NX_NODE_BYTES = 600
+NX_EDGE_BYTES = 350
+GRAPH_ACTIVATION_FACTOR = 3
+GRAPH_OVERHEAD_BYTES = 128 * 2**20
+# work (nodes and directed message edges x sampler steps x hidden width x layers, summed over graphs and
+# stages) above which `graph sample` says up front that the run will be long: 80,000 planar feature nodes at
+# 2 steps (5.7e8) took 64 s on the 2 CPU cores above, so this is some 10 minutes there
+LONG_RUN_WORK = 5 * 10**9
+
+
+@dataclass
+class GraphMemoryEstimate:
+    """Peak bytes of a graph sampling run (``total``), what they count (``what``), and its work in node and
+    edge updates (``work``: nodes and directed message edges x steps x hidden width x layers, summed over
+    graphs and stages)."""
+
+    total: int
+    what: str
+    work: int
+
+
+def _family_edges_per_node(family: str) -> float:
+    """Undirected edges per node of ``family`` at 256 nodes (a cheap sample of the family's density)."""
+    g = family_graph(family, 256, rng=np.random.default_rng(0))
+    return g.number_of_edges() / max(g.number_of_nodes(), 1)
+
+
+def graph_sampling_memory(
+    model: GraphModel,
+    num_nodes: int,
+    num_graphs: int,
+    *,
+    sampler: str | None = None,
+    steps: int | None = None,
+) -> GraphMemoryEstimate:
+    """Estimated peak memory of drawing ``num_graphs`` graphs of ``num_nodes`` nodes with ``model`` and the
+    ``sampler`` / ``steps`` of :func:`generate_graphs` (the formula above :data:`NX_NODE_BYTES`); reads only
+    the configuration."""
+    cfg = model.config
+    hidden = cfg.model.hidden
+    feature_sampler, pos_sampler, edge_sampler = stage_samplers(cfg, sampler, steps)
+    if model.features is not None:
+        counts = [feature_sampler.steps]
+        edges = _family_edges_per_node(cfg.data.family) * num_nodes
+        messages = [num_nodes + 2 * edges]
+        what = f"{num_graphs} graph(s) of {num_nodes} nodes and about {int(edges)} edges with features"
+    else:
+        counts = [pos_sampler.steps, edge_sampler.steps]
+        candidates = (cfg.data.candidates_k + cfg.data.candidates_sectors) * num_nodes
+        messages = [num_nodes * (1 + 2 * cfg.model.position_knn), num_nodes + 2 * candidates]
+        edges = 3 * num_nodes  # a planar graph has fewer than 3 edges per node; sparser families, fewer
+        what = (
+            f"{num_graphs} graph(s) of {num_nodes} nodes, positions then about {candidates} candidate edges"
+        )
+    kept = int(NX_NODE_BYTES * num_nodes + NX_EDGE_BYTES * edges)
+    in_flight = int(GRAPH_ACTIVATION_FACTOR * 4 * hidden * max(messages)) + GRAPH_OVERHEAD_BYTES
+    width = hidden * cfg.model.num_layers
+    work = num_graphs * width * sum(m * s for m, s in zip(messages, counts, strict=True))
+    return GraphMemoryEstimate(total=num_graphs * kept + in_flight, what=what, work=int(work))
+
+
+@dataclass
+class GraphSampleResult:
+    graphs: list[nx.Graph]
+    files: list[Path]  # what was written
+
+
+GRAPH_PICTURE_SUFFIXES = (".png",)  # what --output-file may end in (an .npz of the graphs goes beside it)
+
+
+def sample_graph_checkpoint(
+    checkpoint: str | Path,
+    *,
+    num_nodes: int = 64,
+    num_graphs: int = 4,
+    output_file: str | Path | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    position_sampler: str | None = None,
+    position_steps: int | None = None,
+    overrides: Sequence[str] = (),
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    force: bool = False,
+) -> GraphSampleResult:
+    """Load ``checkpoint`` (:func:`load_graph_model`), draw ``num_graphs`` graphs of ``num_nodes`` nodes
+    (:func:`generate_graphs`) and, with ``output_file`` (a ``.png``), draw them there and write them beside it
+    as an ``.npz`` (:mod:`polyscale.viz.graphs`).
+
+    ``overrides`` (``diffusion.*`` settings, :func:`with_sampling_overrides`) apply first, then the positions
+    stage's ``position_sampler`` / ``position_steps``, then ``sampler`` / ``steps`` for every stage. Before
+    sampling: the device exists, the output can be written, no stage takes more than
+    :data:`~polyscale.pipelines.preflight.MAX_STEPS` steps, and the run fits in memory
+    (:func:`graph_sampling_memory`; ``force`` only warns); a run of more than :data:`LONG_RUN_WORK` says so
+    on stderr.
+
+    Raises:
+        ValueError: any of those checks, a bad argument, or a checkpoint that is no graph model.
+        FileNotFoundError: ``checkpoint`` holds no graph model.
+    """
+    import sys
+
+    for name, value, minimum in (("num_nodes", num_nodes, 2), ("num_graphs", num_graphs, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    for flag, count in (("--timesteps", steps), ("--position-timesteps", position_steps)):
+        if count is not None:
+            check_steps(count, flag=flag)
+    if output_file is not None:
+        check_writable(output_file, suffixes=GRAPH_PICTURE_SUFFIXES, flag="--output-file", beside=(".npz",))
+    dev = resolve_device(device)  # before anything loads: an absent device is a one-line error
+    model = with_sampling_overrides(load_graph_model(checkpoint, device=device), overrides)
+    model = with_position_sampler(model, position_sampler, position_steps)
+    keys = ("diffusion.sampler.steps", "diffusion.positions.sampler.steps", "diffusion.edges.sampler.steps")
+    for key, config in zip(keys, stage_samplers(model.config, sampler, steps), strict=True):
+        check_steps(config.steps, flag=f"{key} (or --timesteps)")
+    estimate = graph_sampling_memory(model, num_nodes, num_graphs, sampler=sampler, steps=steps)
+    check_memory(
+        estimate.total, what=estimate.what, device=dev, force=force, lower="--num-nodes/--num-graphs"
+    )
+    if estimate.work > LONG_RUN_WORK:
+        print(
+            f"graph sample: {estimate.what}: about {human_bytes(estimate.total)} of memory and "
+            f"{estimate.work:.1e} node and edge updates x width; this will take a while",
+            file=sys.stderr,
+        )
+    graphs = generate_graphs(
+        model, num_nodes, num_graphs, sampler=sampler, steps=steps, seed=seed, progress=progress
+    )
+    files: list[Path] = []
+    if output_file is not None:
+        from polyscale.viz.graphs import save_graph_grid, save_graphs_npz
+
+        files = [save_graph_grid(graphs, output_file), save_graphs_npz(graphs, output_file)]
+    return GraphSampleResult(graphs=graphs, files=files)

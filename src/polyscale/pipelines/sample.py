@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +22,7 @@ from polyscale.io import load_pretrained, read_model_dir
 from polyscale.nn.unet import UNet
 from polyscale.pipelines.datasets import to_display
 from polyscale.pipelines.experiment import ExperimentConfig, experiment_from_dict
+from polyscale.pipelines.preflight import check_memory, check_steps, check_writable
 from polyscale.viz.animation import DenoisingRecorder, save_denoising_animation
 from polyscale.viz.grids import save_image_grid, save_line_plots, save_volume_slices
 
@@ -204,6 +206,8 @@ def check_sampling_args(
     _check_int("animation_interval", animation_interval, minimum=1)
     _check_int("tile_size", tile_size, minimum=1, optional=True)
     _check_int("tile_overlap", tile_overlap, minimum=0, optional=True)
+    if steps is not None:
+        check_steps(steps)
     if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {list(SAMPLERS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
@@ -217,28 +221,146 @@ def check_sampling_args(
         )
 
 
-def check_output_file(output_file: str | Path) -> Path:
-    """Fail before sampling, not after, when ``output_file`` cannot be written: an existing directory, or a
-    parent folder that cannot be created (OSError). Creates the parent folder; returns the path."""
-    path = Path(output_file)
-    if path.is_dir():
-        example = str(path / "samples.png")
-        raise ValueError(
-            f"output_file {str(path)!r} is a directory; expected a file path such as {example!r}"
-        )
-    blocking = next((q for q in path.parents if q.exists() and not q.is_dir()), None)
-    if blocking is not None:
-        raise ValueError(
-            f"output_file {str(path)!r} needs {str(blocking)!r} to be a folder, but it is a file"
-        )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(
-            f"cannot create the folder {str(path.parent)!r} for output_file {str(path)!r}: "
-            f"{err.strerror or err} ({err.filename})"
-        ) from None
-    return path
+PICTURE_SUFFIXES = (".png",)  # what --output-file may end in: the picture is always a PNG
+
+
+def output_suffixes(*, save_raw: bool | str | None = False, dims: int | None = None, animation: bool = False):
+    """Suffixes of the files :func:`sample_checkpoint` writes beside its picture: the raw samples (asked for,
+    or always for volumes, ``dims=3``) and the animation's GIF and MP4."""
+    fmt = raw_format(save_raw) or ("npy" if dims == 3 else None)
+    return ((f".{fmt}",) if fmt else ()) + ((".gif", ".mp4") if animation else ())
+
+
+def check_output_file(
+    output_file: str | Path,
+    *,
+    save_raw: bool | str | None = False,
+    dims: int | None = None,
+    animation: bool = False,
+) -> Path:
+    """Fail before sampling, not after, when ``output_file`` cannot be written: a suffix other than ``.png``,
+    an existing directory (or a directory where a file beside it goes, see :func:`output_suffixes`), or a
+    folder that cannot be made or written (:func:`polyscale.pipelines.preflight.check_writable`). Returns the
+    path."""
+    beside = output_suffixes(save_raw=save_raw, dims=dims, animation=animation)
+    return check_writable(output_file, suffixes=PICTURE_SUFFIXES, flag="--output-file", beside=beside)
+
+
+# ------------------------------------------------------------------------------------ memory, before sampling
+#
+# A run's peak memory, estimated from the model's configuration alone (no weights are loaded):
+#
+# - in flight, per batch of B samples of C x S (S positions; the U-Net sees windows of tile_size when tiling):
+#   UNET_ACTIVATION_FACTOR x 4 bytes x B x sum over levels l of base_channels x channel_mults[l] x S_l
+#   (S_l = S / 2**(l * dims): the positions at that level) + UNET_OVERHEAD_BYTES, plus SAMPLER_COPIES x 4 x B
+#   x C x S for the sampler's own full-size tensors (x, the estimate, derivatives, a tiled denoiser's sums);
+# - kept: the N samples, N x C x S x 4 bytes, twice while the batches are joined (on the device), and on the
+#   host once plus PICTURE_COPIES[dims] copies while the picture is drawn (1D: plus LINE_PANEL_BYTES per
+#   sample, a matplotlib panel each) or, after that, RAW_COPIES while a raw file is encoded;
+# - an animation: per recorded frame the first 16 samples twice (x and the estimate) and their pictures.
+#
+# UNET_ACTIVATION_FACTOR was calibrated once from the peak RSS of sampling on CPU (2-core AMD EPYC, float32,
+# one thread, 2 Heun steps, shipped models), as measured / (B x 4 x sum): digits2d 13.4 (B=16 at 64x64),
+# 9.7 (64 at 64x64), 8.9 (4 at 256x256), 7.1 (16 at 256x256); texture2d 7.5 (8 at 256x256); mnist1d 4.6
+# (256 at 4096, 16 at 65536); porous3d 12.6 (4 at 64^3), 11.9 (1 at 128^3). 12 covers all but the smallest
+# run (183 MB measured, 197 MB estimated with the overhead). PICTURE_COPIES, LINE_PANEL_BYTES and RAW_COPIES:
+# the peak RSS of whole `sample` runs of many samples in small batches, as a multiple of the kept bytes:
+# digits2d, 65536 samples of 16x16 in batches of 16: 8.5 (the PNG grid is upscaled 4x4), the same with
+# --save-raw npy (the picture's copies are gone by then); porous3d, 512 of 32^3 in batches of 1 (slices and
+# the .npy): 4.2; mnist1d, 256 and 1024 samples of 40: 406 and 431 kB per sample (the panels).
+UNET_ACTIVATION_FACTOR = 12
+UNET_OVERHEAD_BYTES = 64 * 2**20
+SAMPLER_COPIES = 8
+PICTURE_COPIES = {1: 1.0, 2: 7.5, 3: 3.2}
+LINE_PANEL_BYTES = 450_000
+RAW_COPIES = 2.0
+ANIMATION_SAMPLES = 16  # samples a frame shows (DenoisingRecorder.max_samples)
+
+
+@dataclass
+class MemoryEstimate:
+    """Peak bytes of a sampling run: on the device that samples (``device``) and on the host afterwards
+    (``host``, the same memory when sampling on CPU), and what they count (``what``, in words)."""
+
+    device: int
+    host: int
+    what: str
+
+    def total(self, device: torch.device | str) -> int:
+        """The peak on ``device``: the larger phase on CPU (sampling, then writing), else the device's."""
+        return max(self.device, self.host) if torch.device(device).type == "cpu" else self.device
+
+
+def unet_batch_bytes(model, batch: int, spatial: Sequence[int]) -> int:
+    """Working memory of the U-Net of config ``model`` denoising ``batch`` inputs of ``spatial`` positions
+    (the formula above the constants)."""
+    positions = math.prod(spatial)
+    dims = len(spatial)
+    levels = sum(
+        model.base_channels * mult * positions // 2 ** (level * dims)
+        for level, mult in enumerate(model.channel_mults)
+    )
+    return UNET_ACTIVATION_FACTOR * 4 * batch * levels + UNET_OVERHEAD_BYTES
+
+
+def sampling_memory(
+    model,
+    shape: Sequence[int],
+    *,
+    batch_size: int | None = None,
+    steps: int = 32,
+    tile_size: int | None = None,
+    picture: bool = False,
+    raw: bool = False,
+    animation_interval: int | None = None,
+) -> MemoryEstimate:
+    """Estimated peak memory of drawing ``shape = (N, C, *spatial)`` samples with a U-Net of config ``model``
+    (a :class:`~polyscale.nn.unet.UNetConfig`) in batches of ``batch_size`` (``None``: all at once), over
+    ``steps`` steps, optionally in windows of ``tile_size``, then writing the ``picture``, the ``raw`` samples
+    and an animation recorded every ``animation_interval`` steps (``None``: none). The formula and its
+    calibration are in the comment above :data:`UNET_ACTIVATION_FACTOR`."""
+    n, channels, *spatial = (int(v) for v in shape)
+    batch = min(batch_size or n, n)
+    positions = math.prod(spatial)
+    window = [min(tile_size, v) for v in spatial] if tile_size is not None else spatial
+    kept = n * channels * positions * 4
+    in_flight = unet_batch_bytes(model, batch, window) + SAMPLER_COPIES * 4 * batch * channels * positions
+    schedule = 32 * (steps + 1)  # the noise levels and their intermediates (float64)
+    # the picture is drawn, then its copies are freed and the raw file is encoded: the larger of the two counts
+    copies = 1 + max(PICTURE_COPIES[len(spatial)] if picture else 0, RAW_COPIES if raw else 0)
+    panels = LINE_PANEL_BYTES * n if picture and len(spatial) == 1 else 0
+    frames = 0
+    if animation_interval is not None:
+        shown = min(ANIMATION_SAMPLES, batch)
+        count = steps // animation_interval + 2  # every K-th step and the final samples
+        tiles = positions if len(spatial) < 3 else 3 * max(spatial) ** 2  # 3D frames show three slices
+        drawn = 2**20 if len(spatial) == 1 else 2 * shown * tiles * 16 * 3 * 2  # RGB, 4x4 upscaled, 2 copies
+        frames = count * (2 * shown * channels * positions * 4 + drawn)
+    size = "x".join(str(v) for v in (channels, *spatial))
+    what = f"{n} samples of {size} kept in memory + a batch of {batch} in flight"
+    if tile_size is not None:
+        what += f" in windows of {tile_size}"
+    if frames:
+        what += " + the animation's frames"
+    host = int(copies * kept) + panels + frames
+    return MemoryEstimate(device=2 * kept + in_flight + schedule, host=host, what=what)
+
+
+def check_sampling_memory(
+    estimate: MemoryEstimate,
+    device: torch.device | str,
+    *,
+    force: bool = False,
+    flag: str | None = "--force",
+    lower: str | None = "--num-samples, --batch-size or --resolution",
+) -> None:
+    """:func:`polyscale.pipelines.preflight.check_memory` of ``estimate`` on the sampling device, and on the host
+    too when that is another (an accelerator)."""
+    check_memory(
+        estimate.total(device), what=estimate.what, device=device, force=force, flag=flag, lower=lower
+    )
+    if torch.device(device).type != "cpu":
+        check_memory(estimate.host, what=estimate.what, device="cpu", force=force, flag=flag, lower=lower)
 
 
 def check_resolution(resolution: int | None, size_multiple: int, *, tile_size: int | None = None) -> None:
@@ -299,6 +421,7 @@ def sample_checkpoint(
     tile_size: int | None = None,
     tile_overlap: int | None = None,
     overrides: Sequence[str] = (),
+    force: bool = False,
 ) -> SampleResult:
     """Load ``checkpoint``, draw ``num_samples`` samples (at ``resolution`` per spatial axis when given).
 
@@ -312,9 +435,15 @@ def sample_checkpoint(
     ``"pt"``) also writes the raw samples next to ``output_file`` (see :func:`save_samples`). ``overrides``:
     ``KEY=VALUE`` settings of the sampler on top of the model's and the flags' (:func:`resolve_sampler`).
 
+    Before sampling, the run's peak memory is estimated (:func:`sampling_memory`) and compared with what the
+    device (and the host) has free; ``force`` turns a refusal into a warning. ``output_file`` must be a
+    writable ``.png`` path (:func:`check_output_file`).
+
     Raises:
-        ValueError: an argument outside its range (named in the message, checked before loading), an
-            architecture flag or ``resolution`` the checkpoint cannot serve, or an unreadable checkpoint.
+        ValueError: an argument outside its range (named in the message, checked before loading), more
+            sampler steps than :data:`~polyscale.pipelines.preflight.MAX_STEPS`, an output file that cannot be
+            written, an architecture flag or ``resolution`` the checkpoint cannot serve, an unreadable
+            checkpoint, an absent device, or a run that would not fit in memory (unless ``force``).
         FileNotFoundError: ``checkpoint`` is neither a directory nor a shipped model name.
     """
     check_sampling_args(
@@ -324,7 +453,7 @@ def sample_checkpoint(
     )  # fmt: skip
     raw_format(save_raw)
     if output_file is not None:
-        check_output_file(output_file)
+        check_output_file(output_file, save_raw=save_raw, dims=dims, animation=create_animation)
     if checkpoint is None:
         if dims not in SHIPPED_BY_DIM:
             raise ValueError(
@@ -337,6 +466,7 @@ def sample_checkpoint(
     dev = resolve_device(device)
     denoiser, cfg, sample_shape = load_denoiser(checkpoint, device=dev)
     sampling = resolve_sampler(cfg, sampler=sampler, steps=steps, overrides=overrides)
+    check_steps(sampling.steps, flag="--timesteps (sampler.steps)")
     check_architecture(cfg, checkpoint, dims=dims, in_channels=channels, base_channels=base_channels)
     unet = denoiser.net
     if not isinstance(unet, UNet):  # load_denoiser builds only MODEL_CLASSES
@@ -353,6 +483,15 @@ def sample_checkpoint(
             periodic=unet.config.padding_mode == "circular",
         )
     spatial = sample_shape[1:] if resolution is None else (resolution,) * (len(sample_shape) - 1)
+    if output_file is not None and len(spatial) == 3:  # volumes always get their raw file
+        check_output_file(output_file, save_raw=save_raw, dims=3, animation=create_animation)
+    estimate = sampling_memory(
+        unet.config, (num_samples, sample_shape[0], *spatial), batch_size=batch_size, steps=sampling.steps,
+        tile_size=tile_size, picture=output_file is not None,
+        raw=output_file is not None and (raw_format(save_raw) is not None or len(spatial) == 3),
+        animation_interval=animation_interval if create_animation else None,
+    )  # fmt: skip
+    check_sampling_memory(estimate, dev, force=force)
     generator = torch.Generator(dev).manual_seed(seed)
     samples = generate(
         model,
