@@ -263,12 +263,39 @@ def add_seed(
     p.add_argument("--seed", type=any_int, default=default, help=help)
 
 
-def add_run_dir(p: argparse.ArgumentParser, *, required: bool, help: str, no_resume: str) -> None:
-    """``--output-dir`` and ``--no-resume``: where a run writes, and whether it ignores what is there."""
+NO_RESUME = (
+    "start afresh even where --output-dir holds a checkpoint; the earlier run is kept aside (.previous-run/) "
+    "until the new run's first checkpoint"
+)
+
+
+def add_run_dir(p: argparse.ArgumentParser, *, required: bool, help: str) -> None:
+    """``--output-dir`` and ``--no-resume``: where a run writes, and whether it starts afresh there."""
     p.add_argument("--output-dir", required=required, default=None, help=help)
-    p.add_argument("--no-resume", action="store_true", help=no_resume)
+    p.add_argument("--no-resume", action="store_true", help=NO_RESUME)
 
 
 def add_overrides(p: argparse.ArgumentParser, *, metavar: str, help: str) -> None:
     """``--set KEY=VALUE``, repeatable: dotted overrides of the experiment's configuration."""
     p.add_argument("--set", action="append", default=[], metavar=metavar, help=help)
+
+
+def add_force(p: argparse.ArgumentParser, what: str = "run") -> None:
+    """``--force``: go on when the up-front memory estimate exceeds what is available (a warning instead)."""
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help=f"{what} even when the estimated memory exceeds what is available (warn instead of refusing)",
+    )
+
+
+def add_allow_change(p: argparse.ArgumentParser, changeable: Sequence[str]) -> None:
+    """``--allow-change KEY``, repeatable: settings a resumed run may change (those in ``changeable``)."""
+    p.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="resume even though KEY differs from the saved run's settings (repeatable); keys that may: "
+        f"{', '.join(changeable) or 'none'} (how far and how verbosely to train may always change)",
+    )

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 
 from polyscale.cli.args import (
+    add_allow_change,
     add_command,
     add_device,
+    add_force,
     add_overrides,
     add_run_dir,
     add_seed,
     int_at_least,
     positive_int,
 )
-from polyscale.cli.grid import add_allow_change, add_force
 
 
 def _cmd_graph_train(args: argparse.Namespace) -> int:
@@ -123,17 +124,16 @@ def add_graph_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset", required=True, help="graph preset (see `polyscale presets`) or path to a graph .yaml file"
     )
-    add_run_dir(
-        p, required=True, help="run directory", no_resume="ignore checkpoints already in --output-dir"
-    )
+    add_run_dir(p, required=True, help="run directory")
     add_overrides(p, metavar="KEY=VALUE", help="e.g. optimization.lr=1e-3")
     from polyscale.pipelines.graph_config import STRUCTURE_STAGES
+    from polyscale.pipelines.graph_train import CHANGEABLE
 
     p.add_argument(
         "--stage", choices=list(STRUCTURE_STAGES), action="append", default=None,
         help="structure task: train only this stage (repeatable; default both, one after the other)",
     )  # fmt: skip
-    add_allow_change(p)
+    add_allow_change(p, CHANGEABLE)
 
     p = add_command(gsub, "sample", _cmd_graph_sample, "generate graphs of any size")
     _add_sampling_args(p, num_graphs=4)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 from polyscale.cli.args import (
+    add_allow_change,
     add_command,
     add_device,
+    add_force,
     add_overrides,
     add_run_dir,
     add_seed,
@@ -118,33 +120,13 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
-def add_force(p: argparse.ArgumentParser) -> None:
-    """``--force``: go on when the run's memory estimate exceeds what is available (a warning, not an error)."""
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="sample even when the estimated memory exceeds what is available (warn instead of refusing)",
-    )
-
-
-def add_allow_change(p: argparse.ArgumentParser) -> None:
-    """``--allow-change KEY``, repeatable: settings a resumed run may change."""
-    p.add_argument(
-        "--allow-change",
-        action="append",
-        default=None,
-        metavar="KEY",
-        help="resume even though KEY differs from the saved run's settings (repeatable; keys that only say "
-        "how far or how verbosely to train may always change)",
-    )
-
-
 def add_presets_command(sub: argparse._SubParsersAction) -> None:
     add_command(sub, "presets", _cmd_presets, "list the shipped presets and models")
 
 
 def add_train_command(sub: argparse._SubParsersAction) -> None:
     from polyscale.pipelines.experiment import ExperimentConfig
+    from polyscale.pipelines.train import CHANGEABLE
 
     p = add_command(
         sub, "train", _cmd_train, "train a preset (or a YAML experiment file)", config=ExperimentConfig
@@ -156,7 +138,6 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
         p,
         required=True,
         help="run directory (checkpoints, logs, final model/)",
-        no_resume="ignore checkpoints already in --output-dir",
     )
     add_overrides(p, metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
     p.add_argument(
@@ -166,7 +147,7 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
         help="fine-tune: start from this model directory or shipped model (same network as the preset); "
         "a run resuming its own checkpoint ignores it",
     )
-    add_allow_change(p)
+    add_allow_change(p, CHANGEABLE)
 
 
 def add_sample_command(sub: argparse._SubParsersAction) -> None:

@@ -15,8 +15,10 @@ import typing
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 from polyscale.cli.args import (
+    add_allow_change,
     add_command,
     add_device,
+    add_force,
     add_overrides,
     add_run_dir,
     add_seed,
@@ -162,24 +164,6 @@ def _add_config_flags(
     add_seed(p, default=None, help=f"random seed (preset {preset}: {values.seed})")
 
 
-NO_RESUME = (
-    "start afresh even where --output-dir holds a checkpoint; the earlier run is kept aside (.previous-run/) "
-    "until the new run's first checkpoint"
-)
-
-
-def _add_allow_change(p: argparse.ArgumentParser, changeable: tuple[str, ...]) -> None:
-    p.add_argument(
-        "--force", action="store_true",
-        help="run even when the memory estimate printed by the up-front check exceeds the available memory",
-    )  # fmt: skip
-    p.add_argument(
-        "--allow-change", action="append", default=[], metavar="KEY",
-        help="resume even though KEY differs from the saved run's settings (repeatable; "
-        f"keys that may: {', '.join(changeable) or 'none'})",
-    )  # fmt: skip
-
-
 def _add_grow_sparse(gsub: argparse._SubParsersAction) -> None:
     from polyscale.pipelines.grow import CHANGEABLE
     from polyscale.pipelines.grow_config import GrowSparseConfig, load_grow_sparse_config
@@ -198,9 +182,9 @@ def _add_grow_sparse(gsub: argparse._SubParsersAction) -> None:
         required=False,
         help=f"run directory ({RUN_FILES}, snapshots.safetensors); a checkpoint every checkpoint_every epochs "
         "that a rerun with the same settings resumes from",
-        no_resume=NO_RESUME,
     )
-    _add_allow_change(p, CHANGEABLE)
+    add_allow_change(p, CHANGEABLE)
+    add_force(p)
 
 
 def _add_grow_depth(gsub: argparse._SubParsersAction) -> None:
@@ -217,9 +201,9 @@ def _add_grow_depth(gsub: argparse._SubParsersAction) -> None:
         required=False,
         help=f"run directory ({RUN_FILES}, growth.json, layers/, sample.txt); a checkpoint every "
         "checkpoint_every steps that a rerun with the same settings resumes from",
-        no_resume=NO_RESUME,
     )
-    _add_allow_change(p, CHANGEABLE)
+    add_allow_change(p, CHANGEABLE)
+    add_force(p)
 
 
 def add_grow_commands(sub: argparse._SubParsersAction) -> None:

@@ -5,6 +5,7 @@ calls the sampler. Grids and graphs (features and both structure stages) all sam
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -47,6 +48,10 @@ class SamplerConfig:
         allowed = sampler_options(self.name)
         if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1:
             raise ValueError(f"sampler steps must be an integer >= 1, got {self.steps!r}")
+        for key in ("sigma_min", "sigma_max", "rho"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"sampler.{key} must be a finite number, got {value!r}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min} and {self.sigma_max}")
         if not self.rho > 0:
