@@ -212,12 +212,14 @@ def feature_run(tmp_path_factory) -> Path:
 
 
 def _diverged_copy(model_dir: Path, target: Path) -> Path:
-    """``model_dir`` copied to ``target`` with every weight (and EMA weight) NaN."""
+    """``model_dir`` copied to ``target`` with every weight (and EMA weight) finite but huge (3e38): loading
+    accepts it, its outputs overflow to inf and NaN, as those of a model that was about to diverge."""
     shutil.copytree(model_dir, target)
     for name in ("model.safetensors", "ema.safetensors"):
         path = target / name
         if path.is_file():
-            save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(path).items()}, path)
+            save_file({k: torch.full_like(v, 3e38) if v.is_floating_point() else v
+                       for k, v in load_file(path).items()}, path)  # fmt: skip
     return target
 
 

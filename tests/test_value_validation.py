@@ -36,7 +36,7 @@ from polyscale.training import TrainConfig
         ("train.max_bad_steps=-1", "train.max_bad_steps must be an integer >= 0, got -1"),
         ("model.dropout=.inf", "model.dropout must be a finite number, got inf"),
         ("diffusion.sigma_data=.nan", "diffusion.sigma_data must be a finite number, got nan"),
-        ("diffusion.sampler.sigma_max=.inf", "diffusion.sampler.sigma_max must be a finite number, got inf"),
+        ("diffusion.sampler.sigma_max=.inf", "sampler.sigma_max must be a finite number, got inf"),
         ("diffusion.sampler.options={s_churn: .nan}", "diffusion.sampler.options.s_churn must be a finite number"),
         ("diffusion.sampler.name=foo", "unknown sampler 'foo'; expected one of ['ddim', 'ddpm', 'dpmpp2m', "),
         ("diffusion.sampler=foo", "unknown sampler 'foo'; expected one of ['ddim', 'ddpm', 'dpmpp2m', "),
