@@ -117,6 +117,7 @@ def bad(tmp_path_factory) -> dict[str, Path]:
 def _cases(b: dict[str, Path], tmp: Path) -> list[tuple[list[str], str, int]]:
     no_cuda = [] if torch.cuda.is_available() else [
         (["sample", "--checkpoint", "digits2d", "--device", "cuda"], "cuda", 2),
+        (["graph", "sample", "--checkpoint", str(tmp / "nothing_here"), "--device", "cuda"], "cuda", 2),
     ]  # fmt: skip
     train = ["train", "--preset", "digits2d", "--output-dir", str(tmp / "run"), *_sets(*TINY)]
     return [
@@ -162,7 +163,6 @@ def _cases(b: dict[str, Path], tmp: Path) -> list[tuple[list[str], str, int]]:
             2,
         ),
         (["sample", "--checkpoint", "digits2d", "--dim", "4"], "invalid choice", 2),
-        (["graph", "sample", str(tmp / "nothing_here"), "--device", "cuda"], "", 2),
         (
             [
                 "graph",
@@ -178,6 +178,29 @@ def _cases(b: dict[str, Path], tmp: Path) -> list[tuple[list[str], str, int]]:
             2,
         ),  # fmt: skip
         *no_cuda,
+        # up-front size and output checks: refused before any work
+        (
+            ["sample", "--checkpoint", "digits2d", "--num-samples", "1e9", "--batch-size", "2"],
+            "needs about",
+            2,
+        ),
+        (["sample", "--checkpoint", "digits2d", "--resolution", "1e9"], "needs about", 2),
+        (["sample", "--checkpoint", "digits2d", "--timesteps", "1e12"], "expected at most 100000", 2),
+        (["sample", "--checkpoint", "digits2d", "--output-file", str(tmp / "x.jpg")], "must end in .png", 2),
+        (
+            ["sample", "--checkpoint", "digits2d", "--output-file", str(b["a_file"] / "x.png")],
+            "output-file",
+            2,
+        ),
+        (["sample", "--checkpoint", "digits2d", "--output-file", str(b["a_dir"])], "directory", 2),
+        (["grow", "sparse", "--hidden-sizes", "10000000", "--epochs", "1"], "needs about", 2),
+        (["grow", "depth", "--n-embd", "100000", "--max-steps", "1"], "needs about", 2),
+        # resuming with other settings: refused, every difference named
+        ([*train, *_sets("train.max_steps=2", "train.lr=0.01")], "train.lr: 0.002 -> 0.01", 2),
+        ([*train, *_sets("train.max_steps=2", "train.batch_size=4")], "train.batch_size: 8 -> 4", 2),
+        ([*train, *_sets("train.max_steps=2", "model.base_channels=16")], "model.base_channels: 8 -> 16", 2),
+        ([*train[:2], "mnist1d", *train[3:], *_sets("train.max_steps=2")], "settings differ", 2),
+        ([*train, *_sets("train.max_steps=2"), "--allow-change", "model.base_channels"], "cannot change", 2),
         # foreign files
         ([*train[:3], "--output-dir", str(b["a_dir"].parent / "foreign"), *_sets(*TINY)], "", 0),
     ]
@@ -189,7 +212,24 @@ def test_every_bad_input_is_one_clear_line(bad, tmp_path: Path, capsys):
     (foreign / "config.json").write_text('{"mine": true}')  # a user's file where a run goes: left alone
     tried = clear = 0
     failures = []
+    existing = tmp_path / "existing"
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "digits2d",
+                "--output-dir",
+                str(existing),
+                *_sets(*TINY, "train.max_steps=2"),
+            ]
+        )
+        == 0
+    )
+    saved = (existing / "config.yaml").read_text()
     for argv, fragment, code in _cases(bad, tmp_path):
+        if "settings differ" in fragment or " -> " in fragment or "cannot change" in fragment:
+            argv = [str(existing) if a == str(tmp_path / "run") else a for a in argv]
         tried += 1
         got, err = run([*argv, *(["--set", "train.max_steps=2"] if argv[0] == "train" and code == 0 else [])],
                        capsys)  # fmt: skip
@@ -208,6 +248,7 @@ def test_every_bad_input_is_one_clear_line(bad, tmp_path: Path, capsys):
             failures.append((argv, f"exit {got}: {err.strip()}"))
         shutil.rmtree(tmp_path / "run", ignore_errors=True)
     assert (foreign / "config.json").read_text() == '{"mine": true}'
+    assert (existing / "config.yaml").read_text() == saved  # refused resumes rewrite nothing
     assert not failures, "\n".join(f"{' '.join(a)} -> {m}" for a, m in failures)
     assert clear == tried
 

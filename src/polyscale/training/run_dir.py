@@ -61,7 +61,7 @@ MARKER = ".polyscale-run"  # present in every run directory polyscale started
 # what polyscale writes at the top of a run directory (and so may replace or set aside there)
 OWNED = (SETTINGS, CHECKPOINTS, MODEL, METRICS, HISTORY, SUMMARY, "tb", "snapshots.safetensors")
 __all__ = ["CHECKPOINTS", "HISTORY", "MARKER", "METRICS", "MODEL", "OWNED", "SETTINGS", "SUMMARY", "Run",
-           "check_same_settings", "flatten", "open_run", "prepare_run", "read_settings", "write_history",
+           "check_same_settings", "flatten", "open_run", "read_settings", "write_history",
            "write_settings", "write_summary"]  # fmt: skip
 
 
@@ -287,15 +287,6 @@ def open_run(
             atomic_write_text(run_dir / MARKER, json.dumps({"format": "polyscale-run", "version": 1}) + "\n")
         write_settings(run_dir, settings)
         yield Run(path=run_dir, checkpoint=last)
-
-
-def prepare_run(
-    run_dir: str | Path, settings: Mapping[str, Any], *, resume: bool, ignore: Iterable[str] = ()
-) -> Path | None:
-    """:func:`open_run` without holding the lock afterwards (for callers that take it themselves or run
-    alone); returns the checkpoint to resume from (None: a fresh start)."""
-    with open_run(run_dir, settings, resume=resume, ignore=ignore) as run:
-        return run.checkpoint
 
 
 def write_history(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
