@@ -17,26 +17,20 @@ from safetensors.torch import load_file
 from polyscale.cli.main import main
 from polyscale.training import checkpoint as checkpoint_module
 from polyscale.training.checkpoint import checkpoint_damage, checkpoint_dirs
+from tiny import TINY_DIGITS, sets
 
-TINY = [
-    "model.base_channels=8",
-    "model.channel_mults=[1,2]",
-    "model.num_res_blocks=1",
-    "model.attention_levels=[1]",
-    "model.attention_kernel_sizes=[3]",
-    "model.num_heads=2",
-    "train.batch_size=8",
-    "train.warmup_steps=1",
-    "train.checkpoint_every=1",
-    "train.keep_checkpoints=1",
-    "train.log_every=1",
-    "train.progress=false",
-]
+TINY = [*TINY_DIGITS, "train.checkpoint_every=1", "train.keep_checkpoints=1", "train.progress=false"]
 
 
 def _argv(run: Path, steps: int) -> list[str]:
-    sets = [a for kv in [*TINY, f"train.max_steps={steps}"] for a in ("--set", kv)]
-    return ["train", "--preset", "digits2d", "--output-dir", str(run), *sets]
+    return [
+        "train",
+        "--preset",
+        "digits2d",
+        "--output-dir",
+        str(run),
+        *sets(*TINY, f"train.max_steps={steps}"),
+    ]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

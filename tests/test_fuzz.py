@@ -20,32 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from polyscale.cli.main import main
 from polyscale.io import resolve_model_dir
+from tiny import TINY_DIGITS, run_cli, sets
 
-TINY = [
-    "model.base_channels=8",
-    "model.channel_mults=[1,2]",
-    "model.num_res_blocks=1",
-    "model.attention_levels=[1]",
-    "model.attention_kernel_sizes=[3]",
-    "model.num_heads=2",
-    "train.batch_size=8",
-    "train.warmup_steps=1",
-    "train.checkpoint_every=2",
-    "train.log_every=1",
-    "train.progress=false",
-]
-
-
-def _sets(*pairs: str) -> list[str]:
-    return [a for kv in pairs for a in ("--set", kv)]
-
-
-def run(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    return code, capsys.readouterr().err
+TINY = [*TINY_DIGITS, "train.checkpoint_every=2", "train.progress=false"]
 
 
 def one_line(err: str) -> str:
@@ -119,14 +96,14 @@ def _cases(b: dict[str, Path], tmp: Path) -> list[tuple[list[str], str, int]]:
         (["sample", "--checkpoint", "digits2d", "--device", "cuda"], "cuda", 2),
         (["graph", "sample", "--checkpoint", str(tmp / "nothing_here"), "--device", "cuda"], "cuda", 2),
     ]  # fmt: skip
-    train = ["train", "--preset", "digits2d", "--output-dir", str(tmp / "run"), *_sets(*TINY)]
+    train = ["train", "--preset", "digits2d", "--output-dir", str(tmp / "run"), *sets(*TINY)]
     return [
         # non-finite values and divergence
-        ([*train, *_sets("train.lr=.inf")], "train.lr must be a finite number, got inf", 2),
-        ([*train, *_sets("train.lr=nan")], "train.lr", 2),
-        ([*train, *_sets("train.max_steps=6", "train.lr=1000")], "training diverged at step", 2),
-        ([*train, *_sets("diffusion.sampler.name=foo")], "foo", 2),
-        ([*train, *_sets("diffusion.sampler=foo")], "foo", 2),
+        ([*train, *sets("train.lr=.inf")], "train.lr must be a finite number, got inf", 2),
+        ([*train, *sets("train.lr=nan")], "train.lr", 2),
+        ([*train, *sets("train.max_steps=6", "train.lr=1000")], "training diverged at step", 2),
+        ([*train, *sets("diffusion.sampler.name=foo")], "foo", 2),
+        ([*train, *sets("diffusion.sampler=foo")], "foo", 2),
         (["grow", "depth", "--beta0", "nan", "--max-steps", "1"], "nan", 2),
         (["grow", "depth", "--gamma0", "inf", "--max-steps", "1"], "inf", 2),
         (["grow", "depth", "--tau-crit", "-1", "--max-steps", "1"], "tau_crit must be >= 1", 2),
@@ -149,14 +126,14 @@ def _cases(b: dict[str, Path], tmp: Path) -> list[tuple[list[str], str, int]]:
                 *train[:3],
                 "--output-dir",
                 str(b["bomb_dir"]),
-                *_sets(*TINY, "data.kind=image_folder", f"data.path={b['bomb_dir']}"),
+                *sets(*TINY, "data.kind=image_folder", f"data.path={b['bomb_dir']}"),
             ],
             "pixel",
             2,
         ),  # fmt: skip
-        ([*train, *_sets("data.kind=array", f"data.path={b['a_dir']}")], "is a directory", 2),
+        ([*train, *sets("data.kind=array", f"data.path={b['a_dir']}")], "is a directory", 2),
         # allocation and impossible sizes
-        ([*train, *_sets("model.base_channels=100000", "train.max_steps=1")], "memory", 2),
+        ([*train, *sets("model.base_channels=100000", "train.max_steps=1")], "memory", 2),
         (
             ["sample", "--checkpoint", "digits2d", "--num-samples", "1e30"],
             "beyond the 64-bit integer range",
@@ -196,13 +173,13 @@ def _cases(b: dict[str, Path], tmp: Path) -> list[tuple[list[str], str, int]]:
         (["grow", "sparse", "--hidden-sizes", "10000000", "--epochs", "1"], "needs about", 2),
         (["grow", "depth", "--n-embd", "100000", "--max-steps", "1"], "needs about", 2),
         # resuming with other settings: refused, every difference named
-        ([*train, *_sets("train.max_steps=2", "train.lr=0.01")], "train.lr: 0.002 -> 0.01", 2),
-        ([*train, *_sets("train.max_steps=2", "train.batch_size=4")], "train.batch_size: 8 -> 4", 2),
-        ([*train, *_sets("train.max_steps=2", "model.base_channels=16")], "model.base_channels: 8 -> 16", 2),
-        ([*train[:2], "mnist1d", *train[3:], *_sets("train.max_steps=2")], "settings differ", 2),
-        ([*train, *_sets("train.max_steps=2"), "--allow-change", "model.base_channels"], "cannot change", 2),
+        ([*train, *sets("train.max_steps=2", "train.lr=0.01")], "train.lr: 0.002 -> 0.01", 2),
+        ([*train, *sets("train.max_steps=2", "train.batch_size=4")], "train.batch_size: 8 -> 4", 2),
+        ([*train, *sets("train.max_steps=2", "model.base_channels=16")], "model.base_channels: 8 -> 16", 2),
+        ([*train[:2], "mnist1d", *train[3:], *sets("train.max_steps=2")], "settings differ", 2),
+        ([*train, *sets("train.max_steps=2"), "--allow-change", "model.base_channels"], "cannot change", 2),
         # foreign files
-        ([*train[:3], "--output-dir", str(b["a_dir"].parent / "foreign"), *_sets(*TINY)], "", 0),
+        ([*train[:3], "--output-dir", str(b["a_dir"].parent / "foreign"), *sets(*TINY)], "", 0),
     ]
 
 
@@ -221,7 +198,7 @@ def test_every_bad_input_is_one_clear_line(bad, tmp_path: Path, capsys):
                 "digits2d",
                 "--output-dir",
                 str(existing),
-                *_sets(*TINY, "train.max_steps=2"),
+                *sets(*TINY, "train.max_steps=2"),
             ]
         )
         == 0
@@ -231,7 +208,7 @@ def test_every_bad_input_is_one_clear_line(bad, tmp_path: Path, capsys):
         if "settings differ" in fragment or " -> " in fragment or "cannot change" in fragment:
             argv = [str(existing) if a == str(tmp_path / "run") else a for a in argv]
         tried += 1
-        got, err = run([*argv, *(["--set", "train.max_steps=2"] if argv[0] == "train" and code == 0 else [])],
+        got, err = run_cli([*argv, *(["--set", "train.max_steps=2"] if argv[0] == "train" and code == 0 else [])],
                        capsys)  # fmt: skip
         if code == 0:
             ok = got == 0
@@ -340,7 +317,7 @@ def test_sample_flags_are_refused_in_one_line_or_run(flag: str, value: str, caps
     # a valid but large value would really run: keep the property to refusals and tiny runs
     if flag in ("--timesteps", "--resolution", "--num-samples", "--batch-size") and 4 < number < 10**6:
         return
-    code, err = run(argv, capsys)
+    code, err = run_cli(argv, capsys)
     if code == 0:
         assert out.is_file()
     else:

@@ -28,21 +28,9 @@ from polyscale.training.checkpoint import (
 )
 from polyscale.training.run_dir import open_run
 from polyscale.training.run_lock import LOCK_NAME, RunDirectoryLocked, RunLock
+from tiny import TINY_DIGITS
 
-TINY = [
-    "model.base_channels=8",
-    "model.channel_mults=[1,2]",
-    "model.num_res_blocks=1",
-    "model.attention_levels=[1]",
-    "model.attention_kernel_sizes=[3]",
-    "model.num_heads=2",
-    "train.max_steps=4",
-    "train.batch_size=8",
-    "train.warmup_steps=1",
-    "train.checkpoint_every=2",
-    "train.log_every=1",
-    "train.progress=false",
-]
+TINY = [*TINY_DIGITS, "train.max_steps=4", "train.checkpoint_every=2", "train.progress=false"]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -217,7 +205,14 @@ def test_a_changed_setting_is_refused_with_the_flag_that_accepts_it(tmp_path: Pa
     result = train_experiment(bigger, run, allow_change=("train.lr",))
     assert result.step == 6
     lrs = [float(line.split(",")[2]) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
-    assert len(lrs) == 6 and lrs[4] < 0.0011  # the resumed steps use the new peak rate
+    from polyscale.training.lr import warmup_cosine
+
+    def rate(peak: float, step: int) -> float:
+        return peak * warmup_cosine(step, warmup_steps=1, max_steps=6, min_lr_ratio=bigger.train.min_lr_ratio)
+
+    assert len(lrs) == 6
+    assert lrs[4:] == pytest.approx([rate(0.001, 4), rate(0.001, 5)], rel=1e-4)  # the new peak rate from here on
+    assert lrs[4] != pytest.approx(rate(0.002, 4), rel=1e-2)
 
 
 # --- leftovers, damage, permissions -------------------------------------------------------------------------
