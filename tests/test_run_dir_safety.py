@@ -211,7 +211,8 @@ def test_a_changed_setting_is_refused_with_the_flag_that_accepts_it(tmp_path: Pa
         return peak * warmup_cosine(step, warmup_steps=1, max_steps=6, min_lr_ratio=bigger.train.min_lr_ratio)
 
     assert len(lrs) == 6
-    assert lrs[4:] == pytest.approx([rate(0.001, 4), rate(0.001, 5)], rel=1e-4)  # the new peak rate from here on
+    # the new peak rate from the resumed step on
+    assert lrs[4:] == pytest.approx([rate(0.001, 4), rate(0.001, 5)], rel=1e-4)
     assert lrs[4] != pytest.approx(rate(0.002, 4), rel=1e-2)
 
 
