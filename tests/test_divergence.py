@@ -9,7 +9,6 @@ data) at chosen steps, the weights before and after a skipped step, and an unint
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dist_train_script import denoise_loss, make_dataset, make_model  # the tiny model test_training uses
 from polyscale.data.text import CharCorpus
 from polyscale.nn.gpt import GPT, GPTConfig
 from polyscale.nn.sparse_mlp import SparseMLP
@@ -24,13 +24,6 @@ from polyscale.training import DivergenceError, TrainConfig, train, warmup_cosin
 from polyscale.training.checkpoint import checkpoint_dirs, load_training_state, prefixed, save_training_state
 from polyscale.training.depth_growth import train_lm
 from polyscale.training.sparse_growth import SparseGrowthTrainer
-
-_spec = importlib.util.spec_from_file_location(
-    "dist_train_script", Path(__file__).with_name("dist_train_script.py")
-)
-fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fixtures)
-make_model, make_dataset, denoise_loss = fixtures.make_model, fixtures.make_dataset, fixtures.denoise_loss
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -14,20 +14,9 @@ from polyscale.config import ConfigError
 from polyscale.pipelines.experiment import load_experiment, preset_names
 from polyscale.pipelines.sample import load_denoiser, sample_checkpoint
 from polyscale.pipelines.train import train_experiment
+from tiny import TINY_DIGITS
 
-TINY = [
-    "model.base_channels=8",
-    "model.channel_mults=[1,2]",
-    "model.num_res_blocks=1",
-    "model.attention_levels=[1]",
-    "model.attention_kernel_sizes=[3]",
-    "model.num_heads=2",
-    "train.max_steps=3",
-    "train.batch_size=8",
-    "train.warmup_steps=1",
-    "train.checkpoint_every=2",
-    "train.log_every=1",
-]
+TINY = [*TINY_DIGITS, "train.max_steps=3", "train.checkpoint_every=2"]
 
 
 def test_presets_validate():

@@ -234,6 +234,17 @@ def test_recover_siblings_restores_a_complete_old_copy_and_removes_dead_temporar
     assert len(said) == 2 and any("restored" in s for s in said)
 
 
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path: Path):
+    from polyscale.atomic import atomic_write_text
+
+    dead = tmp_path / f".s.png.tmp-{_dead_pid()}-0123abcd"
+    dead.write_bytes(b"half a picture")
+    other = tmp_path / f".t.png.tmp-{_dead_pid()}-0123abcd"  # another target's: not this write's business
+    other.write_bytes(b"x")
+    atomic_write_text(tmp_path / "s.png", "picture")
+    assert not dead.exists() and other.exists() and (tmp_path / "s.png").read_text() == "picture"
+
+
 def _save(run: Path, step: int) -> Path:
     return save_training_state(run, step, tensors={"w": torch.full((4,), float(step))}, meta={}, keep=5)
 

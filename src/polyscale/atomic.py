@@ -5,8 +5,9 @@ hidden sibling ``.<name>.tmp-<hex>``, fsynced, and renamed into place; an existi
 aside to ``.<name>.old-<pid>-<hex>`` and deleted only once the new one is in place. A process killed
 mid-write therefore leaves at the target path either the previous complete version or (killed between the two
 renames of a directory) nothing, never a half-written one. The hidden siblings it leaves behind carry the
-writer's process id; :func:`recover_siblings` deletes the ``.tmp-`` ones of dead writers and renames a
-complete ``.old-`` copy back where its target is missing.
+writer's process id; the next write of the same target deletes the ``.tmp-`` ones of writers that are no
+longer running, and :func:`recover_siblings` (run when a run directory is entered) also renames a complete
+``.old-`` copy back where its target is missing.
 
 Files and folders get the usual permissions (``0o666`` / ``0o777`` minus the umask), also where a library
 wrote them with narrower ones (safetensors writes ``0o600``).
@@ -21,6 +22,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable
+from glob import escape as glob_escape
 from pathlib import Path
 
 __all__ = [
@@ -97,6 +99,16 @@ def recover_siblings(folder: str | Path) -> list[str]:
     return done
 
 
+def _drop_dead_temporaries(target: Path) -> None:
+    """Delete the ``.tmp-`` siblings of ``target`` that writers no longer running left (killed mid-write)."""
+    if not target.parent.is_dir():
+        return
+    for entry in target.parent.glob(f".{glob_escape(target.name)}.tmp-*"):
+        m = _SIBLING.match(entry.name)
+        if m is not None and m["name"] == target.name and m["pid"] is not None and not _alive(int(m["pid"])):
+            _remove(entry)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -127,6 +139,7 @@ def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_dead_temporaries(path)
     tmp = temp_sibling(path, "tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
@@ -173,6 +186,7 @@ def atomic_replace_dir(build: Callable[[Path], None], target: str | Path) -> Pat
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} exists and is not a directory; refusing to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
+    _drop_dead_temporaries(target)
     tmp = temp_sibling(target, "tmp")
     tmp.mkdir()
     try:
