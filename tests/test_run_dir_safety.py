@@ -292,3 +292,18 @@ def test_weights_and_configs_follow_the_umask(tmp_path: Path):
         os.umask(previous)
     for path in [tmp_path / "m" / "w.safetensors", *(checkpoint_dirs(tmp_path)[0].iterdir())]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+
+
+def test_grow_sparse_resumes_with_an_allowed_learning_rate(tmp_path: Path):
+    from polyscale.pipelines.grow import grow_sparse
+    from polyscale.pipelines.grow_config import load_grow_sparse_config
+
+    small = ["epochs=1", "hidden_sizes=[32]", "checkpoint_every=1", "progress=false"]
+    grow_sparse(load_grow_sparse_config("sparse_mnist1d", small), tmp_path)
+    faster = load_grow_sparse_config("sparse_mnist1d", [*small, "epochs=2", "lr=0.05"])
+    with pytest.raises(ValueError, match=r"lr: .* -> 0.05.*--allow-change lr"):
+        grow_sparse(faster, tmp_path)
+    summary = grow_sparse(faster, tmp_path, allow_change=("lr",))
+    assert summary["epochs"] == 2
+    with pytest.raises(ValueError, match="cannot change when a run resumes"):
+        grow_sparse(faster, tmp_path, allow_change=("hidden_sizes",))

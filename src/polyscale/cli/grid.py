@@ -73,7 +73,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from polyscale.pipelines.evaluate import evaluate_checkpoint, format_table
 
-    rows = evaluate_checkpoint(args.checkpoint, **_sampling_kwargs(args))
+    rows = evaluate_checkpoint(args.checkpoint, **_sampling_kwargs(args), force=args.force)
     print(format_table(rows))
     return 0
 
@@ -216,3 +216,4 @@ def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="model directory, or a shipped model name")
     _add_sampling_args(p, num_samples=512)
+    add_force(p, "evaluate")

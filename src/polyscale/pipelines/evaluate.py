@@ -227,7 +227,7 @@ def evaluate_checkpoint(
         sampling = resolve_sampler(cfg, sampler=sampler, steps=steps, overrides=overrides)
         check_steps(sampling.steps, flag="--timesteps (sampler.steps)")
         estimate = sampling_memory(cfg.model, (num_samples, shape[0], *spatial), steps=sampling.steps)
-        check_sampling_memory(estimate, resolve_device(device), force=force, flag=None,
+        check_sampling_memory(estimate, resolve_device(device), force=force, flag="--force",
                               lower="--num-samples or --resolution")  # fmt: skip
     fake = sample_checkpoint(
         checkpoint, num_samples=num_samples, sampler=sampler, steps=steps, seed=seed, resolution=resolution,

@@ -46,7 +46,9 @@ RESUMABLE = (
     "checkpoint_every",
     "max_bad_steps",
 )  # may change when a run resumes
-CHANGEABLE: tuple[str, ...] = ()  # may change on resume when asked (--allow-change KEY)
+# may change on resume when asked (--allow-change KEY): the trainer's constant rate, which a resumed run's
+# optimizer takes from the settings (the checkpoint holds only the moments)
+CHANGEABLE = ("lr",)
 ENSEMBLE_SIZE = 5  # snapshots in the reported ensemble: the best ones by validation accuracy
 
 
