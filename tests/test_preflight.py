@@ -299,9 +299,9 @@ def test_commands_refuse_before_any_work(
     assert set(tmp_path.iterdir()) == before  # nothing written
 
 
-def test_evaluate_needs_no_force_flag_in_its_advice(capsys, eight_gib):
+def test_evaluate_offers_its_force_flag(capsys, eight_gib):
     assert main(["evaluate", "--checkpoint", "digits2d", "--num-samples", "100000000"]) == 2
-    assert "--force" not in _one_stderr_line(capsys)
+    assert _one_stderr_line(capsys).endswith("or pass --force")
 
 
 def test_force_lets_a_refused_sample_run_through_with_a_warning(tmp_path: Path, capsys, monkeypatch):
