@@ -5,55 +5,17 @@ graph's triangles and of crossing candidates, which condition the edge stage of 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 from torch import Tensor
 
+# the edge-index checks live with the code that keys node pairs (re-exported here for the data modules)
+from polyscale.diffusion.graph import MAX_KEYED_NODES, check_edge_index, check_num_nodes
+
 CANDIDATE_FEATURES = 3  # (dx, dy, |d|) of each direction of a candidate
 TRIANGLE_FEATURES = 5  # (cos, sin) of the angle at the third node, its side, two relative side lengths
 CROSSING_FEATURES = 4  # where the crossing lies along each edge, the sine of the angle, log length ratio
-
-
-# the most nodes whose pair keys ``u * n + v`` (one int64 per undirected edge) cannot overflow: isqrt(2^63 - 1)
-MAX_KEYED_NODES = math.isqrt(2**63 - 1)  # 3,037,000,499
-
-
-def check_num_nodes(num_nodes: int, what: str = "the graph") -> int:
-    """``num_nodes`` unless it is above :data:`MAX_KEYED_NODES` (then a ``ValueError`` naming the limit): edge
-    sets are deduplicated and sorted through the 64-bit key ``u * num_nodes + v``."""
-    if int(num_nodes) > MAX_KEYED_NODES:
-        raise ValueError(
-            f"{what} has {int(num_nodes):,} nodes, more than {MAX_KEYED_NODES:,}, the most whose node pairs "
-            "u * n + v fit in a 64-bit integer key"
-        )
-    return int(num_nodes)
-
-
-def check_edge_index(edge_index: Tensor, num_nodes: int, *, name: str = "edge_index") -> Tensor:
-    """``edge_index`` itself if it is a ``(2, E)`` tensor of integer node ids (any integer dtype) in
-    ``0 .. num_nodes - 1`` with ``num_nodes`` at most :data:`MAX_KEYED_NODES`; else a ``ValueError`` that
-    names ``name`` and what is wrong. Floating-point ids are refused rather than truncated (1.7 is no node)."""
-    if not isinstance(edge_index, Tensor):
-        raise ValueError(f"{name} must be a tensor (2, E) of node ids, got {type(edge_index).__name__}")
-    dtype = edge_index.dtype
-    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
-        raise ValueError(
-            f"{name} must hold integer node ids (e.g. torch.long), got dtype {dtype}; convert it with "
-            ".long() if it holds whole numbers"
-        )
-    if edge_index.ndim != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"{name} must have shape (2, E), got {tuple(edge_index.shape)}")
-    check_num_nodes(num_nodes, f"the graph of {name}")
-    if edge_index.numel():
-        lo, hi = int(edge_index.min()), int(edge_index.max())
-        if lo < 0 or hi >= num_nodes:
-            raise ValueError(
-                f"{name} refers to node {lo if lo < 0 else hi}, outside the graph's nodes 0..{num_nodes - 1}"
-            )
-    return edge_index
 
 
 def sorted_unique(keys: np.ndarray) -> np.ndarray:

@@ -209,23 +209,49 @@ class GraphLoss:
         )  # fmt: skip
 
 
-_MAX_NODES = 3_037_000_499  # floor(sqrt(2**63 - 1)): the largest n with n * n a 64-bit integer
+# the most nodes whose pair keys ``u * n + v`` (one int64 per undirected edge) cannot overflow: isqrt(2^63 - 1)
+MAX_KEYED_NODES = math.isqrt(2**63 - 1)  # 3,037,000,499
+
+
+def check_num_nodes(num_nodes: int, what: str = "the graph") -> int:
+    """``num_nodes`` unless it is above :data:`MAX_KEYED_NODES` (then a ``ValueError`` naming the limit): edge
+    sets are deduplicated and sorted through the 64-bit key ``u * num_nodes + v``."""
+    if int(num_nodes) > MAX_KEYED_NODES:
+        raise ValueError(
+            f"{what} has {int(num_nodes):,} nodes, more than {MAX_KEYED_NODES:,}, the most whose node pairs "
+            "u * n + v fit in a 64-bit integer key"
+        )
+    return int(num_nodes)
+
+
+def check_edge_index(edge_index: Tensor, num_nodes: int, *, name: str = "edge_index") -> Tensor:
+    """``edge_index`` itself if it is a ``(2, E)`` tensor of integer node ids (any integer dtype) in
+    ``0 .. num_nodes - 1`` with ``num_nodes`` at most :data:`MAX_KEYED_NODES`; else a ``ValueError`` that
+    names ``name`` and what is wrong. Floating-point ids are refused rather than truncated (1.7 is no node)."""
+    if not isinstance(edge_index, Tensor):
+        raise ValueError(f"{name} must be a tensor (2, E) of node ids, got {type(edge_index).__name__}")
+    dtype = edge_index.dtype
+    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+        raise ValueError(
+            f"{name} must hold integer node ids (e.g. torch.long), got dtype {dtype}; convert it with "
+            ".long() if it holds whole numbers"
+        )
+    if edge_index.ndim != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"{name} must have shape (2, E), got {tuple(edge_index.shape)}")
+    check_num_nodes(num_nodes, f"the graph of {name}")
+    if edge_index.numel():
+        lo, hi = int(edge_index.min()), int(edge_index.max())
+        if lo < 0 or hi >= num_nodes:
+            raise ValueError(
+                f"{name} refers to node {lo if lo < 0 else hi}, outside the graph's nodes 0..{num_nodes - 1}"
+            )
+    return edge_index
 
 
 def undirected_edges(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
     """Each undirected edge once, ``(2, m)`` with ``u < v``, and the edge of each column of ``edge_index``
     ``(E,)`` (both directions of an edge map to the same one). Self-loops are an error."""
-    if edge_index.ndim != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"edge_index must be (2, num_edges), got shape {tuple(edge_index.shape)}")
-    if edge_index.is_floating_point() or edge_index.is_complex() or edge_index.dtype == torch.bool:
-        raise ValueError(f"edge_index must hold integer node ids, got dtype {edge_index.dtype}")
-    if num_nodes > _MAX_NODES:
-        raise ValueError(
-            f"num_nodes={num_nodes} is above {_MAX_NODES}, the most whose node pairs fit in 64 bits"
-        )
-    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
-        raise ValueError(f"edge_index refers to nodes outside 0..{num_nodes - 1}")
-    u, v = edge_index.long()
+    u, v = check_edge_index(edge_index, num_nodes).long()
     if bool((u == v).any()):
         raise ValueError("edge_index has self-loops; graph features are defined on edges between two nodes")
     key = torch.minimum(u, v) * num_nodes + torch.maximum(u, v)  # (E,) one id per undirected pair
