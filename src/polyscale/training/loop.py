@@ -370,8 +370,10 @@ def train(
         stack.enter_context(_seeded_global_rng(mix_seed(cfg.seed, rank, 0xD0), accelerator.device))
         state, last_ckpt = TrainerState(), None
         if main:  # one run per directory; re-entrant, so a pipeline that holds the lock may call train
-            stack.enter_context(RunLock(output_dir, command="train"))
-            if not resume:
+            lock = stack.enter_context(RunLock(output_dir, command="train"))
+            if lock.nested:
+                pass  # the caller entered the run directory (training.run_dir.open_run): already tidied and checked
+            elif not resume:
                 clear_checkpoints(output_dir)  # sets the checkpoints aside until this run writes its first
             else:
                 latest_intact_checkpoint(output_dir, notify=notice)  # damaged ones are moved out of the list

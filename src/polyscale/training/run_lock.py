@@ -82,6 +82,7 @@ class RunLock:
         self.command = command
         self.notify = notify if notify is not None else _stderr
         self._key = ""
+        self.nested = False  # acquired while this process already held the lock (an outer block holds it)
 
     def _info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
@@ -93,6 +94,7 @@ class RunLock:
         if self._key in _HELD:  # this process already holds it
             depth, fd = _HELD[self._key]
             _HELD[self._key] = (depth + 1, fd)
+            self.nested = True
             return self
         fd = self._acquire_flock() if fcntl is not None else self._acquire_exclusive()
         _HELD[self._key] = (1, fd)
