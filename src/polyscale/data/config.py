@@ -18,6 +18,10 @@ class DataConfig:
     image: str = "gravel"  # texture: which skimage.data photograph (brick, grass, gravel)
     downsample: int = 2  # texture: shrink factor of the photograph before cropping
     porosity: float = 0.3  # porous media: target pore fraction
+    # porous media, class-conditional: one class per pore fraction listed (labels 0, 1, ... in this order),
+    # num_samples split evenly among them; each volume has exactly its class's porosity. () = one unlabelled
+    # process at `porosity`
+    porosity_classes: tuple[float, ...] = ()
     correlation_length: float = 4.0  # porous media: Gaussian-filter width of the random field, in voxels
     # porous media: True = fixed threshold on a stationary field (the same process at every size, porosity
     # fluctuates per sample); False = each sample thresholded at its own quantile (exact porosity)
@@ -31,3 +35,6 @@ class DataConfig:
         from polyscale.data.registry import DATASETS  # the table imports this module for its types
 
         DATASETS.lookup(self.kind)
+        self.porosity_classes = tuple(float(p) for p in self.porosity_classes)
+        if any(not 0 < p < 1 for p in self.porosity_classes):
+            raise ValueError(f"data.porosity_classes must all lie in (0, 1), got {list(self.porosity_classes)}")

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from polyscale.data.arrays import array_file
+from polyscale.data.base import GridDataset
 from polyscale.data.digits import digits
 from polyscale.data.images import image_folder
 from polyscale.data.mnist1d import mnist1d
@@ -53,6 +54,8 @@ def _mnist1d(cfg: DataConfig, split: str | None) -> Dataset:
 def _porous(cfg: DataConfig, split: str | None) -> Dataset:
     # Held-out porous media come from a different seed, so "test" never repeats a training sample.
     seed = cfg.seed if split != "test" else cfg.seed + 1_000_003
+    if cfg.porosity_classes:
+        return _porous_classes(cfg, seed)
     return porous_media(
         cfg.num_samples or 256,
         size=cfg.size,
@@ -62,6 +65,21 @@ def _porous(cfg: DataConfig, split: str | None) -> Dataset:
         generator=torch.Generator().manual_seed(seed),
         stationary=cfg.stationary,
     )
+
+
+def _porous_classes(cfg: DataConfig, seed: int) -> GridDataset:
+    """Class ``k`` = volumes of exactly the pore fraction ``cfg.porosity_classes[k]`` (each thresholded at its own
+    quantile), ``num_samples`` split evenly among the classes."""
+    generator = torch.Generator().manual_seed(seed)
+    per_class = max(1, (cfg.num_samples or 256) // len(cfg.porosity_classes))
+    parts = [
+        porous_media(per_class, size=cfg.size, dims=cfg.dims, porosity=p,
+                     correlation_length=cfg.correlation_length, generator=generator).data
+        for p in cfg.porosity_classes
+    ]  # fmt: skip
+    labels = torch.arange(len(parts)).repeat_interleave(per_class)  # (N,) class of each volume
+    names = [f"porosity {p:g}" for p in cfg.porosity_classes]
+    return GridDataset(torch.cat(parts), labels, num_classes=len(parts), scale=0.5, shift=0.5, class_names=names)
 
 
 def _texture(cfg: DataConfig, split: str | None) -> Dataset:
