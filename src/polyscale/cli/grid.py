@@ -12,6 +12,8 @@ from polyscale.cli.args import (
     add_overrides,
     add_run_dir,
     add_seed,
+    int_at_least,
+    non_negative_float,
     non_negative_int,
     positive_int,
 )
@@ -98,8 +100,31 @@ def _add_sampling_args(p: argparse.ArgumentParser, *, num_samples: int) -> None:
         default=None,
         help="spatial size per axis, a multiple of the model's size multiple (default: training size)",
     )
-    add_seed(p, "seed of the noise (default 0)")
+    add_seed(p, "seed of the noise (default 0); sample i depends on the seed and i alone")
     add_device(p, "auto: CUDA when present")
+    p.add_argument(
+        "--class-label",
+        type=int_at_least(0),
+        action="append",
+        default=None,
+        metavar="K",
+        help="class to sample (class-conditional models; repeat to cycle through several; default: every "
+        "class in turn)",
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help='text to sample (text-conditioned models, e.g. "a handwritten seven"; repeat to cycle)',
+    )
+    p.add_argument(
+        "--guidance-scale",
+        type=non_negative_float,
+        default=None,
+        metavar="W",
+        help="classifier-free guidance: 1 = none, 0 = unconditional, > 1 follows the condition more closely "
+        "(default: the model's)",
+    )
     add_overrides(
         p,
         metavar="sampler.KEY=VALUE",
@@ -117,6 +142,9 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
         resolution=args.resolution,
         device=args.device,
         overrides=args.set,
+        class_labels=args.class_label,
+        prompts=args.prompt,
+        guidance_scale=args.guidance_scale,
     )
 
 

@@ -30,6 +30,12 @@ class DataConfig:
     channels: int = 1  # image_folder: 1 (grey) or 3 (RGB)
     crop_size: int | None = None  # train on random crops of this edge length (train small, sample large)
     seed: int = 0  # procedural datasets and train/test split
+    # labelled data: also describe each item's class in words (polyscale.data.captions), for a
+    # text-conditioned model (model.text_encoder or model.context_dim)
+    captions: bool = False
+    # with captions: a local directory holding a CLIP text model and its tokenizer that turns them into the
+    # context (model.context_dim = its hidden size); None = the model's built-in text encoder
+    text_encoder: str | None = None
 
     def __post_init__(self) -> None:
         from polyscale.data.registry import DATASETS  # the table imports this module for its types
@@ -37,4 +43,6 @@ class DataConfig:
         DATASETS.lookup(self.kind)
         self.porosity_classes = tuple(float(p) for p in self.porosity_classes)
         if any(not 0 < p < 1 for p in self.porosity_classes):
-            raise ValueError(f"data.porosity_classes must all lie in (0, 1), got {list(self.porosity_classes)}")
+            raise ValueError(
+                f"data.porosity_classes must all lie in (0, 1), got {list(self.porosity_classes)}"
+            )

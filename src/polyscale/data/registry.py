@@ -79,7 +79,9 @@ def _porous_classes(cfg: DataConfig, seed: int) -> GridDataset:
     ]  # fmt: skip
     labels = torch.arange(len(parts)).repeat_interleave(per_class)  # (N,) class of each volume
     names = [f"porosity {p:g}" for p in cfg.porosity_classes]
-    return GridDataset(torch.cat(parts), labels, num_classes=len(parts), scale=0.5, shift=0.5, class_names=names)
+    return GridDataset(
+        torch.cat(parts), labels, num_classes=len(parts), scale=0.5, shift=0.5, class_names=names
+    )
 
 
 def _texture(cfg: DataConfig, split: str | None) -> Dataset:

@@ -31,6 +31,7 @@ from polyscale.nn.blocks import (
     zero_,
 )
 from polyscale.nn.embeddings import NoiseEmbedding
+from polyscale.nn.text import START, CrossAttentionBlock, TextEncoderConfig, WordTextEncoder
 
 
 @dataclass
@@ -59,6 +60,27 @@ class UNetConfig:
     # "group": GroupNorm (statistics pooled over each sample's whole extent); "layer": LayerNorm over channels
     # at each position, so the network is strictly local and its output does not depend on the input's size
     norm: str = "group"
+    # width of the context tokens that cross-attention reads (text: a CLIP encoder's hidden size); None = no
+    # context unless text_encoder is set, whose width it then is
+    context_dim: int | None = None
+    # levels with cross-attention to the context; None = the attention levels (empty without a context)
+    cross_attention_levels: tuple[int, ...] | None = None
+    # a built-in word-level text encoder trained with the network (forward then takes `tokens`); None = none
+    text_encoder: TextEncoderConfig | None = None
+
+
+def context_width(cfg: UNetConfig) -> int | None:
+    """Width of the context the network cross-attends to (None: it takes no context)."""
+    if cfg.text_encoder is not None:
+        return cfg.text_encoder.width
+    return cfg.context_dim
+
+
+def cross_levels(cfg: UNetConfig) -> tuple[int, ...]:
+    """Levels that cross-attend to the context (none without one)."""
+    if context_width(cfg) is None:
+        return ()
+    return cfg.attention_levels if cfg.cross_attention_levels is None else tuple(cfg.cross_attention_levels)
 
 
 def _validate(cfg: UNetConfig) -> None:
@@ -96,6 +118,29 @@ def _validate(cfg: UNetConfig) -> None:
             raise ValueError(
                 f"width {width} of attention level {level} is not divisible by num_heads={cfg.num_heads}"
             )
+    text = cfg.text_encoder
+    if text is not None and cfg.context_dim is not None and cfg.context_dim != text.width:
+        raise ValueError(
+            f"context_dim={cfg.context_dim} differs from text_encoder.width={text.width}; the built-in text "
+            "encoder's tokens are the context, so leave context_dim unset"
+        )
+    if cfg.context_dim is not None and cfg.context_dim < 1:
+        raise ValueError(f"context_dim must be >= 1 or None, got {cfg.context_dim}")
+    if cfg.cross_attention_levels and context_width(cfg) is None:
+        raise ValueError(
+            f"cross_attention_levels={cfg.cross_attention_levels} needs a context: set context_dim or "
+            "text_encoder"
+        )
+    for level in cross_levels(cfg):
+        if not 0 <= level < len(cfg.channel_mults):
+            raise ValueError(f"cross-attention level {level} is out of range 0..{len(cfg.channel_mults) - 1}")
+        width = cfg.base_channels * cfg.channel_mults[level]
+        if width % cfg.num_heads:
+            raise ValueError(
+                f"width {width} of cross-attention level {level} is not divisible by num_heads={cfg.num_heads}"
+            )
+    if context_width(cfg) is not None and not cross_levels(cfg):
+        raise ValueError("a context (context_dim or text_encoder) needs at least one cross-attention level")
     for width in sorted({cfg.base_channels, *(cfg.base_channels * m for m in cfg.channel_mults)}):
         if width % cfg.norm_groups:
             raise ValueError(f"channel width {width} is not divisible by norm_groups={cfg.norm_groups}")
@@ -133,8 +178,17 @@ class UNet(PretrainedMixin, nn.Module):
         norm_groups: int = 8,
         padding_mode: str = "zeros",
         norm: str = "group",
+        context_dim: int | None = None,
+        cross_attention_levels: tuple[int, ...] | None = None,
+        text_encoder: TextEncoderConfig | dict | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(text_encoder, dict):
+            text_encoder = TextEncoderConfig(**text_encoder)
+        if text_encoder is not None:
+            text_encoder = TextEncoderConfig(
+                **{**asdict(text_encoder), "vocabulary": tuple(text_encoder.vocabulary)}
+            )
         cfg = UNetConfig(
             dims=dims,
             in_channels=in_channels,
@@ -152,6 +206,9 @@ class UNet(PretrainedMixin, nn.Module):
             norm_groups=norm_groups,
             padding_mode=padding_mode,
             norm=norm,
+            context_dim=context_dim,
+            cross_attention_levels=None if cross_attention_levels is None else tuple(cross_attention_levels),
+            text_encoder=text_encoder,
         )
         _validate(cfg)
         self.config = cfg
@@ -174,7 +231,7 @@ class UNet(PretrainedMixin, nn.Module):
 
         def attention(level: int) -> list[nn.Module]:
             if level not in kernels:
-                return []
+                return cross(level)
             kernel, width = kernels[level], widths[level]
             block = AttentionBlock(
                 dims,
@@ -185,8 +242,22 @@ class UNet(PretrainedMixin, nn.Module):
                 periodic=padding_mode == "circular",
                 norm=norm,
             )
-            return [block]
+            blocks: list[nn.Module] = [block]
+            return blocks + cross(level)
 
+        def cross(level: int) -> list[nn.Module]:
+            if level not in crossing:
+                return []
+            width = widths[level]
+            return [
+                CrossAttentionBlock(
+                    width, ctx_dim, num_heads=num_heads, norm=make_norm(norm, norm_groups, width)
+                )
+            ]
+
+        ctx_dim = context_width(cfg) or 0
+        crossing = set(cross_levels(cfg))
+        self.text_encoder = WordTextEncoder(**asdict(text_encoder)) if text_encoder is not None else None
         self.noise_embed = NoiseEmbedding(base_channels, emb)
         self.class_embed = nn.Embedding(num_classes + 1, emb) if num_classes is not None else None  # +1: null
         self.conv_in = conv_nd(dims, in_channels, base_channels, padding_mode=padding_mode)
@@ -276,12 +347,107 @@ class UNet(PretrainedMixin, nn.Module):
                 )
         return c_noise
 
-    def _run(self, block: nn.Module, h: Tensor, emb: Tensor) -> Tensor:
-        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, h, emb, use_reentrant=False)  # activations recomputed in backward
-        return block(h, emb)
+    @property
+    def condition_keys(self) -> tuple[str, ...]:
+        """The keyword arguments that condition this network: ``class_labels``, and ``tokens`` (built-in text
+        encoder) or ``context`` and ``context_mask`` (an external encoder's hidden states)."""
+        keys = ("class_labels",) if self.config.num_classes is not None else ()
+        if self.text_encoder is not None:
+            return (*keys, "tokens")
+        if self.config.context_dim is not None:
+            return (*keys, "context", "context_mask")
+        return keys
 
-    def forward(self, x: Tensor, c_noise: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
+    def null_condition(self, cond: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The unconditional counterpart of ``cond`` for the same batch: labels become the null class
+        ``num_classes``, tokens the empty prompt (the start token alone), an external context zeros with one
+        visible token. Classifier-free guidance trains with it (conditioning dropout) and samples with it."""
+        out = dict(cond)
+        if "class_labels" in cond and self.config.num_classes is not None:
+            out["class_labels"] = torch.full_like(cond["class_labels"], self.config.num_classes)
+        if "tokens" in cond:
+            tokens = torch.zeros_like(cond["tokens"])  # (B, L) padding
+            tokens[:, 0] = START
+            out["tokens"] = tokens
+        if "context" in cond:
+            out["context"] = torch.zeros_like(cond["context"])
+            mask = torch.zeros(cond["context"].shape[:2], dtype=torch.bool, device=cond["context"].device)
+            mask[:, 0] = True
+            out["context_mask"] = mask
+        return out
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, Tensor]:
+        """The keyword arguments for ``prompts`` when the network has its own text encoder (``{"tokens"}``)."""
+        if self.text_encoder is None:
+            raise ValueError(
+                "this model has no built-in text encoder: "
+                + (
+                    "it takes a context from an external encoder (CLIP)"
+                    if self.config.context_dim
+                    else "it was not trained with text (no prompt can condition it)"
+                )
+            )
+        return self.text_encoder.encode(prompts)
+
+    def _context(
+        self, batch: int, tokens: Tensor | None, context: Tensor | None, context_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None] | None:
+        """The context ``(B, L, D)`` and mask ``(B, L)`` that cross-attention reads (None: no context)."""
+        cfg = self.config
+        if self.text_encoder is not None:
+            if tokens is None or context is not None:
+                raise ValueError(
+                    f"this model encodes its own prompts: pass tokens (B={batch}, L) from encode_prompts, got "
+                    f"tokens={'None' if tokens is None else tuple(tokens.shape)}, context="
+                    f"{'None' if context is None else tuple(context.shape)}"
+                )
+            if tokens.shape[0] != batch:
+                raise ValueError(f"tokens must have batch size {batch}, got shape {tuple(tokens.shape)}")
+            return self.text_encoder(tokens)
+        if tokens is not None:
+            raise ValueError("tokens were given but this model has no built-in text encoder")
+        if cfg.context_dim is None:
+            if context is not None:
+                raise ValueError(
+                    f"the model takes no context (context_dim=None) but a context of shape "
+                    f"{tuple(context.shape)} was given"
+                )
+            return None
+        if (
+            context is None
+            or context.ndim != 3
+            or context.shape[0] != batch
+            or context.shape[2] != cfg.context_dim
+        ):
+            got = "None" if context is None else f"shape {tuple(context.shape)}"
+            raise ValueError(f"context must be of shape ({batch}, L, {cfg.context_dim}), got {got}")
+        if context_mask is not None and (
+            context_mask.shape != context.shape[:2] or context_mask.dtype != torch.bool
+        ):
+            raise ValueError(
+                f"context_mask must be bool of shape {tuple(context.shape[:2])}, got {context_mask.dtype} of "
+                f"shape {tuple(context_mask.shape)}"
+            )
+        return context, context_mask
+
+    def _run(
+        self, block: nn.Module, h: Tensor, emb: Tensor, ctx: tuple[Tensor, Tensor | None] | None
+    ) -> Tensor:
+        args = (h, *ctx) if isinstance(block, CrossAttentionBlock) and ctx is not None else (h, emb)
+        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)  # activations recomputed in backward
+        return block(*args)
+
+    def forward(
+        self,
+        x: Tensor,
+        c_noise: Tensor | float,
+        class_labels: Tensor | None = None,
+        *,
+        tokens: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
         """Predict from a noisy grid.
 
         Args:
@@ -289,11 +455,17 @@ class UNet(PretrainedMixin, nn.Module):
             c_noise: ``(B,)`` or scalar noise-conditioning value (e.g. EDM's ``log(sigma) / 4``).
             class_labels: ``(B,)`` int64 in ``0 .. num_classes`` (``num_classes`` = null class); required iff
                 the model was built with ``num_classes``.
+            tokens: ``(B, L)`` int64 prompt ids (:meth:`encode_prompts`); required iff the model has a
+                built-in text encoder.
+            context: ``(B, L, context_dim)`` an external encoder's hidden states, with ``context_mask``
+                ``(B, L)`` bool (True = a real token; None = all real); required iff ``context_dim`` is set
+                without a built-in encoder.
 
         Returns:
             ``(B, out_channels, *spatial)``.
         """
         c_noise = self._check_inputs(x, c_noise, class_labels)
+        ctx = self._context(x.shape[0], tokens, context, context_mask)
         emb = self.noise_embed(c_noise)  # (B, E)
         if self.class_embed is not None:
             emb = emb + self.class_embed(class_labels)  # (B, E)
@@ -302,12 +474,12 @@ class UNet(PretrainedMixin, nn.Module):
         skips = [h]
         for stage in self.down:
             for block in cast(nn.ModuleList, stage):  # every stage is a ModuleList (see __init__)
-                h = self._run(block, h, emb)
+                h = self._run(block, h, emb, ctx)
             skips.append(h)
         for block in self.mid:
-            h = self._run(block, h, emb)
+            h = self._run(block, h, emb, ctx)
         for stage in self.up:
             h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, *S_level)
             for block in cast(nn.ModuleList, stage):  # every stage is a ModuleList (see __init__)
-                h = self._run(block, h, emb)
+                h = self._run(block, h, emb, ctx)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, *S)

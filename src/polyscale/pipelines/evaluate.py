@@ -23,12 +23,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from polyscale.data.captions import TRAIN_TEMPLATES, caption, class_words
 from polyscale.io import read_model_dir
 from polyscale.metrics.classifier import FeatureClassifier
 from polyscale.metrics.frechet import frechet_distance
 from polyscale.metrics.porous import normalised_correlation, porosity, two_point_correlation
 from polyscale.metrics.sliced_wasserstein import sliced_wasserstein
 from polyscale.metrics.spectrum import histogram_error, spectrum_error, windows
+from polyscale.nn.text import split_words
+from polyscale.nn.unet import context_width
 from polyscale.pipelines.datasets import build_dataset, texture_band_height
 from polyscale.pipelines.experiment import DataConfig, experiment_from_dict
 from polyscale.pipelines.preflight import check_steps
@@ -204,9 +207,17 @@ def evaluate_checkpoint(
     progress: bool = True,
     overrides: Sequence[str] = (),
     force: bool = False,
+    class_labels: int | Sequence[int] | None = None,
+    prompts: str | Sequence[str] | None = None,
+    guidance_scale: float | None = None,
 ) -> list[MetricRow]:
     """Sample ``num_samples`` from ``checkpoint`` (in one batch) and score them (see the module docstring);
     ``overrides``: ``KEY=VALUE`` sampler settings (:func:`polyscale.pipelines.sample.resolve_sampler`).
+
+    A conditional model samples ``class_labels`` / ``prompts`` (default: every class in turn, as a prompt
+    from the training captions for a text model) with ``guidance_scale``, and one more row reports the share
+    of samples that the reference classifier assigns to the class each one asked for, beside that
+    classifier's accuracy on held-out real data (:func:`requested_classes`).
 
     Raises:
         ValueError: fewer than 2 samples, a checkpoint without experiment metadata, a run that would not fit
@@ -229,14 +240,19 @@ def evaluate_checkpoint(
         estimate = sampling_memory(cfg.model, (num_samples, shape[0], *spatial), steps=sampling.steps)
         check_sampling_memory(estimate, resolve_device(device), force=force, flag="--force",
                               lower="--num-samples or --resolution")  # fmt: skip
+    conditional = cfg.model.num_classes is not None or context_width(cfg.model) is not None
+    if conditional and prompts is None and class_labels is None and context_width(cfg.model) is not None:
+        prompts = default_prompts(cfg, num_samples)
     fake = sample_checkpoint(
         checkpoint, num_samples=num_samples, sampler=sampler, steps=steps, seed=seed, resolution=resolution,
-        device=device, progress=progress, overrides=overrides, force=force,
+        device=device, progress=progress, overrides=overrides, force=force, class_labels=class_labels,
+        prompts=prompts, guidance_scale=guidance_scale,
     ).samples  # fmt: skip
     check_finite(fake, checkpoint)
     data_cfg = real_data_config(cfg.data, fake)
-    train_x, train_y = stack_dataset(build_dataset(data_cfg, split="train"))
-    test_x, _ = stack_dataset(build_dataset(data_cfg, split="test"))
+    train_ds = build_dataset(data_cfg, split="train")
+    train_x, train_y = stack_dataset(train_ds)
+    test_x, test_y = stack_dataset(build_dataset(data_cfg, split="test"))
     n_floor = min(num_samples, len(train_x))
     floor_x = train_x[:n_floor]
     rows = [sliced_wasserstein_row(fake, floor_x, test_x, seed=seed)]
@@ -244,12 +260,67 @@ def evaluate_checkpoint(
         # The classifier trains on the training split without the floor's part, unless that would leave it
         # less than half of the split (then the floor's numbers are a little flattered).
         keep = slice(n_floor, None) if 2 * n_floor <= len(train_x) else slice(None)
-        rows += labelled_rows(fake, floor_x, test_x, reference_classifier(train_x[keep], train_y[keep]))
+        classifier = reference_classifier(train_x[keep], train_y[keep])
+        rows += labelled_rows(fake, floor_x, test_x, classifier)
+        if conditional:
+            asked = requested_classes(cfg, num_samples, class_labels=class_labels, prompts=prompts,
+                                      class_names=getattr(train_ds, "class_names", None))  # fmt: skip
+            if asked is not None:
+                rows.append(requested_class_row(fake, asked, test_x, test_y, classifier))
     if cfg.data.kind == "porous":
         rows += porous_rows(fake, floor_x, test_x)
     if cfg.data.kind == "texture":
         rows += texture_rows(fake, floor_x, test_x)
     return rows
+
+
+def default_prompts(cfg, num_samples: int) -> list[str]:
+    """One training-caption prompt per class, in turn (``"a handwritten zero"``, ``"a handwritten one"``, ...),
+    for a text model evaluated without prompts."""
+    classes = cfg.model.num_classes or 10
+    words = class_words(None, classes)
+    return [caption(TRAIN_TEMPLATES[0], *words[i % classes]) for i in range(min(num_samples, classes))]
+
+
+def requested_classes(
+    cfg, num_samples: int, *, class_labels=None, prompts=None, class_names=None
+) -> Tensor | None:
+    """The class each of ``num_samples`` samples asked for ``(N,)``: its class label, or the class whose name
+    or numeral its prompt contains (:func:`polyscale.data.captions.class_words`); None when a prompt names no
+    class or several."""
+    if cfg.model.num_classes is not None and prompts is None:
+        labels = (
+            list(range(cfg.model.num_classes))
+            if class_labels is None
+            else list([class_labels] if isinstance(class_labels, int) else class_labels)
+        )
+        return torch.tensor([labels[i % len(labels)] for i in range(num_samples)])
+    if prompts is None:
+        return None
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    words = class_words(class_names, cfg.model.num_classes or 10)
+    classes = []
+    for text in texts:
+        said = set(split_words(text))
+        hits = {k for k, (word, numeral) in enumerate(words) if word in said or numeral in said}
+        if len(hits) != 1:
+            return None
+        classes.append(hits.pop())
+    return torch.tensor([classes[i % len(classes)] for i in range(num_samples)])
+
+
+def requested_class_row(
+    fake: Tensor, asked: Tensor, test_x: Tensor, test_y: Tensor | None, classifier: FeatureClassifier
+) -> MetricRow:
+    """Share of samples the classifier assigns to the class they asked for, beside its accuracy on held-out
+    real data (the floor: how often it is right about real samples)."""
+    model = float((classifier.predict_proba(fake).argmax(1) == asked).double().mean())
+    floor = (
+        float((classifier.predict_proba(test_x).argmax(1) == test_y).double().mean())
+        if test_y is not None
+        else float("nan")
+    )
+    return MetricRow("share classified as the requested class (higher)", model, floor)
 
 
 def format_table(rows: list[MetricRow]) -> str:

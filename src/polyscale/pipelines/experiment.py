@@ -39,6 +39,8 @@ class DiffusionConfig:
     # how this model samples by default: sampler name, steps, Karras schedule (sigma_min, sigma_max, rho) and
     # the sampler's own options (see polyscale.diffusion.sampling.SamplerConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # classifier-free guidance scale a conditional model samples with by default (1 = none)
+    guidance_scale: float = 1.0
 
 
 @dataclass

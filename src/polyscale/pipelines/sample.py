@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from polyscale.diffusion import SAMPLERS, EDMPrecond, TiledDenoiser
 from polyscale.diffusion.sampling import SamplerConfig, run_sampler, with_sampler
 from polyscale.io import load_pretrained, read_model_dir
 from polyscale.nn.unet import UNet
+from polyscale.pipelines.conditioning import build_condition, guided, prompt_encoder
 from polyscale.pipelines.datasets import to_display
 from polyscale.pipelines.experiment import ExperimentConfig, experiment_from_dict
 from polyscale.pipelines.preflight import check_memory, check_steps, check_writable
@@ -81,30 +83,63 @@ def load_denoiser(
     return denoiser, cfg, tuple(meta["sample_shape"])
 
 
+def sample_generators(
+    seed: int, start: int, stop: int, *, device: torch.device | str = "cpu"
+) -> list[torch.Generator]:
+    """One generator per sample ``start .. stop - 1``, each seeded from ``(seed, i)`` alone: sample ``i``'s
+    noise, and so the sample, never depends on the batch it is drawn in."""
+    out = []
+    for i in range(start, stop):
+        digest = hashlib.sha256(f"polyscale-sample/{seed}/{i}".encode()).digest()
+        out.append(torch.Generator(device).manual_seed(int.from_bytes(digest[:8], "little") >> 1))
+    return out
+
+
 @torch.no_grad()
 def generate(
     denoiser,
     shape: tuple[int, ...],
     sampler: SamplerConfig | None = None,
     *,
+    seed: int | None = None,
     generator: torch.Generator | None = None,
+    cond: dict[str, Tensor] | None = None,
     callback=None,
     batch_size: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Tensor:
     """Draw ``shape[0]`` samples of shape ``shape[1:]`` with ``sampler`` (default :class:`SamplerConfig`: Heun
-    over a Karras schedule) in batches of ``batch_size``: ``(shape[0], *shape[1:])``."""
+    over a Karras schedule) in batches of ``batch_size``: ``(shape[0], *shape[1:])``.
+
+    With ``seed``, sample ``i`` draws all its noise from its own generator (:func:`sample_generators`), so
+    it is the same whatever the batch size. ``generator`` (without ``seed``) is one generator shared by the
+    whole run, whose samples then depend on the batching. ``cond`` holds the samples' keyword arguments
+    (``(N, ...)`` tensors, e.g. from :func:`polyscale.pipelines.conditioning.build_condition`); each batch
+    gets its rows."""
+    from polyscale.pipelines.conditioning import slice_condition
+
+    if seed is not None and generator is not None:
+        raise ValueError("give seed (one generator per sample) or generator (one for the run), not both")
     sampler = sampler if sampler is not None else SamplerConfig()
     sigma_max = sampler.sigmas(device)[0]
     n = shape[0]
     batch_size = batch_size or n
     out = []
     for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        x = torch.randn((b, *shape[1:]), generator=generator, device=device) * sigma_max
+        stop = min(start + batch_size, n)
+        if seed is not None:
+            gens = sample_generators(seed, start, stop, device=device)
+            x = torch.stack([torch.randn(shape[1:], generator=g, device=device) for g in gens]) * sigma_max
+            noise: torch.Generator | list[torch.Generator] | None = gens
+        else:
+            x = torch.randn((stop - start, *shape[1:]), generator=generator, device=device) * sigma_max
+            noise = generator
+        part = slice_condition(cond, start, stop) if cond else None
         out.append(
-            run_sampler(denoiser, x, sampler, generator=generator, callback=callback, progress=progress)
+            run_sampler(
+                denoiser, x, sampler, generator=noise, callback=callback, progress=progress, cond=part
+            )
         )
     return torch.cat(out)
 
@@ -422,8 +457,16 @@ def sample_checkpoint(
     tile_overlap: int | None = None,
     overrides: Sequence[str] = (),
     force: bool = False,
+    class_labels: int | Sequence[int] | None = None,
+    prompts: str | Sequence[str] | None = None,
+    guidance_scale: float | None = None,
 ) -> SampleResult:
     """Load ``checkpoint``, draw ``num_samples`` samples (at ``resolution`` per spatial axis when given).
+
+    A conditional model samples ``class_labels`` and/or ``prompts`` (sample ``i`` gets entry ``i`` modulo the
+    list's length; see :func:`polyscale.pipelines.conditioning.build_condition`) with classifier-free
+    guidance at ``guidance_scale`` (None: the model's ``diffusion.guidance_scale``). Sample ``i`` depends on
+    ``seed`` and ``i`` alone, never on ``batch_size``.
 
     ``checkpoint=None`` takes the shipped model for ``dims`` (:data:`SHIPPED_BY_DIM`). ``dims``, ``channels``
     and ``base_channels`` are checks: a value that contradicts the checkpoint is an error. With
@@ -465,6 +508,7 @@ def sample_checkpoint(
     recorder = DenoisingRecorder(interval=animation_interval) if create_animation else None
     dev = resolve_device(device)
     denoiser, cfg, sample_shape = load_denoiser(checkpoint, device=dev)
+    metadata = read_model_dir(resolve_checkpoint(checkpoint)).metadata
     sampling = resolve_sampler(cfg, sampler=sampler, steps=steps, overrides=overrides)
     check_steps(sampling.steps, flag="--timesteps (sampler.steps)")
     check_architecture(cfg, checkpoint, dims=dims, in_channels=channels, base_channels=base_channels)
@@ -472,11 +516,20 @@ def sample_checkpoint(
     if not isinstance(unet, UNet):  # load_denoiser builds only MODEL_CLASSES
         raise ValueError(f"{checkpoint} holds a {type(unet).__name__}; sampling needs a UNet")
     check_resolution(resolution, unet.size_multiple, tile_size=tile_size)
-    model: nn.Module = denoiser
+    encoder = (
+        prompt_encoder(unet, metadata.get("text_encoder"))
+        if prompts is not None or unet.condition_keys
+        else None
+    )
+    cond = build_condition(
+        unet, num_samples, class_labels=class_labels, prompts=prompts, encoder=encoder, device=dev
+    )
+    scale = cfg.diffusion.guidance_scale if guidance_scale is None else guidance_scale
+    model: nn.Module = guided(denoiser, unet, cond, scale, experiment=metadata.get("experiment"))
     if tile_size is not None:
         overlap = tile_size // 4 if tile_overlap is None else tile_overlap
         model = TiledDenoiser(
-            denoiser,
+            model,
             tile_size=tile_size,
             overlap=overlap,
             size_multiple=unet.size_multiple,
@@ -492,12 +545,12 @@ def sample_checkpoint(
         animation_interval=animation_interval if create_animation else None,
     )  # fmt: skip
     check_sampling_memory(estimate, dev, force=force)
-    generator = torch.Generator(dev).manual_seed(seed)
     samples = generate(
         model,
         (num_samples, sample_shape[0], *spatial),
         sampling,
-        generator=generator,
+        seed=seed,
+        cond=cond,
         callback=recorder,
         batch_size=batch_size,
         device=dev,

@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from polyscale.config import to_dict
+from polyscale.data.captions import Captioned, caption_words
 from polyscale.diffusion import EDMLoss, EDMPrecond
 from polyscale.io import save_pretrained
-from polyscale.nn.unet import UNet
+from polyscale.nn.unet import UNet, context_width
 from polyscale.pipelines.datasets import WithoutLabels, build_dataset
 from polyscale.pipelines.experiment import ExperimentConfig
 from polyscale.pipelines.sample import load_denoiser
@@ -96,21 +97,78 @@ def train_experiment(
     its own checkpoint continues from that checkpoint instead.
     """
     output_dir = Path(output_dir)
+    dataset = build_dataset(cfg.data, split="train")
+    cfg = with_caption_vocabulary(cfg, dataset)
     train_cfg = replace(cfg.train, output_dir=str(output_dir))
     settings = to_dict(replace(cfg, train=train_cfg))
     with open_run(output_dir, settings, resume=resume, ignore=RESUMABLE, allow_change=allow_change,
                   changeable=CHANGEABLE, command="train"):  # fmt: skip
-        return _train_in(cfg, train_cfg, output_dir, resume=resume, callbacks=callbacks, init_from=init_from)
+        return _train_in(
+            cfg, train_cfg, output_dir, dataset, resume=resume, callbacks=callbacks, init_from=init_from
+        )
 
 
-def _train_in(cfg: ExperimentConfig, train_cfg, output_dir: Path, *, resume: bool, callbacks, init_from):
-    dataset = build_dataset(cfg.data, split="train")
+def with_caption_vocabulary(cfg: ExperimentConfig, dataset) -> ExperimentConfig:
+    """``cfg`` with its built-in text encoder's vocabulary filled in from the training captions' words, when
+    the preset leaves it empty (the vocabulary is then part of the run's settings and of the saved model)."""
+    text = cfg.model.text_encoder
+    if text is None or text.vocabulary:
+        return cfg
+    if not cfg.data.captions:
+        raise ValueError("model.text_encoder needs captions to learn from: set data.captions=true")
+    words = caption_words(getattr(dataset, "class_names", None), _num_classes(dataset))
+    return replace(cfg, model=replace(cfg.model, text_encoder=replace(text, vocabulary=words)))
+
+
+def _num_classes(dataset) -> int:
+    classes = getattr(dataset, "num_classes", None)
+    if classes is None:
+        raise ValueError(
+            "data.captions needs a labelled dataset (digits, MNIST-1D, an image folder of classes)"
+        )
+    return int(classes)
+
+
+def caption_encoder(cfg: ExperimentConfig, net: UNet):
+    """What turns the captions into the network's keyword arguments, and the encoder's metadata for the
+    model directory (None for the built-in encoder, whose vocabulary is in the network's config)."""
+    if cfg.data.text_encoder is not None:
+        from polyscale.nn.clip_text import CLIPTextEncoder
+
+        clip = CLIPTextEncoder.from_directory(cfg.data.text_encoder)
+        if cfg.model.context_dim != clip.context_dim:
+            raise ValueError(
+                f"model.context_dim={cfg.model.context_dim} but the text encoder in {cfg.data.text_encoder} "
+                f"gives contexts of width {clip.context_dim}; set model.context_dim={clip.context_dim}"
+            )
+        return clip.encode, clip.to_metadata()
+    if net.text_encoder is None:
+        raise ValueError(
+            "data.captions needs a text-conditioned model: set model.text_encoder (built in) or "
+            "data.text_encoder (a local CLIP directory) with model.context_dim"
+        )
+    encoder = net.text_encoder
+    return (lambda texts: {"tokens": encoder.tokenize(texts)}), None
+
+
+def _train_in(
+    cfg: ExperimentConfig, train_cfg, output_dir: Path, dataset, *, resume: bool, callbacks, init_from
+):
     sample_shape = tuple(dataset[0]["x"].shape)
     check_data_matches_model(cfg, sample_shape)
+    denoiser = make_denoiser(cfg)
+    net = denoiser.net
+    text_meta = None
+    if cfg.data.captions:
+        encode, text_meta = caption_encoder(cfg, net)
+        dataset = Captioned(dataset, encode, class_names=getattr(dataset, "class_names", None),
+                            num_classes=_num_classes(dataset), seed=cfg.train.seed,
+                            keep_labels=cfg.model.num_classes is not None)  # fmt: skip
+    elif context_width(cfg.model) is not None:
+        raise ValueError("a model with a text encoder or context_dim needs data.captions=true to train")
     if cfg.model.num_classes is None:
         dataset = WithoutLabels(dataset)
 
-    denoiser = make_denoiser(cfg)
     source = init_from_pretrained(denoiser, cfg, init_from) if init_from is not None else None
     d = cfg.diffusion
     loss_fn = EDMLoss(
@@ -118,6 +176,8 @@ def _train_in(cfg: ExperimentConfig, train_cfg, output_dir: Path, *, resume: boo
         lowpass_factor=d.lowpass_factor, lowpass_weight=d.lowpass_weight,
     )  # fmt: skip
     metadata = {"experiment": to_dict(cfg), "sample_shape": list(sample_shape)}
+    if text_meta is not None:
+        metadata["text_encoder"] = text_meta
     if source is not None:
         metadata["init_from"] = source
 
@@ -125,7 +185,8 @@ def _train_in(cfg: ExperimentConfig, train_cfg, output_dir: Path, *, resume: boo
         save_pretrained(model.net, directory, ema=ema.net, metadata=metadata)
 
     result = train(
-        denoiser, loss_fn, dataset, train_cfg, export_fn=export, resume=resume, callbacks=callbacks
-    )
+        denoiser, loss_fn, dataset, train_cfg, export_fn=export, resume=resume, callbacks=callbacks,
+        null_condition=net.null_condition,
+    )  # fmt: skip
     write_summary(output_dir, {"steps": result.step, "final_loss": result.final_loss, "model": "model"})
     return result

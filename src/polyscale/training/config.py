@@ -36,7 +36,10 @@ class TrainConfig:
     label_dropout: float = (
         0.0  # probability of replacing a class label by null_class (classifier-free guidance)
     )
-    null_class: int | None = None  # the label index meaning "no class" (for the UNet: its num_classes)
+    # the label index meaning "no class"; None = the model's own (the U-Net's num_classes)
+    null_class: int | None = None
+    # probability of replacing a prompt or context by the model's null context (classifier-free guidance)
+    context_dropout: float = 0.0
     progress: bool = True  # tqdm progress bar on the main process
     # bad steps (a loss or gradient norm that is NaN or inf) in a row that are skipped before the run stops
     # with a DivergenceError (0 = stop at the first); a skipped step's update is dropped, its schedule kept
@@ -88,10 +91,7 @@ class TrainConfig:
             )
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"train.label_dropout must be in [0, 1), got {self.label_dropout}")
-        if self.label_dropout > 0 and self.null_class is None:
-            raise ValueError(
-                f"train.label_dropout={self.label_dropout} needs train.null_class (the model's 'no class' "
-                "label, usually num_classes), got None"
-            )
+        if not 0 <= self.context_dropout < 1:
+            raise ValueError(f"train.context_dropout must be in [0, 1), got {self.context_dropout}")
         if self.null_class is not None and self.null_class < 0:
             raise ValueError(f"train.null_class must be >= 0, got {self.null_class}")

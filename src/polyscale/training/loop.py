@@ -190,15 +190,44 @@ def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _drop_labels(cond: dict[str, Tensor], cfg: TrainConfig, generator: torch.Generator) -> dict[str, Tensor]:
-    """Classifier-free guidance training: labels become ``null_class`` with probability ``label_dropout``."""
+CONTEXT_KEYS = ("tokens", "context", "context_mask")  # the keys of a text or context condition
+NullCondition = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+
+
+def _drop_conditioning(
+    cond: dict[str, Tensor], cfg: TrainConfig, generator: torch.Generator, null: NullCondition | None
+) -> dict[str, Tensor]:
+    """Classifier-free guidance training: each row's class label becomes the null class with probability
+    ``label_dropout`` (``null_class``, or ``null``'s label), and its text or context becomes the null context
+    of ``null(cond)`` with probability ``context_dropout``, independently."""
+    out = dict(cond)
     labels = cond.get("class_labels")
-    if labels is None or cfg.label_dropout == 0:
-        return cond
-    if cfg.null_class is None:
-        raise ValueError(f"label_dropout={cfg.label_dropout} needs null_class (the model's 'no class' label)")
-    drop = torch.rand(labels.shape, generator=generator, device=labels.device) < cfg.label_dropout
-    return {**cond, "class_labels": torch.where(drop, torch.full_like(labels, cfg.null_class), labels)}
+    if labels is not None and cfg.label_dropout > 0:
+        drop = torch.rand(labels.shape, generator=generator, device=labels.device) < cfg.label_dropout
+        if cfg.null_class is not None:
+            empty = torch.full_like(labels, cfg.null_class)
+        elif null is not None:
+            empty = null({"class_labels": labels})["class_labels"]
+        else:
+            raise ValueError(
+                f"label_dropout={cfg.label_dropout} needs null_class (the model's 'no class' label)"
+            )
+        out["class_labels"] = torch.where(drop, empty, labels)
+    present = [k for k in CONTEXT_KEYS if k in cond]
+    if present and cfg.context_dropout > 0:
+        if null is None:
+            raise ValueError(
+                f"context_dropout={cfg.context_dropout} needs the model's null condition (train(null_condition=...))"
+            )
+        batch = cond[present[0]].shape[0]
+        drop = torch.rand(batch, generator=generator, device=cond[present[0]].device) < cfg.context_dropout
+        empty = null({k: cond[k] for k in present})
+        for key in empty:
+            if key in CONTEXT_KEYS:
+                where = drop.view(-1, *([1] * (empty[key].ndim - 1)))  # (B, 1, ...): whole rows
+                kept = cond[key] if key in cond else torch.ones_like(empty[key])
+                out[key] = torch.where(where, empty[key], kept)
+    return out
 
 
 def _micro_step_loss(
@@ -207,10 +236,11 @@ def _micro_step_loss(
     batch: Mapping[str, Tensor],
     cfg: TrainConfig,
     generator: torch.Generator,
+    null: NullCondition | None = None,
 ) -> Tensor:
     """Mean per-sample loss of one micro-batch ``{"x": (b, C, *spatial), ...}``, scaled for accumulation."""
     x0 = batch["x"]
-    cond = _drop_labels({k: v for k, v in batch.items() if k != "x"}, cfg, generator)
+    cond = _drop_conditioning({k: v for k, v in batch.items() if k != "x"}, cfg, generator, null)
     per_sample = loss_fn(model, x0, generator=generator, **cond)
     if _custom_batch(batch):  # custom batches (graphs): one loss per item of the batch, however many rows
         if per_sample.ndim != 1 or per_sample.numel() == 0:
@@ -251,6 +281,7 @@ def _optimizer_step(
     *,
     step: int,
     grad_clip: float,
+    null: NullCondition | None = None,
 ) -> _Step:
     """One optimizer step over ``grad_accum_steps`` micro-batches. A step whose loss or gradient norm is not
     finite changes no weight and no optimizer moment (its gradients are dropped); the schedule advances."""
@@ -264,7 +295,7 @@ def _optimizer_step(
         # DDP all-reduces gradients only on the last micro-batch of the step
         sync = contextlib.nullcontext() if micro == cfg.grad_accum_steps - 1 else accelerator.no_sync(model)
         with sync, accelerator.autocast():
-            loss = _micro_step_loss(model, loss_fn, batch, cfg, gen)
+            loss = _micro_step_loss(model, loss_fn, batch, cfg, gen, null)
         accelerator.backward(loss)
         step_loss += loss.detach()
     lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
@@ -308,6 +339,7 @@ def train(
     callbacks: Sequence[Callback] = (),
     collate_fn: Callable[[list], dict] | None = None,
     config_key: str = "train",
+    null_condition: NullCondition | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with AdamW on dict batches of ``dataset``.
 
@@ -332,6 +364,9 @@ def train(
             whose batches carry a ``"layout"`` and whose loss is one value per graph).
         config_key: where ``config`` sits in the run's settings (``optimization`` for graph runs), for the
             setting names in error messages.
+        null_condition: ``null_condition(cond) -> cond`` the unconditional keyword arguments for a batch
+            (a U-Net's ``null_condition``), used by conditioning dropout (``label_dropout`` without
+            ``null_class``, ``context_dropout``).
 
     Raises:
         DivergenceError: more than ``config.max_bad_steps`` steps in a row had a NaN or infinite loss or
@@ -438,6 +473,7 @@ def train(
                 cfg,
                 step=step,
                 grad_clip=grad_clip,
+                null=null_condition,
             )
             lr, grad_norm, loss_value = done.lr, done.grad_norm, done.loss_value
             if bad.record(done.problem):  # too many in a row: log the failing step, then stop
