@@ -30,3 +30,70 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
     return code, capsys.readouterr().err
+
+
+# the words of the prompts the tests use; each gets merges that make it one token (every other text falls back
+# to single bytes, which the vocabulary covers)
+TINY_CLIP_WORDS = ("a", "handwritten", "seven", "the", "digit", "zero", "photo", "of", "cat", "dog")
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins for bytes that byte-level BPE uses (GPT-2's and CLIP's table)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(c) for c in printable] + [chr(256 + i) for i in range(len(others))]
+
+
+def build_tiny_clip(directory, *, seed: int = 0, max_length: int = 16, with_projection: bool = False):
+    """Write a tiny randomly initialised CLIP text model (hidden size 32, 2 layers, 2 heads) and its BPE
+    tokenizer into ``directory`` with ``save_pretrained`` (safetensors); return the directory as a Path.
+
+    The vocabulary holds every byte alone and word-final (``x</w>``), one token per word of
+    ``TINY_CLIP_WORDS``, and the start and end tokens last, as in OpenAI's CLIP."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizerFast
+
+    alphabet = _byte_alphabet()
+    vocab = {token: i for i, token in enumerate(alphabet + [c + "</w>" for c in alphabet])}
+    merges: list[str] = []
+    for word in TINY_CLIP_WORDS:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:  # merge left to right: "s e", "se v", "sev e", "seve n</w>"
+            if f"{parts[0]} {parts[1]}" not in merges:
+                merges.append(f"{parts[0]} {parts[1]}")
+            parts = [parts[0] + parts[1], *parts[2:]]
+            vocab.setdefault(parts[0], len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+
+    directory = Path(directory)
+    with tempfile.TemporaryDirectory() as raw:
+        Path(raw, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        Path(raw, "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+        tokenizer = CLIPTokenizerFast.from_pretrained(raw, model_max_length=max_length)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        projection_dim=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=max_length,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    with torch.random.fork_rng(devices=[]):  # the initialisation draws from the global generator
+        torch.manual_seed(seed)
+        model = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
