@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from polyscale.nn.clip_text import CLIPTextEncoder, PromptEncoder
+from polyscale.nn.clip_text import CLIPTextEncoder
+from polyscale.nn.text import PromptEncoder
 from tiny import build_tiny_clip
 
 transformers = pytest.importorskip("transformers")

@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,17 +41,6 @@ SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # one file
 # model_type in config.json -> what it is; a whole CLIP model's text tower loads as a CLIPTextModel
 CLIP_MODEL_TYPES = {"clip_text_model": "a CLIP text model", "clip": "a CLIP model (its text tower is used)"}
 METADATA_KEYS = ("kind", "path", "context_dim", "max_length")
-
-
-@runtime_checkable
-class PromptEncoder(Protocol):
-    """What a text encoder offers the models it conditions: the width of its tokens and a batch encoder."""
-
-    context_dim: int  # width D of the context tokens
-
-    def encode(self, prompts: Sequence[str]) -> dict[str, Tensor]:
-        """``{"context": (B, L, D) float32, "context_mask": (B, L) bool, True = a real token}``."""
-        ...
 
 
 def _transformers() -> Any:
@@ -169,7 +158,7 @@ def _check_prompts(prompts: Sequence[str]) -> list[str]:
 
 
 class CLIPTextEncoder(nn.Module):
-    """A frozen CLIP text model and its tokenizer, following :class:`PromptEncoder` (module docstring).
+    """A frozen CLIP text model and its tokenizer, following :class:`polyscale.nn.text.PromptEncoder`.
 
     Build it with :meth:`from_directory` or :meth:`from_metadata`; the constructor takes an already loaded
     ``transformers`` model and tokenizer.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ def split_words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+@runtime_checkable
 class PromptEncoder(Protocol):
     """What turns prompts into the keyword arguments a text-conditioned network takes.
 
