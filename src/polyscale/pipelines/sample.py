@@ -435,6 +435,72 @@ def resolve_sampler(
     return load_config(SamplerConfig, to_dict(base), [o.removeprefix("sampler.") for o in keys])
 
 
+@dataclass
+class LoadedModel:
+    """A model directory loaded for sampling: the EDM denoiser around its U-Net, the experiment it was
+    trained in, the training sample shape ``(C, *spatial)``, its metadata and (text models) prompt encoder."""
+
+    denoiser: EDMPrecond
+    cfg: ExperimentConfig
+    sample_shape: tuple[int, ...]
+    metadata: dict
+    encoder: object | None = None
+
+    @property
+    def unet(self) -> UNet:
+        return self.denoiser.net
+
+    def condition(self, num_samples: int, *, class_labels=None, prompts=None) -> dict[str, Tensor]:
+        """The keyword arguments of ``num_samples`` samples (:func:`~polyscale.pipelines.conditioning.
+        build_condition`), on the model's device."""
+        device = next(self.denoiser.parameters()).device
+        return build_condition(self.unet, num_samples, class_labels=class_labels, prompts=prompts,
+                               encoder=self.encoder, device=device)  # fmt: skip
+
+    def denoiser_for(
+        self,
+        cond: dict[str, Tensor],
+        guidance_scale: float | None = None,
+        *,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+    ) -> nn.Module:
+        """The denoiser that samples ``cond``: guided at ``guidance_scale`` (None: the model's default) and,
+        with ``tile_size``, denoised in overlapping windows (:class:`~polyscale.diffusion.TiledDenoiser`)."""
+        scale = self.cfg.diffusion.guidance_scale if guidance_scale is None else guidance_scale
+        model: nn.Module = guided(
+            self.denoiser, self.unet, cond, scale, experiment=self.metadata.get("experiment")
+        )
+        if tile_size is not None:
+            overlap = tile_size // 4 if tile_overlap is None else tile_overlap
+            model = TiledDenoiser(
+                model,
+                tile_size=tile_size,
+                overlap=overlap,
+                size_multiple=self.unet.size_multiple,
+                periodic=self.unet.config.padding_mode == "circular",
+            )
+        return model
+
+
+def load_model(
+    checkpoint: str | Path, *, device: str | torch.device = "cpu", ema: bool = True
+) -> LoadedModel:
+    """:func:`load_denoiser` plus what conditional sampling needs: the metadata and the prompt encoder
+    (the built-in one, or the CLIP directory the model was trained with)."""
+    denoiser, cfg, sample_shape = load_denoiser(checkpoint, ema=ema, device=device)
+    metadata = read_model_dir(resolve_checkpoint(checkpoint)).metadata
+    unet = denoiser.net
+    if not isinstance(unet, UNet):  # load_denoiser builds only MODEL_CLASSES
+        raise ValueError(f"{checkpoint} holds a {type(unet).__name__}; sampling needs a UNet")
+    keys = unet.condition_keys
+    text = any(k in keys for k in ("tokens", "context"))
+    encoder = prompt_encoder(unet, metadata.get("text_encoder")) if text else None
+    if encoder is not None and isinstance(encoder, nn.Module):
+        encoder.to(device)
+    return LoadedModel(denoiser, cfg, sample_shape, metadata, encoder)
+
+
 def sample_checkpoint(
     checkpoint: str | Path | None,
     *,
@@ -507,34 +573,14 @@ def sample_checkpoint(
         raise ValueError("create_animation needs an output_file (the GIF is written next to it)")
     recorder = DenoisingRecorder(interval=animation_interval) if create_animation else None
     dev = resolve_device(device)
-    denoiser, cfg, sample_shape = load_denoiser(checkpoint, device=dev)
-    metadata = read_model_dir(resolve_checkpoint(checkpoint)).metadata
+    loaded = load_model(checkpoint, device=dev)
+    cfg, sample_shape, unet = loaded.cfg, loaded.sample_shape, loaded.unet
     sampling = resolve_sampler(cfg, sampler=sampler, steps=steps, overrides=overrides)
     check_steps(sampling.steps, flag="--timesteps (sampler.steps)")
     check_architecture(cfg, checkpoint, dims=dims, in_channels=channels, base_channels=base_channels)
-    unet = denoiser.net
-    if not isinstance(unet, UNet):  # load_denoiser builds only MODEL_CLASSES
-        raise ValueError(f"{checkpoint} holds a {type(unet).__name__}; sampling needs a UNet")
     check_resolution(resolution, unet.size_multiple, tile_size=tile_size)
-    encoder = (
-        prompt_encoder(unet, metadata.get("text_encoder"))
-        if prompts is not None or unet.condition_keys
-        else None
-    )
-    cond = build_condition(
-        unet, num_samples, class_labels=class_labels, prompts=prompts, encoder=encoder, device=dev
-    )
-    scale = cfg.diffusion.guidance_scale if guidance_scale is None else guidance_scale
-    model: nn.Module = guided(denoiser, unet, cond, scale, experiment=metadata.get("experiment"))
-    if tile_size is not None:
-        overlap = tile_size // 4 if tile_overlap is None else tile_overlap
-        model = TiledDenoiser(
-            model,
-            tile_size=tile_size,
-            overlap=overlap,
-            size_multiple=unet.size_multiple,
-            periodic=unet.config.padding_mode == "circular",
-        )
+    cond = loaded.condition(num_samples, class_labels=class_labels, prompts=prompts)
+    model = loaded.denoiser_for(cond, guidance_scale, tile_size=tile_size, tile_overlap=tile_overlap)
     spatial = sample_shape[1:] if resolution is None else (resolution,) * (len(sample_shape) - 1)
     if output_file is not None and len(spatial) == 3:  # volumes always get their raw file
         check_output_file(output_file, save_raw=save_raw, dims=3, animation=create_animation)
