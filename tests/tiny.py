@@ -1,4 +1,5 @@
-"""What several test files share: a tiny digits U-Net for runs of a few seconds, and running the CLI in-process."""
+"""What several test files share: a tiny digits U-Net for runs of a few seconds, a tiny U-Net for unit tests,
+and running the CLI in-process."""
 
 from __future__ import annotations
 
@@ -16,6 +17,31 @@ TINY_DIGITS = [
     "train.warmup_steps=1",
     "train.log_every=1",
 ]
+
+
+# a U-Net of a few thousand weights for unit tests (two levels, attention at the coarse one)
+TINY_UNET = dict(
+    base_channels=8,
+    channel_mults=(1, 2),
+    num_res_blocks=1,
+    attention_levels=(1,),
+    attention_kernel_sizes=(3,),
+    num_heads=2,
+    norm_groups=4,
+)
+
+
+def perturbed(module, seed: int = 0):
+    """``module`` with every all-zero parameter (zero-initialised output layers, biases) set to small random
+    values, so that every path through it, cross-attention included, changes the output."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.abs().sum():
+                p.copy_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
 
 
 def sets(*pairs: str) -> list[str]:

@@ -39,9 +39,14 @@ def prompt_encoder(net: UNet, text_encoder: Mapping[str, Any] | None = None) -> 
 def _as_list(value: Any, name: str) -> list | None:
     if value is None:
         return None
-    if isinstance(value, str | int) or isinstance(value, Tensor) and value.ndim == 0:
-        return [value]
-    values = list(value)
+    if isinstance(value, str | bytes | int | float) or isinstance(value, Tensor) and value.ndim == 0:
+        return [value]  # one value (checked by the caller, which names it), never iterated: b"7" is not [55]
+    try:
+        values = list(value)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be one value or a sequence, got {type(value).__name__} {value!r}"
+        ) from None
     if not values:
         raise ValueError(f"{name} must not be empty (leave it out instead)")
     return values
