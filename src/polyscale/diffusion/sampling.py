@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from polyscale.diffusion.samplers import SAMPLERS
+from polyscale.diffusion.samplers._common import Generators, row_generators
 from polyscale.diffusion.schedules import sigmas_karras
 
 # keyword arguments every sampler takes from run_sampler itself, never from a configuration
@@ -99,7 +100,7 @@ def run_sampler(
     x: Tensor,
     config: SamplerConfig,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callable | None = None,
     progress: bool = False,
     desc: str | None = None,
@@ -107,8 +108,10 @@ def run_sampler(
 ) -> Tensor:
     """Denoise ``x`` (any shape whose first axis is the batch, already at noise ``config.sigma_max``) with
     the sampler, schedule and options of ``config``; ``cond`` is passed to every denoiser call. With
-    ``progress`` a bar labelled ``desc`` (default ``"sampling"``) shows the steps. Returns a tensor of ``x``'s
-    shape."""
+    ``progress`` a bar labelled ``desc`` (default ``"sampling"``) shows the steps. ``generator``: one
+    ``torch.Generator`` for the batch, or one per batch row (row ``i``'s noise comes from ``generator[i]``
+    alone; a length other than the batch size is a ``ValueError``). Returns a tensor of ``x``'s shape."""
+    row_generators(x, generator)  # a list of the wrong length fails here, also for deterministic samplers
     fn = SAMPLERS[config.name]
     return fn(denoiser, x, config.sigmas(x.device), generator=generator, callback=callback,
               disable=not progress, desc=desc, cond=cond, **config.options)  # fmt: skip

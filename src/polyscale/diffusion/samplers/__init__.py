@@ -3,7 +3,8 @@ desc=None, cond=None, ...) -> x``.
 
 ``x`` ``(B, ...)`` starts at ``randn * sigmas[0]`` (the caller draws it); ``sigmas`` is a strictly decreasing
 schedule ending in 0; ``cond`` is a dict of keyword arguments passed to every denoiser call; randomness comes
-only from ``generator``; ``callback`` receives ``{"i", "sigma", "sigma_next", "x", "denoised"}`` once per step
+only from ``generator`` (one ``torch.Generator``, or a sequence of one per batch row, drawn from by
+``_common.noise_like``); ``callback`` receives ``{"i", "sigma", "sigma_next", "x", "denoised"}`` once per step
 (``x`` and ``denoised`` before the update). A callback may move the batch by editing ``x`` in place, moving
 ``denoised`` by the same displacement (the velocity ``(x - denoised) / sigma`` is then unchanged); the step
 continues from the moved batch (``polyscale.ot.bridge.SinkhornBridge`` does this). A tqdm bar, labelled

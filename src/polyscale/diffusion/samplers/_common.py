@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor
@@ -11,6 +11,9 @@ from tqdm.auto import trange
 
 Callback = Callable[[dict[str, Any]], None]
 Denoiser = Callable[..., Tensor]
+# Where a sampler's noise comes from: one generator for the batch, one per batch row (row i from generator i,
+# so a row's samples do not depend on the rest of the batch), or None (torch's global generator).
+Generators: TypeAlias = torch.Generator | Sequence[torch.Generator] | None
 
 
 def prepare(x: Tensor, sigmas: Tensor) -> Tensor:
@@ -57,8 +60,35 @@ def sigma_batch(sigma: Tensor, x: Tensor) -> Tensor:
     return sigma.to(x.dtype).repeat(x.shape[0])  # () -> (B,), contiguous
 
 
-def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def row_generators(x: Tensor, generator: Generators) -> list[torch.Generator] | None:
+    """``generator`` as a list of one generator per batch row of ``x`` when it is a sequence, ``None`` when it is
+    one generator or ``None``. A sequence whose length is not the batch size, or that holds something other
+    than generators, is a ``ValueError``."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    generators = list(generator)
+    if len(generators) != x.shape[0] or not all(isinstance(g, torch.Generator) for g in generators):
+        kinds = "/".join(sorted({type(g).__name__ for g in generators})) or "nothing"
+        raise ValueError(
+            f"expected one torch.Generator per batch row ({x.shape[0]}), got {len(generators)} ({kinds})"
+        )
+    return generators
+
+
+def noise_like(x: Tensor, generator: Generators) -> Tensor:
     """Standard normal noise shaped like ``x``, drawn from ``generator`` on the generator's device (so a CPU
-    generator gives the same numbers whatever device ``x`` lives on), then moved to ``x``'s device."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    generator gives the same numbers whatever device ``x`` lives on), then moved to ``x``'s device.
+
+    ``generator`` may also be a sequence of generators, one per batch row: row ``i`` is drawn from
+    ``generator[i]`` alone, the same numbers a batch of that one row would get from it (as diffusers takes a
+    list of generators). A sequence whose length is not the batch size is a ``ValueError``
+    (:func:`row_generators`).
+    """
+    generators = row_generators(x, generator)
+    if generators is None:
+        device = generator.device if isinstance(generator, torch.Generator) else x.device
+        return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    rows = [
+        torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype).to(x.device) for g in generators
+    ]
+    return torch.stack(rows)  # B x (...) -> (B, ...)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from polyscale.diffusion.samplers._common import Callback, Denoiser, prepare, report, sigma_batch
+from polyscale.diffusion.samplers._common import Callback, Denoiser, Generators, prepare, report, sigma_batch
 
 # Dormand & Prince (1980) 5(4) tableau. The last stage is evaluated at the accepted point (FSAL), so it is the
 # next step's first stage and, at the end, the final denoised estimate.
@@ -47,7 +47,7 @@ def sample_ode_adaptive(
     rtol: float = 1e-3,
     atol: float = 1e-3,
     max_steps: int = 1000,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     disable: bool | None = None,
     desc: str | None = None,
