@@ -452,10 +452,8 @@ def test_the_prompt_reaches_the_samples(text_run):
     assert not torch.allclose(draw("a handwritten one"), seven, atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason="noise_like takes one generator")
 def test_a_stochastic_sampler_samples_a_seeded_run(text_run):
-    # sample_checkpoint always seeds one generator per sample; the stochastic samplers draw their step noise
-    # through noise_like, which takes a single generator until list support is merged
+    # sample_checkpoint seeds one generator per sample; a stochastic sampler draws each row's step noise from it
     out = sample_checkpoint(text_run / "model", num_samples=2, steps=2, sampler="ddpm", prompts="a handwritten seven",
                             device="cpu", progress=False).samples  # fmt: skip
     assert torch.isfinite(out).all()

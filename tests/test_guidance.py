@@ -201,14 +201,7 @@ def draw(den, cond, sampler: str, batch_size: int, seed: int = 3) -> tuple[torch
     return out, torch.cat(starts)
 
 
-NOISE_LIKE_TAKES_ONE_GENERATOR = pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="noise_like takes one generator (list support comes in a merge)",
-)
-
-
-@pytest.mark.parametrize("sampler", ["euler", pytest.param("ddpm", marks=NOISE_LIKE_TAKES_ONE_GENERATOR)])
+@pytest.mark.parametrize("sampler", ["euler", "ddpm"])
 def test_a_seeded_sample_does_not_depend_on_the_batch_it_is_drawn_in(sampler):
     den, cond = conditional("labels", batch=5)
     out, start = draw(den, cond, sampler, 5)

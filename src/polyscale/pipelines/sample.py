@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +22,7 @@ from polyscale.diffusion import SAMPLERS, EDMPrecond, TiledDenoiser
 from polyscale.diffusion.sampling import SamplerConfig, run_sampler, with_sampler
 from polyscale.io import load_pretrained, read_model_dir
 from polyscale.nn.unet import UNet
+from polyscale.pipelines.batching import run_in_batches
 from polyscale.pipelines.conditioning import build_condition, guided, prompt_encoder
 from polyscale.pipelines.datasets import to_display
 from polyscale.pipelines.experiment import ExperimentConfig, experiment_from_dict
@@ -116,7 +118,9 @@ def generate(
     it is the same whatever the batch size. ``generator`` (without ``seed``) is one generator shared by the
     whole run, whose samples then depend on the batching. ``cond`` holds the samples' keyword arguments
     (``(N, ...)`` tensors, e.g. from :func:`polyscale.pipelines.conditioning.build_condition`); each batch
-    gets its rows."""
+    gets its rows. With ``seed``, a batch that runs out of memory (``torch.OutOfMemoryError``) is halved and
+    tried again, down to one sample, keeping the batches already drawn
+    (:func:`polyscale.pipelines.batching.run_in_batches`); the samples are those of an unhalved run."""
     from polyscale.pipelines.conditioning import slice_condition
 
     if seed is not None and generator is not None:
@@ -124,10 +128,8 @@ def generate(
     sampler = sampler if sampler is not None else SamplerConfig()
     sigma_max = sampler.sigmas(device)[0]
     n = shape[0]
-    batch_size = batch_size or n
-    out = []
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
+
+    def draw(start: int, stop: int) -> Tensor:
         if seed is not None:
             gens = sample_generators(seed, start, stop, device=device)
             x = torch.stack([torch.randn(shape[1:], generator=g, device=device) for g in gens]) * sigma_max
@@ -136,12 +138,18 @@ def generate(
             x = torch.randn((stop - start, *shape[1:]), generator=generator, device=device) * sigma_max
             noise = generator
         part = slice_condition(cond, start, stop) if cond else None
-        out.append(
-            run_sampler(
-                denoiser, x, sampler, generator=noise, callback=callback, progress=progress, cond=part
-            )
+        return run_sampler(
+            denoiser, x, sampler, generator=noise, callback=callback, progress=progress, cond=part
         )
-    return torch.cat(out)
+
+    def halved(old: int, new: int) -> None:
+        warnings.warn(f"out of memory in a batch of {old}: going on in batches of {new}", stacklevel=3)
+
+    step = batch_size or n
+    if seed is None:  # one generator for the run: a halved batch would draw other noise, so no halving
+        return torch.cat([draw(start, min(start + step, n)) for start in range(0, n, step)])
+    size = "x".join(str(v) for v in shape[1:])
+    return torch.cat(run_in_batches(draw, n, step, on_halve=halved, what=f"sampling {n} samples of {size}"))
 
 
 @dataclass
