@@ -65,6 +65,13 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--scales", type=float, nargs="+", default=[0, 1, 2, 4, 8])
+    parser.add_argument(
+        "--held-out-scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="text models: guidance scales for the held-out phrasings (default: --scales)",
+    )
     parser.add_argument("--timesteps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="JSON file for the table and raw numbers")
@@ -91,7 +98,10 @@ def main() -> None:
     )
     rows, raw = [], []
     for name, templates in sets.items():
-        for scale in args.scales:
+        scales = (
+            args.held_out_scales if name == "held-out phrasings" and args.held_out_scales else args.scales
+        )
+        for scale in scales:
             start = time.perf_counter()
             if templates is not None:
                 prompts, asked = prompts_for(classes, args.per_class, templates)
@@ -123,7 +133,11 @@ def main() -> None:
                 )
             print(rows[-1], flush=True)
     if porous:
-        head = "| prompts | guidance | porosity per class (target) | within-class SW | SW floor |\n" + "|---" * 5 + "|"
+        head = (
+            "| prompts | guidance | porosity per class (target) | within-class SW | SW floor |\n"
+            + "|---" * 5
+            + "|"
+        )
     else:
         head = ("| prompts | guidance | accuracy | real floor | within-class SW (lower) | SW floor |\n"
                 "|---|---|---|---|---|---|")  # fmt: skip

@@ -47,6 +47,7 @@ from polyscale.cli.grid import (
     add_train_command,
 )
 from polyscale.cli.grow import add_grow_commands
+from polyscale.cli.memory import add_memory_command
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "build_parser", "describe_failure", "main"]
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_command(sub)
     add_graph_commands(sub)
     add_grow_commands(sub)
+    add_memory_command(sub)
     return parser
 
 

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from polyscale.pipelines.datasets import to_display
-from polyscale.pipelines.memory import SamplingPlan, attention_chunk, plan_sampling
+from polyscale.pipelines.preflight import check_steps
+from polyscale.pipelines.profiles import SamplingPlan, attention_chunk, plan_sampling
 from polyscale.pipelines.sample import (
     check_resolution,
     generate,
@@ -34,7 +35,6 @@ from polyscale.pipelines.sample import (
     save_raw_samples,
     save_samples,
 )
-from polyscale.pipelines.preflight import check_steps
 from polyscale.viz.animation import DenoisingRecorder, save_denoising_animation
 
 OUTPUT_SUFFIXES = (".png", ".npy", ".pt", ".gif")
@@ -67,7 +67,9 @@ class Sampler:
         """What the model can be conditioned on: ``class_labels`` and/or ``tokens`` / ``context`` (prompts)."""
         return self.model.unet.condition_keys
 
-    def plan(self, num_samples: int, resolution: int | None = None, *, guidance: bool = False) -> SamplingPlan:
+    def plan(
+        self, num_samples: int, resolution: int | None = None, *, guidance: bool = False
+    ) -> SamplingPlan:
         """The batch size, precision, attention chunk and tile size the memory profile picks for a run."""
         return plan_sampling(
             self.model.unet.config, self.model.sample_shape, resolution=resolution, num_samples=num_samples,
@@ -125,12 +127,13 @@ class Sampler:
         sampling = resolve_sampler(model.cfg, sampler=self.sampler_name, steps=timesteps)
         check_steps(sampling.steps, flag="timesteps")
         cond = model.condition(total, class_labels=labels, prompts=texts)
-        guided = bool(cond) and (guidance_scale if guidance_scale is not None else model.cfg.diffusion.guidance_scale) != 1
-        plan = self.plan(total, resolution, guidance=guided)
+        plan = self.plan(total, resolution, guidance=model.guides(cond, guidance_scale))
         self.last_plan = plan
         tile = tile_size if tile_size is not None else plan.tile_size
         denoiser = model.denoiser_for(cond, guidance_scale, tile_size=tile)
-        spatial = model.sample_shape[1:] if resolution is None else (resolution,) * (len(model.sample_shape) - 1)
+        spatial = (
+            model.sample_shape[1:] if resolution is None else (resolution,) * (len(model.sample_shape) - 1)
+        )
         recorder = DenoisingRecorder() if output is not None and Path(output).suffix == ".gif" else None
         autocast = torch.autocast(self.device.type, dtype=plan.dtype, enabled=plan.dtype != torch.float32)
         with autocast, attention_chunk(plan.attention_chunk):
@@ -143,7 +146,9 @@ class Sampler:
             self.save(samples, output, recorder=recorder)
         return samples
 
-    def save(self, samples: Tensor, path: str | Path, *, recorder: DenoisingRecorder | None = None) -> list[Path]:
+    def save(
+        self, samples: Tensor, path: str | Path, *, recorder: DenoisingRecorder | None = None
+    ) -> list[Path]:
         """Write ``samples`` (from :meth:`generate`): a ``.png`` picture, raw ``.npy`` / ``.pt``, or with the
         recorder of a run a ``.gif`` of its denoising."""
         path = Path(path)

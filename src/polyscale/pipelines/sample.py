@@ -356,6 +356,7 @@ def sampling_memory(
     picture: bool = False,
     raw: bool = False,
     animation_interval: int | None = None,
+    guidance: bool = False,
 ) -> MemoryEstimate:
     """Estimated peak memory of drawing ``shape = (N, C, *spatial)`` samples with a U-Net of config ``model``
     (a :class:`~polyscale.nn.unet.UNetConfig`) in batches of ``batch_size`` (``None``: all at once), over
@@ -367,7 +368,9 @@ def sampling_memory(
     positions = math.prod(spatial)
     window = [min(tile_size, v) for v in spatial] if tile_size is not None else spatial
     kept = n * channels * positions * 4
-    in_flight = unet_batch_bytes(model, batch, window) + SAMPLER_COPIES * 4 * batch * channels * positions
+    # classifier-free guidance runs the network on the batch and its unconditional twin at once
+    in_flight = unet_batch_bytes(model, batch * (2 if guidance else 1), window)
+    in_flight += SAMPLER_COPIES * 4 * batch * channels * positions
     schedule = 32 * (steps + 1)  # the noise levels and their intermediates (float64)
     # the picture is drawn, then its copies are freed and the raw file is encoded: the larger of the two counts
     copies = 1 + max(PICTURE_COPIES[len(spatial)] if picture else 0, RAW_COPIES if raw else 0)
@@ -381,6 +384,8 @@ def sampling_memory(
         frames = count * (2 * shown * channels * positions * 4 + drawn)
     size = "x".join(str(v) for v in (channels, *spatial))
     what = f"{n} samples of {size} kept in memory + a batch of {batch} in flight"
+    if guidance:
+        what += " (doubled for guidance)"
     if tile_size is not None:
         what += f" in windows of {tile_size}"
     if frames:
@@ -464,6 +469,12 @@ class LoadedModel:
         device = next(self.denoiser.parameters()).device
         return build_condition(self.unet, num_samples, class_labels=class_labels, prompts=prompts,
                                encoder=self.encoder, device=device)  # fmt: skip
+
+    def guides(self, cond: dict[str, Tensor], guidance_scale: float | None = None) -> bool:
+        """Whether sampling ``cond`` at ``guidance_scale`` (None: the model's) runs guidance, which doubles the
+        batch the network sees."""
+        scale = self.cfg.diffusion.guidance_scale if guidance_scale is None else guidance_scale
+        return bool(cond) and scale != 1
 
     def denoiser_for(
         self,
@@ -597,6 +608,7 @@ def sample_checkpoint(
         tile_size=tile_size, picture=output_file is not None,
         raw=output_file is not None and (raw_format(save_raw) is not None or len(spatial) == 3),
         animation_interval=animation_interval if create_animation else None,
+        guidance=loaded.guides(cond, guidance_scale),
     )  # fmt: skip
     check_sampling_memory(estimate, dev, force=force)
     samples = generate(
