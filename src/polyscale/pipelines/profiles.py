@@ -73,7 +73,7 @@ def parse_gpu_memory(value: str | int | None, device: torch.device) -> Profile:
         )
     if isinstance(value, int):
         if value < 1:
-            raise ValueError(f"gpu_memory in bytes must be >= 1, got {value}")
+            raise ValueError(f"gpu_memory must be a positive number of bytes, got {value}")
         return _sized(value)
     text = value.strip().replace(" ", "")
     if text in PROFILES:
