@@ -7,7 +7,8 @@ command cannot slip into the docs untested):
 * ``polyscale ...`` (or ``.venv/bin/polyscale ...``), optionally after ``NAME=value`` environment
   assignments (set for that command only): run in-process through :func:`polyscale.cli.main.main`,
   which must return 0 and write every file it names. To keep the suite fast, the run is capped without changing
-  which code runs: at most 2 samples and 2 denoising steps, and training stops after 2 optimizer steps.
+  which code runs: at most 2 samples and 2 denoising steps, and training (``train``, ``finetune``) stops after
+  2 optimizer steps.
 * ``make TARGET``: the target must exist in the Makefile (``make test`` is what CI runs).
   ``polyscale grow sparse`` runs at most 3 epochs, ``polyscale grow depth`` at most 40 steps of a 32-wide model.
 * ``python benchmarks/X.py ...``: the script must exist and answer ``--help``.
@@ -50,6 +51,9 @@ def commands(body: str) -> list[str]:
     return [line for line in lines if line]
 
 
+FINETUNE_CAPS = [
+    "--steps", "2", "--batch-size", "4", "--set", "train.checkpoint_every=2", "--set", "train.log_every=1",
+]  # fmt: skip
 GRAPH_TRAIN_CAPS = [
     "--set", "optimization.max_steps=2", "--set", "optimization.checkpoint_every=2",
     "--set", "optimization.warmup_steps=1", "--set", "optimization.log_every=1",
@@ -84,6 +88,8 @@ def capped(argv: list[str]) -> list[str]:
         return argv
     if argv[0] == "train":
         return argv + TRAIN_CAPS
+    if argv[0] == "finetune":  # the last --steps / --batch-size given wins
+        return argv + FINETUNE_CAPS
     if argv[:2] == ["grow", "sparse"]:  # a few epochs of the same loop
         _cap_flag(argv, "--epochs", 3)
         return argv
@@ -161,6 +167,7 @@ def test_capping_keeps_the_command_and_bounds_its_cost():
     ]  # fmt: skip
     assert capped(["train", "--preset", "digits2d"])[:3] == ["train", "--preset", "digits2d"]
     assert "train.max_steps=2" in capped(["train", "--preset", "x"])
+    assert capped(["finetune", "--steps", "200"])[-len(FINETUNE_CAPS) :] == FINETUNE_CAPS
     assert capped(["graph", "evaluate", "--sizes", "64", "1000", "--num-graphs", "16"]) == [
         "graph", "evaluate", "--sizes", "64", "120", "--num-graphs", "2", "--timesteps", "2",
     ]  # fmt: skip

@@ -39,6 +39,7 @@ from polyscale.cli.args import (
     OneLineParser,
     add_debug,
 )
+from polyscale.cli.finetune import add_finetune_command
 from polyscale.cli.graph import add_graph_commands
 from polyscale.cli.grid import (
     add_evaluate_command,
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(sub)
     add_sample_command(sub)
     add_evaluate_command(sub)
+    add_finetune_command(sub)
     add_graph_commands(sub)
     add_grow_commands(sub)
     add_memory_command(sub)

@@ -35,6 +35,15 @@ def make_denoiser(cfg: ExperimentConfig) -> EDMPrecond:
     return EDMPrecond(net, sigma_data=cfg.diffusion.sigma_data)
 
 
+def make_loss(cfg: ExperimentConfig) -> EDMLoss:
+    """The training loss of an experiment: EDM's weighted denoising loss under its ``diffusion`` section."""
+    d = cfg.diffusion
+    return EDMLoss(
+        P_mean=d.P_mean, P_std=d.P_std, sigma_data=d.sigma_data,
+        lowpass_factor=d.lowpass_factor, lowpass_weight=d.lowpass_weight,
+    )  # fmt: skip
+
+
 def check_data_matches_model(cfg: ExperimentConfig, sample_shape: tuple[int, ...]) -> None:
     """Fail early, naming both sides, when the data cannot feed the configured network."""
     channels, spatial = sample_shape[0], sample_shape[1:]
@@ -170,11 +179,7 @@ def _train_in(
         dataset = WithoutLabels(dataset)
 
     source = init_from_pretrained(denoiser, cfg, init_from) if init_from is not None else None
-    d = cfg.diffusion
-    loss_fn = EDMLoss(
-        P_mean=d.P_mean, P_std=d.P_std, sigma_data=d.sigma_data,
-        lowpass_factor=d.lowpass_factor, lowpass_weight=d.lowpass_weight,
-    )  # fmt: skip
+    loss_fn = make_loss(cfg)
     metadata = {"experiment": to_dict(cfg), "sample_shape": list(sample_shape)}
     if text_meta is not None:
         metadata["text_encoder"] = text_meta

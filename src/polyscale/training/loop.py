@@ -345,6 +345,8 @@ def train(
 
     Args:
         model: any module; ``loss_fn`` calls it. Trained in place (the same object holds the final weights).
+            Only parameters with ``requires_grad`` train (the others, e.g. a LoRA adapter's frozen base,
+            are left out of the optimizer).
         loss_fn: ``loss_fn(model, x0, *, generator, **cond) -> (B,)`` per-sample loss; ``x0`` is
             ``batch["x"]`` ``(B, C, *spatial)``, ``cond`` the other keys (e.g. ``class_labels`` ``(B,)``).
             Draw noise from ``generator`` (seeded per step and micro-batch) for exact resume. The loop takes
@@ -389,9 +391,11 @@ def train(
     grad_clip = cfg.grad_clip or math.inf  # inf: no clipping, but the norm is still computed for the logs
 
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
-    )
+    # frozen parameters (a LoRA base, polyscale.training.lora) stay out of the optimizer and its state
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"{type(model).__name__} has no trainable parameter (every requires_grad is False)")
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     lr_lambda = functools.partial(
         warmup_cosine, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio
     )
