@@ -66,6 +66,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         tile_size=args.tile_size,
         tile_overlap=args.tile_overlap,
         force=args.force,
+        lora=args.lora,
     )
     for path in result.files:
         print(f"wrote {path}")
@@ -223,6 +224,12 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
         help="picture to write, a .png (raw files and animations beside it)",
     )
     p.add_argument("--batch-size", type=positive_int, default=None, help="samples per batch (default: all)")
+    p.add_argument(
+        "--lora",
+        default=None,
+        metavar="DIR",
+        help="merge a LoRA adapter trained on --checkpoint (polyscale finetune's RUN/adapter) before sampling",
+    )
     p.add_argument(
         "--save-raw",
         nargs="?",

@@ -53,11 +53,11 @@ class Sampler:
     """A loaded model that draws samples (see the module docstring). Build it with :func:`create_sampler`."""
 
     def __init__(self, checkpoint: str | Path, *, device: str = "auto", gpu_memory: str | int | None = None,
-                 sampler: str | None = None, ema: bool = True) -> None:  # fmt: skip
+                 sampler: str | None = None, ema: bool = True, lora: str | Path | None = None) -> None:  # fmt: skip
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.gpu_memory = gpu_memory
-        self.model = load_model(checkpoint, device=self.device, ema=ema)
+        self.model = load_model(checkpoint, device=self.device, ema=ema, lora=lora)
         self.sampler_name = sampler
         resolve_sampler(self.model.cfg, sampler=sampler)  # an unknown sampler fails now, not at generate
         self.last_plan: SamplingPlan | None = None
@@ -179,14 +179,16 @@ def create_sampler(
     gpu_memory: str | int | None = None,
     sampler: str | None = None,
     ema: bool = True,
+    lora: str | Path | None = None,
 ) -> Sampler:
     """Load ``checkpoint`` (a model directory, a run directory or a shipped model's name) for sampling.
 
     ``gpu_memory``: a memory profile (``"cpu"``, ``"6-12GB"``, ``"16GB"``, ``"24GB"``, ``"32GB"``, ``"80GB"``),
     a size (``"12GB"``, bytes as an int), ``"auto"`` (what the device has free) or None (the profile of the
-    device: ``auto``). ``sampler`` overrides the model's sampler by name; ``ema=False`` uses the raw weights.
+    device: ``auto``). ``sampler`` overrides the model's sampler by name; ``ema=False`` uses the raw weights;
+    ``lora`` merges a LoRA adapter directory trained on ``checkpoint`` (``polyscale finetune``).
     """
-    return Sampler(checkpoint, device=device, gpu_memory=gpu_memory, sampler=sampler, ema=ema)
+    return Sampler(checkpoint, device=device, gpu_memory=gpu_memory, sampler=sampler, ema=ema, lora=lora)
 
 
 __all__ = ["Sampler", "create_sampler"]

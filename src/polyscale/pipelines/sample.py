@@ -503,11 +503,21 @@ class LoadedModel:
 
 
 def load_model(
-    checkpoint: str | Path, *, device: str | torch.device = "cpu", ema: bool = True
+    checkpoint: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    ema: bool = True,
+    lora: str | Path | None = None,
 ) -> LoadedModel:
     """:func:`load_denoiser` plus what conditional sampling needs: the metadata and the prompt encoder
-    (the built-in one, or the CLIP directory the model was trained with)."""
+    (the built-in one, or the CLIP directory the model was trained with). ``lora``: a LoRA adapter directory
+    (``polyscale finetune``'s ``RUN/adapter``) merged into the network; it must have been trained on this
+    checkpoint (:func:`polyscale.training.lora.apply_adapter`)."""
     denoiser, cfg, sample_shape = load_denoiser(checkpoint, ema=ema, device=device)
+    if lora is not None:
+        from polyscale.training.lora import apply_adapter  # optional: needs peft
+
+        apply_adapter(denoiser, lora, merge=True)
     metadata = read_model_dir(resolve_checkpoint(checkpoint)).metadata
     unet = denoiser.net
     if not isinstance(unet, UNet):  # load_denoiser builds only MODEL_CLASSES
@@ -545,12 +555,14 @@ def sample_checkpoint(
     class_labels: int | Sequence[int] | None = None,
     prompts: str | Sequence[str] | None = None,
     guidance_scale: float | None = None,
+    lora: str | Path | None = None,
 ) -> SampleResult:
     """Load ``checkpoint``, draw ``num_samples`` samples (at ``resolution`` per spatial axis when given).
 
     A conditional model samples ``class_labels`` and/or ``prompts`` (sample ``i`` gets entry ``i`` modulo the
     list's length; see :func:`polyscale.pipelines.conditioning.build_condition`) with classifier-free
-    guidance at ``guidance_scale`` (None: the model's ``diffusion.guidance_scale``). Sample ``i`` depends on
+    guidance at ``guidance_scale`` (None: the model's ``diffusion.guidance_scale``). ``lora``: a LoRA adapter
+    directory trained on ``checkpoint`` (``polyscale finetune``), merged in before sampling. Sample ``i`` depends on
     ``seed`` and ``i`` alone, never on ``batch_size``.
 
     ``checkpoint=None`` takes the shipped model for ``dims`` (:data:`SHIPPED_BY_DIM`). ``dims``, ``channels``
@@ -592,7 +604,7 @@ def sample_checkpoint(
         raise ValueError("create_animation needs an output_file (the GIF is written next to it)")
     recorder = DenoisingRecorder(interval=animation_interval) if create_animation else None
     dev = resolve_device(device)
-    loaded = load_model(checkpoint, device=dev)
+    loaded = load_model(checkpoint, device=dev, lora=lora)
     cfg, sample_shape, unet = loaded.cfg, loaded.sample_shape, loaded.unet
     sampling = resolve_sampler(cfg, sampler=sampler, steps=steps, overrides=overrides)
     check_steps(sampling.steps, flag="--timesteps (sampler.steps)")
