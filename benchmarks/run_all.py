@@ -172,6 +172,14 @@ SECTIONS: list[Section] = [
         render=[*_bench("grow_depth"), "--summarize", "{data}"],
         stdout=True,
     ),
+    Section(
+        "lora_finetune",
+        "LoRA vs full fine-tuning: texture2d (gravel) -> brick",
+        [*_bench("lora_finetune"), "--output-dir", "runs/lora_finetune"],
+        "full fine-tuning of every weight for the same steps, and the base without fine-tuning",
+        long=True,
+        stdout=True,
+    ),
 ]
 BY_NAME = {s.name: s for s in SECTIONS}
 

@@ -162,7 +162,7 @@ def _match_geometry(net: nn.Module) -> None:
     would change the outputs. Neither setting changes the shape of ``A``'s weight.
     """
     for name in _lora_layers(net):
-        layer = net.get_submodule(name)
+        layer: Any = net.get_submodule(name)  # a peft LoRA layer
         base = layer.get_base_layer()
         if not isinstance(base, nn.modules.conv._ConvNd):
             continue
@@ -260,7 +260,7 @@ def save_adapter(
     """
     if not has_lora(net):
         raise ValueError(f"{type(net).__name__} carries no LoRA adapter to save")
-    peft_config = net.peft_config[ADAPTER_NAME]  # type: ignore[index]  # set by peft on injection
+    peft_config: Any = net.__dict__["peft_config"][ADAPTER_NAME]  # set by peft on injection
     weights = lora_state_dict(net)
     bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
     if bad:
@@ -427,7 +427,7 @@ def merge_lora(net: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _delta_weight(layer: nn.Module) -> torch.Tensor:
+def _delta_weight(layer: Any) -> torch.Tensor:
     """``(alpha / r) B A`` in the shape of the adapted layer's weight.
 
     Linear: ``A (r, in)``, ``B (out, r)``. Convolution: ``A (r, in, *k)`` is a convolution of the layer's kernel
@@ -443,7 +443,7 @@ def _unload(net: nn.Module, *, merge: bool) -> nn.Module:
     """Take the LoRA layers out of ``net``, folding them into the weights first when ``merge``."""
     updates = []
     for name in _lora_layers(net):  # every update is computed before any weight changes
-        layer = net.get_submodule(name)
+        layer: Any = net.get_submodule(name)  # a peft LoRA layer
         base = layer.get_base_layer()
         delta = _delta_weight(layer).to(base.weight.dtype) if merge else None
         if delta is not None and not torch.isfinite(delta).all():
