@@ -172,6 +172,23 @@ SECTIONS: list[Section] = [
         render=[*_bench("grow_depth"), "--summarize", "{data}"],
         stdout=True,
     ),
+    Section(
+        "conditional",
+        "Conditional generation: following the class or the prompt, over guidance scales",
+        [*_bench("conditional"), "--checkpoint", "digits2d_text", "--per-class", "30", "--scales", "0", "1", "2",
+         "3", "4", "8", "--held-out-scales", "1", "3"],
+        "real data: a classifier's accuracy on held-out real samples, and real-vs-real within-class distances",
+        long=True,
+        stdout=True,
+    ),
+    Section(
+        "lora_finetune",
+        "LoRA vs full fine-tuning: texture2d (gravel) -> brick",
+        [*_bench("lora_finetune"), "--output-dir", "runs/lora_finetune"],
+        "full fine-tuning of every weight for the same steps, and the base without fine-tuning",
+        long=True,
+        stdout=True,
+    ),
 ]
 BY_NAME = {s.name: s for s in SECTIONS}
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from polyscale.cli.main import describe_failure
 from polyscale.config import to_dict
 from polyscale.io import load_pretrained, save_pretrained
 from polyscale.nn.unet import UNet
@@ -158,6 +159,7 @@ def test_an_adapter_for_another_base_is_refused_naming_both(tmp_path):
     with pytest.raises(ValueError) as err:
         apply_adapter(random_unet(2, seed=5), tmp_path / "adapter")  # same architecture, other weights
     message = str(err.value)
+    assert describe_failure(err.value, "sample") == (f"error: {message}", 2)
     assert "base-a" in message and "other weights" in message and "\n" not in message
     assert base_fingerprint(net)[:12] in message and base_fingerprint(random_unet(2, seed=5))[:12] in message
     with pytest.raises(ValueError, match=r"architecture differs .*base_channels 8 vs 16"):
@@ -168,8 +170,10 @@ def test_an_adapter_for_another_base_is_refused_naming_both(tmp_path):
 
 def test_bad_adapter_directories_are_one_line_errors(tmp_path):
     net = random_unet(1)
-    with pytest.raises(FileNotFoundError, match="does not exist; expected an adapter directory"):
+    with pytest.raises(FileNotFoundError, match="does not exist; expected an adapter directory") as missing:
         apply_adapter(net, tmp_path / "missing")
+    line, code = describe_failure(missing.value, "sample")  # what the command line reports
+    assert code == 2 and line.startswith("error: adapter directory") and "\n" not in line
     save_pretrained(net, tmp_path / "model")
     with pytest.raises(ValueError, match="is a model directory, not an adapter"):
         apply_adapter(net, tmp_path / "model")

@@ -5,52 +5,48 @@ A LoRA adapter adds to a layer of weight ``W`` a low-rank update ``(alpha / r) *
 ``r`` channels and ``B`` a 1x1 convolution). ``B`` starts at zero, so a freshly adapted network computes
 exactly what the base network computes, bit for bit; training then moves only ``A`` and ``B``.
 
-An adapter directory (:func:`save_adapter`) holds the adapter alone::
-
-    adapter_config.json        {"format": "polyscale-lora", "format_version": 1, "rank", "alpha", "dropout",
-                                "target_patterns", "target_modules", "base": {"class", "config", "sha256",
-                                "source"}, "metadata"}
-    adapter_model.safetensors  the LoRA weights (peft's key names: ``<module>.lora_A.weight`` ...)
-
-``base`` identifies the network the adapter was trained on: its class, its configuration and a SHA-256 of
-its weights (:func:`base_fingerprint`). :func:`apply_adapter` refuses any other network. Nothing is ever
-unpickled. ``peft`` is imported only inside the functions that need it.
+:func:`save_adapter` writes the adapter alone as an adapter directory (:mod:`polyscale.training.adapter_dir`:
+``adapter_config.json`` + ``adapter_model.safetensors``). Its ``base`` entry identifies the network the adapter
+was trained on: its class, its configuration and a SHA-256 of its weights (:func:`base_fingerprint`).
+:func:`apply_adapter` refuses any other network. Nothing is ever unpickled. ``peft`` is imported only inside
+the functions that need it.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
-import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from polyscale.atomic import atomic_replace_dir
 from polyscale.config import to_dict
-from polyscale.pickles import is_pickle_file, pickle_error
+from polyscale.training.adapter_dir import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    AdapterConfig,
+    AdapterInfo,
+    read_adapter,
+    write_adapter,
+)
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "AdapterConfig", "AdapterInfo", "ParameterCounts",
            "PeftNotInstalledError", "add_lora", "apply_adapter", "base_fingerprint", "has_lora",
            "lora_state_dict", "lora_targets", "merge_lora", "parameter_counts", "read_adapter", "require_peft",
            "save_adapter"]  # fmt: skip
 
-FORMAT, FORMAT_VERSION = "polyscale-lora", 1
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 ADAPTER_NAME = "default"  # peft's name for the one adapter a network carries here
 TARGET_TYPES = (
     nn.Linear,
     nn.Conv1d,
     nn.Conv2d,
     nn.Conv3d,
-)  # what LoRA adapts (attention projections are Linear)
+)  # what LoRA adapts (attention projections: Linear)
 _LORA_KEY = re.compile(r"\.lora_[A-Za-z_]+\.")  # state-dict keys of adapter tensors (lora_A, lora_B, ...)
 
 
@@ -74,34 +70,6 @@ def _peft():
 def require_peft() -> None:
     """Fail early, before any work, when peft is missing (:class:`PeftNotInstalledError`)."""
     _peft()
-
-
-@dataclass
-class AdapterConfig:
-    """What an adapter is: its rank, scale, dropout and which layers it adapts."""
-
-    rank: int = 8  # r: the rank of each low-rank update (its trainable size grows linearly with it)
-    alpha: float | None = None  # the update is scaled by alpha / rank; None = rank (a scale of 1)
-    dropout: float = 0.0  # dropout on the adapter's input while training (0 = none)
-    # glob patterns (fnmatch) on module names, e.g. "down.*" or "*.attn.*"; () = every Conv1d/2d/3d and Linear
-    targets: tuple[str, ...] = field(default_factory=tuple)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(
-                f"LoRA rank must be an integer >= 1, got {self.rank!r} (full fine-tuning trains every "
-                "weight without an adapter)"
-            )
-        if self.alpha is None:
-            self.alpha = float(self.rank)
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
-            raise ValueError(f"LoRA alpha must be a finite number > 0, got {self.alpha!r}")
-        self.alpha = float(self.alpha)
-        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
-        if isinstance(self.targets, str):
-            raise ValueError(f"LoRA targets must be a list of patterns, got the string {self.targets!r}")
-        self.targets = tuple(str(t) for t in self.targets)
 
 
 class ParameterCounts(NamedTuple):
@@ -162,7 +130,7 @@ def _match_geometry(net: nn.Module) -> None:
     would change the outputs. Neither setting changes the shape of ``A``'s weight.
     """
     for name in _lora_layers(net):
-        layer = net.get_submodule(name)
+        layer: Any = net.get_submodule(name)  # a peft LoRA layer
         base = layer.get_base_layer()
         if not isinstance(base, nn.modules.conv._ConvNd):
             continue
@@ -228,17 +196,6 @@ def _lora_layers(net: nn.Module) -> list[str]:
     return [name for name, m in net.named_modules() if isinstance(m, BaseTunerLayer)]
 
 
-def _check_replaceable(target: Path) -> None:
-    if not target.is_dir():
-        return
-    contents = sorted(p.name for p in target.iterdir())
-    if contents and (set(contents) - {ADAPTER_CONFIG, ADAPTER_WEIGHTS} or ADAPTER_CONFIG not in contents):
-        raise ValueError(
-            f"{target} exists and is not an adapter directory (it holds {contents[:8]}); saving would delete "
-            "it. Choose a new directory or remove it first"
-        )
-
-
 def save_adapter(
     net: nn.Module,
     directory: str | Path,
@@ -246,7 +203,7 @@ def save_adapter(
     source: str | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the adapter of ``net`` alone to ``directory`` (module docstring), atomically.
+    """Write the adapter of ``net`` alone to ``directory`` (:mod:`polyscale.training.adapter_dir`), atomically.
 
     Args:
         net: a network carrying a LoRA adapter (:func:`add_lora`).
@@ -260,7 +217,7 @@ def save_adapter(
     """
     if not has_lora(net):
         raise ValueError(f"{type(net).__name__} carries no LoRA adapter to save")
-    peft_config = net.peft_config[ADAPTER_NAME]  # type: ignore[index]  # set by peft on injection
+    peft_config: Any = net.__dict__["peft_config"][ADAPTER_NAME]  # set by peft on injection
     weights = lora_state_dict(net)
     bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
     if bad:
@@ -268,84 +225,12 @@ def save_adapter(
             f"refusing to save an adapter with non-finite weights ({bad[0]}); the training diverged"
         )
     header = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "rank": peft_config.r,
-        "alpha": float(peft_config.lora_alpha), "dropout": float(peft_config.lora_dropout),
+        "rank": peft_config.r, "alpha": float(peft_config.lora_alpha), "dropout": float(peft_config.lora_dropout),
         "target_patterns": list(getattr(net, "_polyscale_lora_patterns", ())),
         "target_modules": _lora_layers(net), "base": {**_base_identity(net), "source": source},
         "peft_version": _peft().__version__, "metadata": to_dict(dict(metadata or {})),
     }  # fmt: skip
-    try:
-        text = json.dumps(header, indent=2) + "\n"
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"adapter metadata must be JSON-serialisable: {err}") from None
-    target = Path(directory)
-    _check_replaceable(target)
-
-    def build(tmp: Path) -> None:
-        (tmp / ADAPTER_CONFIG).write_text(text, encoding="utf-8")
-        save_file(weights, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-
-    return atomic_replace_dir(build, target)
-
-
-@dataclass
-class AdapterInfo:
-    """What an adapter directory's ``adapter_config.json`` says (no weights loaded)."""
-
-    path: Path
-    config: AdapterConfig  # rank, alpha, dropout, target patterns
-    modules: list[str]  # the exact module names adapted
-    base: dict[str, Any]  # class, config, sha256 and source of the base network
-    metadata: dict[str, Any]
-
-
-def read_adapter(directory: str | Path) -> AdapterInfo:
-    """Read and check an adapter directory's ``adapter_config.json``.
-
-    Raises:
-        FileNotFoundError: the directory or its files are missing.
-        ValueError: a file instead of a directory, pickle files, a model directory, or a config that is not a
-            polyscale adapter's.
-    """
-    path = Path(directory)
-    expected = f"an adapter directory ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}, written by polyscale finetune)"
-    if not path.exists():
-        raise FileNotFoundError(f"adapter directory {str(path)!r} does not exist; expected {expected}")
-    if not path.is_dir():
-        raise (
-            pickle_error(path)
-            if is_pickle_file(path)
-            else ValueError(f"{path} is a file; expected {expected}")
-        )
-    cfg_path = path / ADAPTER_CONFIG
-    if not cfg_path.is_file():
-        pickles = sorted(p for p in path.iterdir() if p.is_file() and is_pickle_file(p))
-        if pickles:
-            raise pickle_error(pickles[0])
-        if (path / "config.json").is_file():
-            raise ValueError(f"{path} is a model directory, not an adapter; expected {expected}")
-        raise FileNotFoundError(f"{path} has no {ADAPTER_CONFIG}; expected {expected}")
-    try:
-        header = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(
-            f"{cfg_path} is not valid JSON ({err}); expected a polyscale adapter config"
-        ) from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        found = header.get("format") if isinstance(header, dict) else type(header).__name__
-        raise ValueError(f'{cfg_path}: expected "format": {FORMAT!r}, found {found!r}')
-    if header.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{cfg_path}: format_version {header.get('format_version')!r} is not supported; "
-                         f"expected {FORMAT_VERSION}")  # fmt: skip
-    try:
-        config = AdapterConfig(rank=header["rank"], alpha=header["alpha"], dropout=header["dropout"],
-                               targets=tuple(header.get("target_patterns", ())))  # fmt: skip
-        modules, base = list(header["target_modules"]), dict(header["base"])
-    except (KeyError, TypeError) as err:
-        raise ValueError(
-            f"{cfg_path}: missing or malformed entry {err}; expected a polyscale adapter config"
-        ) from None
-    return AdapterInfo(path, config, modules, base, dict(header.get("metadata") or {}))
+    return write_adapter(directory, header, weights)
 
 
 def _check_base(info: AdapterInfo, net: nn.Module) -> None:
@@ -427,7 +312,7 @@ def merge_lora(net: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _delta_weight(layer: nn.Module) -> torch.Tensor:
+def _delta_weight(layer: Any) -> torch.Tensor:
     """``(alpha / r) B A`` in the shape of the adapted layer's weight.
 
     Linear: ``A (r, in)``, ``B (out, r)``. Convolution: ``A (r, in, *k)`` is a convolution of the layer's kernel
@@ -443,7 +328,7 @@ def _unload(net: nn.Module, *, merge: bool) -> nn.Module:
     """Take the LoRA layers out of ``net``, folding them into the weights first when ``merge``."""
     updates = []
     for name in _lora_layers(net):  # every update is computed before any weight changes
-        layer = net.get_submodule(name)
+        layer: Any = net.get_submodule(name)  # a peft LoRA layer
         base = layer.get_base_layer()
         delta = _delta_weight(layer).to(base.weight.dtype) if merge else None
         if delta is not None and not torch.isfinite(delta).all():
