@@ -40,7 +40,8 @@ class PromptEncoder(Protocol):
     ``{"context": (B, L, D) float, "context_mask": (B, L) bool}`` (True = a real token) for a frozen external
     encoder such as CLIP; ``context_dim`` is ``D``."""
 
-    context_dim: int
+    @property
+    def context_dim(self) -> int: ...
 
     def encode(self, prompts: Sequence[str]) -> dict[str, Tensor]: ...
 

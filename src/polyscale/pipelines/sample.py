@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from polyscale.devices import DEVICES
 from polyscale.diffusion import SAMPLERS, EDMPrecond, TiledDenoiser
 from polyscale.diffusion.sampling import SamplerConfig, run_sampler, with_sampler
 from polyscale.io import load_pretrained, read_model_dir
+from polyscale.nn.text import PromptEncoder
 from polyscale.nn.unet import UNet
 from polyscale.pipelines.batching import run_in_batches
 from polyscale.pipelines.conditioning import build_condition, guided, prompt_encoder
@@ -457,11 +459,11 @@ class LoadedModel:
     cfg: ExperimentConfig
     sample_shape: tuple[int, ...]
     metadata: dict
-    encoder: object | None = None
+    encoder: PromptEncoder | None = None
 
     @property
     def unet(self) -> UNet:
-        return self.denoiser.net
+        return cast(UNet, self.denoiser.net)  # load_model checks it
 
     def condition(self, num_samples: int, *, class_labels=None, prompts=None) -> dict[str, Tensor]:
         """The keyword arguments of ``num_samples`` samples (:func:`~polyscale.pipelines.conditioning.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -166,7 +167,7 @@ def _train_in(
     sample_shape = tuple(dataset[0]["x"].shape)
     check_data_matches_model(cfg, sample_shape)
     denoiser = make_denoiser(cfg)
-    net = denoiser.net
+    net = cast(UNet, denoiser.net)  # make_denoiser builds a UNet
     text_meta = None
     if cfg.data.captions:
         encode, text_meta = caption_encoder(cfg, net)

@@ -221,12 +221,12 @@ def _drop_conditioning(
             )
         batch = cond[present[0]].shape[0]
         drop = torch.rand(batch, generator=generator, device=cond[present[0]].device) < cfg.context_dropout
-        empty = null({k: cond[k] for k in present})
-        for key in empty:
+        nothing = null({k: cond[k] for k in present})
+        for key in nothing:
             if key in CONTEXT_KEYS:
-                where = drop.view(-1, *([1] * (empty[key].ndim - 1)))  # (B, 1, ...): whole rows
-                kept = cond[key] if key in cond else torch.ones_like(empty[key])
-                out[key] = torch.where(where, empty[key], kept)
+                where = drop.view(-1, *([1] * (nothing[key].ndim - 1)))  # (B, 1, ...): whole rows
+                kept = cond[key] if key in cond else torch.ones_like(nothing[key])
+                out[key] = torch.where(where, nothing[key], kept)
     return out
 
 

@@ -86,8 +86,9 @@ def noise_like(x: Tensor, generator: Generators) -> Tensor:
     """
     generators = row_generators(x, generator)
     if generators is None:
-        device = generator.device if isinstance(generator, torch.Generator) else x.device
-        return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+        one = generator if isinstance(generator, torch.Generator) else None
+        device = one.device if one is not None else x.device
+        return torch.randn(x.shape, generator=one, device=device, dtype=x.dtype).to(x.device)
     rows = [
         torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype).to(x.device) for g in generators
     ]
