@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import reduce
 
@@ -34,7 +37,33 @@ DEFAULT_TILE = {1: 16, 2: 4, 3: 4}
 # (4 MiB of float32 stays in cache, which measured faster than bigger chunks), large on accelerators, where a
 # chunk costs a few kernel launches.
 _CHUNK_ELEMENTS = {"cpu": 2**20, "other": 2**24}
+# Set by attention_chunk_elements(): one budget for every device while it is not None.
+_CHUNK_OVERRIDE: ContextVar[int | None] = ContextVar("attention_chunk_elements", default=None)
 Ints = tuple[int, ...]
+
+
+def chunk_elements(device: torch.device | str) -> int:
+    """The chunk budget (entries of logits plus gathered keys and values handled at once) attention uses on
+    ``device``: the value of an enclosing :func:`attention_chunk_elements`, else the default for the device
+    (:data:`_CHUNK_ELEMENTS`: small on CPU, large elsewhere)."""
+    override = _CHUNK_OVERRIDE.get()
+    if override is not None:
+        return override
+    return _CHUNK_ELEMENTS["cpu" if torch.device(device).type == "cpu" else "other"]
+
+
+@contextmanager
+def attention_chunk_elements(elements: int | None) -> Iterator[None]:
+    """Within the block, neighbourhood attention handles at most ``elements`` entries at once on every device
+    (``None``: the defaults). A smaller budget lowers the attention's working memory and costs speed; the
+    results do not depend on it (up to rounding)."""
+    if elements is not None and (isinstance(elements, bool) or not isinstance(elements, int) or elements < 1):
+        raise ValueError(f"attention chunk elements must be an integer >= 1 or None, got {elements!r}")
+    token = _CHUNK_OVERRIDE.set(elements)
+    try:
+        yield
+    finally:
+        _CHUNK_OVERRIDE.reset(token)
 
 
 def _as_tuple(value: int | Ints, ndim: int, name: str) -> Ints:
@@ -190,7 +219,7 @@ def _blocked(plan: _Plan, sl: slice) -> Tensor:
 def _chunks(plan: _Plan, batch_heads: int, head_dim: int) -> list[slice]:
     """Slices of tiles (at least one each) whose logits and gathered keys and values fill the chunk budget."""
     (m, tp), rp = plan.query.shape, plan.key.shape[1]
-    budget = _CHUNK_ELEMENTS["cpu" if plan.key.device.type == "cpu" else "other"]
+    budget = chunk_elements(plan.key.device)
     step = max(1, budget // (batch_heads * rp * (tp + 2 * head_dim)))
     return [slice(i, min(i + step, m)) for i in range(0, m, step)]
 
@@ -267,7 +296,14 @@ def _neighborhood_attention(
     plan = _plan(spatial, kernel, dilation, tile, q.device)
     work = torch.promote_types(q.dtype, torch.float32)  # half precision inputs run in float32
     flat = [t.flatten(2, 1 + nd).to(work) for t in (q, k, v)]  # (B, h, *S, c) -> (B, h, N, c)
-    with torch.autocast(q.device.type, enabled=False):  # dtypes are chosen here, not by autocast
+    # dtypes are chosen here, not by autocast (the meta device, used to trace memory, has no autocast)
+    device_type = q.device.type
+    no_autocast = (
+        torch.autocast(device_type, enabled=False)
+        if torch.amp.is_autocast_available(device_type)
+        else nullcontext()
+    )
+    with no_autocast:
         out = _TiledAttention.apply(*flat, plan, scale)
     return out.to(q.dtype).unflatten(2, spatial)  # (B, h, N, c) -> (B, h, *S, c)
 
