@@ -74,11 +74,16 @@ def test_tiles_when_one_sample_does_not_fit():
 
 
 def test_attention_chunk_is_restored():
-    before = dict(attention._CHUNK_ELEMENTS)
-    with attention_chunk(1234):
-        assert set(attention._CHUNK_ELEMENTS.values()) == {1234}
-    assert attention._CHUNK_ELEMENTS == before
-    with pytest.raises(ValueError, match="attention chunk must be an integer >= 1"):
+    x = torch.randn(1, 16, 12, 12)
+    layer = attention.NeighborhoodAttention(16, dims=2, kernel_size=5, num_heads=2)
+    with torch.no_grad():
+        whole = layer(x)
+        with attention_chunk(64):
+            assert attention.chunk_elements("cpu") == 64
+            chunked = layer(x)
+    assert attention.chunk_elements("cpu") == attention._CHUNK_ELEMENTS["cpu"]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)  # the chunk changes memory, not results
+    with pytest.raises(ValueError, match="attention chunk elements must be an integer >= 1"):
         with attention_chunk(0):
             pass
 

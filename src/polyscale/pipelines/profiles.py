@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -195,18 +194,10 @@ def _largest(fits, low: int, high: int, *, step: int = 1) -> int | None:
     return low + lo * step
 
 
-@contextmanager
-def attention_chunk(entries: int) -> Iterator[None]:
+def attention_chunk(entries: int | None):
     """Neighbourhood attention handles at most ``entries`` logits (plus gathered keys and values) at once
-    inside the block: smaller chunks, less working memory."""
-    if isinstance(entries, bool) or not isinstance(entries, int) or entries < 1:
-        raise ValueError(f"attention chunk must be an integer >= 1, got {entries!r}")
-    saved = dict(attention._CHUNK_ELEMENTS)
-    attention._CHUNK_ELEMENTS.update({key: entries for key in saved})
-    try:
-        yield
-    finally:
-        attention._CHUNK_ELEMENTS.update(saved)
+    inside the block (:func:`polyscale.nn.attention.attention_chunk_elements`)."""
+    return attention.attention_chunk_elements(entries)
 
 
 __all__ = ["PROFILES", "Profile", "SamplingPlan", "attention_chunk", "parse_gpu_memory", "plan_sampling"]
